@@ -1,0 +1,162 @@
+"""Load a run config from YAML, apply ``key=value`` overrides, validate, write it out.
+
+Errors are ``ValueError`` naming the field, the bad value and what was expected, e.g.
+``config field loss.eps_low: got -0.1, expected `float` >= 0.0``.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from dynamo_async.config.schema import RunConfig
+
+_TOKEN_RE = re.compile(r"\.(\w+)|\[(\d+)\]")
+_PATH_RE = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read YAML at ``path`` (or start empty), apply ``overrides``, return the validated config."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file: got {str(path)!r}, expected an existing YAML file")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"config file {path}: got a {type(loaded).__name__}, expected a mapping")
+        raw = loaded or {}
+    for item in overrides:
+        apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Validate a plain mapping into a ``RunConfig``; a bad value is a ValueError naming it."""
+    try:
+        return msgspec.convert(raw, RunConfig)
+    except msgspec.ValidationError as err:
+        raise ValueError(_explain(str(err), raw)) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in ``raw``; the value is parsed as YAML (numbers, bools, lists)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override: got {item!r}, expected key=value such as loss.eps_high=0.28")
+    parts = key.strip().split(".")
+    _check_key(parts)
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"override {item!r}: {part} is a value, expected a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> Path:
+    """Write the resolved config (every field, defaults included) as YAML; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_to_yaml(cfg))
+    return path
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML text that ``load_config`` reads back to an equal config."""
+    return yaml.safe_dump(msgspec.to_builtins(cfg), sort_keys=False, default_flow_style=None)
+
+
+def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every leaf field, for ``config --describe``."""
+    rows: list[tuple[str, str, str]] = []
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for field in msgspec.structs.fields(cls):
+        key = prefix + field.name
+        inner, doc = _unwrap(hints[field.name])
+        if isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+            rows.extend(describe_fields(inner, key + "."))
+            continue
+        default = "(required)" if field.required else repr(field.default)
+        rows.append((key, default, doc))
+    return rows
+
+
+def _unwrap(hint: Any) -> tuple[Any, str]:
+    doc = ""
+    while typing.get_origin(hint) is typing.Annotated:
+        hint, *meta = typing.get_args(hint)
+        for m in meta:
+            if isinstance(m, msgspec.Meta) and m.description:
+                doc = doc or m.description
+    return hint, doc
+
+
+def _check_key(parts: list[str]) -> None:
+    cls: Any = RunConfig
+    for i, part in enumerate(parts):
+        names = {f.name: f for f in msgspec.structs.fields(cls)}
+        if part not in names:
+            where = ".".join(parts[:i]) or "the top level"
+            raise ValueError(f"override key {'.'.join(parts)!r}: got {part!r} in {where}, "
+                             f"expected one of {sorted(names)}")
+        inner, _ = _unwrap(typing.get_type_hints(cls, include_extras=True)[part])
+        is_section = isinstance(inner, type) and issubclass(inner, msgspec.Struct)
+        if i < len(parts) - 1 and not is_section:
+            raise ValueError(f"override key {'.'.join(parts)!r}: {part} is a value, expected a section")
+        cls = inner
+
+
+def _explain(message: str, raw: dict[str, Any]) -> str:
+    match = _PATH_RE.match(message)
+    if not match:
+        match = _PATH_RE.match(message + " - at `$`")
+    assert match is not None, message
+    msg, path = match.group("msg"), match.group("path")
+    tokens = _TOKEN_RE.findall(path)
+    keys = [name for name, _ in tokens if name]
+    value: Any = raw
+    for name, index in tokens:
+        if name:
+            value = value.get(name) if isinstance(value, dict) else None
+        else:
+            value = value[int(index)] if isinstance(value, list) and int(index) < len(value) else None
+    field = path.lstrip(".") or "(top level)"
+    if msg.startswith("Object contains unknown field"):
+        name = msg.split("`")[1]
+        section = _section(keys)
+        valid = sorted(f.name for f in msgspec.structs.fields(section))
+        return f"config field {'.'.join(keys + [name])}: got an unknown key, expected one of {valid}"
+    if msg.startswith("got "):
+        return f"config field {field}: {msg}"
+    expected = msg.removeprefix("Expected ").split(", got")[0]
+    if msg.startswith("Invalid enum value"):
+        expected = "one of " + _choices(keys)
+    if msg.startswith("Object missing required field"):
+        name = msg.split("`")[1]
+        full = ".".join(keys + [name])
+        return f"config field {full}: got nothing, expected a value (it has no default)"
+    return f"config field {field}: got {value!r}, expected {expected}"
+
+
+def _section(keys: list[str]) -> Any:
+    cls: Any = RunConfig
+    for k in keys:
+        cls, _ = _unwrap(typing.get_type_hints(cls, include_extras=True)[k])
+    return cls
+
+
+def _choices(keys: list[str]) -> str:
+    cls: Any = RunConfig
+    hint: Any = None
+    for k in keys:
+        hint, _ = _unwrap(typing.get_type_hints(cls, include_extras=True)[k])
+        cls = hint
+    args = [a for a in typing.get_args(hint)] if hint is not None else []
+    return repr(args) if args else "the documented values"
