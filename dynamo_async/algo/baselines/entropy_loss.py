@@ -1,0 +1,18 @@
+"""Entropy bonus (Mnih et al. 2016; verl ``entropy_coeff``; legacy default 0.001).
+
+    loss = L_pg - c_H * agg(H_t)
+
+``H_t`` must carry its gradient (``token_stats(..., entropy_grad=True)``) and is aggregated
+with the same mode as the policy loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dynamo_async.algo.aggregation import aggregate
+
+
+def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float, mode: str, **totals) -> torch.Tensor:
+    """``-c_H * agg(H)``: add it to the policy loss."""
+    return -coef * aggregate(entropy, mask, mode, **totals)

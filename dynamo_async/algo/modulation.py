@@ -1,0 +1,53 @@
+"""DynaMO's gradient-aware advantage modulation factors (Sec. 2.2, Eqs. 3 and 4).
+
+Gradient compensation (Eq. 3), for tokens with a positive advantage::
+
+    beta_comp = 1 + alpha * (H_max - H_t) / (H_max - H_min)      (A > 0; else 1)
+
+with ``H_max``/``H_min`` over the valid tokens of the micro-batch; equal extremes give 1.
+
+Update-magnitude stabilization (Eq. 4), with ``Xi_t`` the entropy-change magnitude
+(``entropy_change.py``)::
+
+    x_t       = Xi_t / max_j Xi_j            (0 when the max is 0)
+    beta_stab = lambda_min + (1 - lambda_min) * sigmoid(-gamma (x_t - tau))
+
+Both factors are detached and equal 1 on padding. ``A_final = A * beta_comp * beta_stab``.
+Paper: Fang et al., DynaMO (arXiv 2602.19208).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def compensation(entropy: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                 alpha: float) -> torch.Tensor:
+    """beta_comp per token (Eq. 3); padding and non-positive advantages get 1."""
+    valid = mask.bool()
+    ones = torch.ones_like(entropy, dtype=torch.float32)
+    if not valid.any():
+        return ones
+    h = entropy.float()
+    h_max, h_min = h[valid].max(), h[valid].min()
+    span = h_max - h_min
+    if span <= 0:
+        return ones
+    boost = 1.0 + alpha * (h_max - h) / span
+    return torch.where(valid & (advantages > 0), boost, ones)
+
+
+@torch.no_grad()
+def stabilization(xi: torch.Tensor, mask: torch.Tensor, lambda_min: float, gamma: float,
+                  tau: float) -> torch.Tensor:
+    """beta_stab per token (Eq. 4); padding gets 1."""
+    valid = mask.bool()
+    ones = torch.ones_like(xi, dtype=torch.float32)
+    if not valid.any():
+        return ones
+    xi = xi.float()
+    top = xi[valid].max()
+    x = xi / top if top > 0 else torch.zeros_like(xi)
+    beta = lambda_min + (1.0 - lambda_min) * torch.sigmoid(-gamma * (x - tau))
+    return torch.where(valid, beta, ones)
