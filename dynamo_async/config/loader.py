@@ -70,7 +70,7 @@ def dump_config(cfg: RunConfig, path: str | Path) -> Path:
 
 def config_to_yaml(cfg: RunConfig) -> str:
     """The resolved config as YAML text that ``load_config`` reads back to an equal config."""
-    return yaml.safe_dump(msgspec.to_builtins(cfg), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(msgspec.to_builtins(cfg), sort_keys=False, default_flow_style=False)
 
 
 def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
