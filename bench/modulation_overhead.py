@@ -20,28 +20,47 @@ def make_batch(model, args, torch):
 
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
-    seq = torch.randint(0, vocab, (args.batch, args.prompt + args.response), generator=gen)
+    seq = torch.randint(0, vocab, (args.batch, args.prompt + args.response), generator=gen).to(args.device)
     tokens = seq[:, args.prompt:]
-    mask = torch.ones_like(tokens, dtype=torch.float32)
+    mask = torch.ones(tokens.shape, device=args.device)
     for i in range(args.batch):  # ragged responses: right padding
         mask[i, args.response - 8 * i:] = 0
     with torch.no_grad():
         logits = model(input_ids=seq).logits[:, args.prompt - 1:-1]
         logp = torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
-    noise = 0.05 * torch.randn(logp.shape, generator=gen)
-    adv = torch.tensor([1.0, -1.0] * (args.batch // 2))
+    noise = 0.05 * torch.randn(logp.shape, generator=gen).to(args.device)
+    adv = torch.tensor([1.0, -1.0] * (args.batch // 2), device=args.device)
     return seq, PolicyBatch(tokens=tokens, mask=mask, advantages=adv, logp_old=logp + noise,
                             logp_behavior=logp - noise)
+
+
+def load(args, torch):
+    if args.config_only:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.config_only))
+        return model.to(device=args.device, dtype=getattr(torch, args.dtype))
+    from dynamo_async.models import load_model
+
+    return load_model(args.model, args.dtype, args.device)
+
+
+def sync(torch) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def step(model, seq, batch, cfg, prompt, entropy_metric, torch) -> float:
     from dynamo_async.algo.objective import policy_objective
 
     model.zero_grad(set_to_none=True)
+    sync(torch)
     start = time.perf_counter()
     logits = model(input_ids=seq).logits[:, prompt - 1:-1]
     loss, _ = policy_objective(logits, batch, cfg, entropy_metric=entropy_metric)
     loss.backward()
+    sync(torch)
     return time.perf_counter() - start
 
 
@@ -52,6 +71,11 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--response", type=int, default=112)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--config-only", metavar="DIR", help=(
+        "build a randomly initialised model from DIR/config.json instead of loading weights "
+        "(same shapes and cost; for machines without the weights)"))
     args = parser.parse_args()
 
     from dynamo_async.config import load_config
@@ -61,9 +85,7 @@ def main() -> None:
 
     import torch
 
-    from dynamo_async.models import load_model
-
-    model = load_model(args.model, "float32", "cpu")
+    model = load(args, torch)
     seq, batch = make_batch(model, args, torch)
     times = {"grpo": [], "dynamo": []}
     for r in range(args.rounds + 1):
@@ -74,7 +96,7 @@ def main() -> None:
                 times[name].append(t)
     g, d = statistics.median(times["grpo"]), statistics.median(times["dynamo"])
     tokens = int(batch.mask.sum())
-    print(f"threads={torch.get_num_threads()} batch={args.batch}x{args.prompt + args.response} "
+    print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} batch={args.batch}x{args.prompt + args.response} "
           f"response_tokens={tokens} grpo_median_s={g:.3f} dynamo_median_s={d:.3f}")
     print(f"modulation_overhead ratio={d / g:.4f}")
 

@@ -27,10 +27,9 @@ def training_rewards(acc: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def group_index(group_ids: torch.Tensor | Sequence) -> tuple[torch.Tensor, int]:
-    """Dense indices 0..G-1 (in order of first appearance) for arbitrary hashable group ids."""
+    """Dense indices 0..G-1, in order of first appearance, for hashable ids or an id tensor."""
     if isinstance(group_ids, torch.Tensor):
-        _, inverse = torch.unique(group_ids, return_inverse=True)
-        return inverse.reshape(-1), int(inverse.max()) + 1 if inverse.numel() else 0
+        group_ids = group_ids.reshape(-1).tolist()
     index: dict = {}
     dense = [index.setdefault(g, len(index)) for g in group_ids]
     return torch.tensor(dense, dtype=torch.long), len(index)
@@ -50,14 +49,19 @@ def group_advantages(rewards, group_ids, eps: float = 1e-6, scale_by_std: bool =
     sq = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, idx, centered * centered)
     std = torch.sqrt(sq / (count - 1).clamp(min=1))
     adv = centered / (std[idx] + eps) if scale_by_std else centered
-    signal = (count[idx] >= 2) & (sq[idx] > 0)
+    # Exactly 0 for groups of one or of equal rewards (no float residue from the mean).
+    signal = (count[idx] >= 2) & ~_equal_rewards(r, idx, n_groups)[idx]
     return torch.where(signal, adv, torch.zeros_like(adv)).to(torch.float32)
 
 
 def zero_variance_groups(rewards, group_ids) -> torch.Tensor:
-    """Boolean per group (dense index order): True where every reward of the group is equal."""
+    """Boolean per group (order of first appearance): True where all its rewards are equal."""
     r = torch.as_tensor(rewards, dtype=torch.float64).reshape(-1)
     idx, n_groups = group_index(group_ids)
+    return _equal_rewards(r, idx, n_groups)
+
+
+def _equal_rewards(r: torch.Tensor, idx: torch.Tensor, n_groups: int) -> torch.Tensor:
     lo = torch.full((n_groups,), float("inf"), dtype=torch.float64).scatter_reduce(0, idx, r, "amin")
     hi = torch.full((n_groups,), float("-inf"), dtype=torch.float64).scatter_reduce(0, idx, r, "amax")
     return lo == hi

@@ -56,7 +56,8 @@ def water_fill(priority, budget: int, g_min: int, g_max: int) -> np.ndarray:
     extra = np.zeros(n, dtype=np.int64)
     if positive.size:
         share = min(residual, positive.size * cap)
-        extra[positive] = _proportional_shares(p[positive], share, cap)
+        scaled = p[positive] / p[positive].max()  # scale-free; avoids overflow at extreme values
+        extra[positive] = _proportional_shares(scaled, share, cap)
         residual -= share
     if residual:
         _round_robin(extra, np.flatnonzero(p <= 0), residual, cap)

@@ -120,7 +120,7 @@ def _modulate(adv, stats: TokenStats, r, batch: PolicyBatch, cfg: RunConfig):
     if m.stabilization:
         eps_low, eps_high = clip_bounds(cfg)
         xi = entropy_change(stats.logp, stats.entropy, r, adv, batch.mask, eps_low, eps_high,
-                            m.entropy_change, stats.vocab_sum)
+                            m.entropy_change, stats.vocab_sum, _dual_clip(cfg))
         stab = stabilization(xi, batch.mask, m.lambda_min, m.gamma, m.tau)
         beta = beta * stab
         metrics["beta_stab_mean"] = _mean(stab, valid)
@@ -137,8 +137,8 @@ def _per_token_loss(stats: TokenStats, batch: PolicyBatch, adv, cfg: RunConfig, 
         loss = loss * weights if weights is not None else loss
         return loss, mask, {"kl_cov_frac": _mean(selected.float(), mask)}
     eps_low, eps_high = clip_bounds(cfg)
-    dual = None if cfg.method == "clip_cov" else cfg.loss.dual_clip_c
-    loss, info = policy_loss.clipped_token_loss(stats.logp, batch.logp_old, adv, eps_low, eps_high, dual, weights)
+    loss, info = policy_loss.clipped_token_loss(stats.logp, batch.logp_old, adv, eps_low, eps_high,
+                                                _dual_clip(cfg), weights)
     metrics = {"clip_frac": _mean(info["clipped"].float(), mask),
                "dual_clip_frac": _mean(info["dual_clipped"].float(), mask)}
     if cfg.method == "clip_cov":
@@ -165,7 +165,15 @@ def _aggregate(per_token, train_mask, batch: PolicyBatch, cfg: RunConfig) -> tor
 
 
 def _totals(batch: PolicyBatch, cfg: RunConfig) -> dict:
-    return {"total_tokens": batch.total_tokens, "total_seqs": batch.total_seqs}
+    # Dr. GRPO's constant length L is the response cap, so micro-batches padded to different
+    # lengths accumulate to the mini-batch's value.
+    return {"total_tokens": batch.total_tokens, "total_seqs": batch.total_seqs,
+            "norm_length": cfg.rollout.max_new_tokens}
+
+
+def _dual_clip(cfg: RunConfig) -> float | None:
+    """Clip-Cov has no dual clip (its reference loss); every other method uses ``loss.dual_clip_c``."""
+    return None if cfg.method == "clip_cov" else cfg.loss.dual_clip_c
 
 
 def _is_weights(batch: PolicyBatch, cfg: RunConfig) -> torch.Tensor | None:
