@@ -1,0 +1,59 @@
+"""Typed messages between the math-verify scorer and its worker processes (DESIGN sections 4.5, 5).
+
+Every message is a ``msgspec.Struct`` encoded as msgpack and sent with
+``Connection.send_bytes``; nothing is pickled. Parent -> worker: ``ScoreJob``. Worker -> parent:
+``WorkerReady`` once after start-up, then one ``ScoreReply`` per job (a tagged union). Like the
+run's wire protocol (``dynamo_async/protocol.py``), each message carries a version ``v``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+SCORER_PROTOCOL_VERSION = 1
+
+Status = Literal["ok", "no_answer", "timeout", "error"]
+"""ok: math-verify ran (acc says whether it matched); no_answer: no ``\\boxed{}`` in the response;
+timeout: math-verify's own or the pool's hard timeout fired; error: math-verify raised, the gold
+answer did not parse, or the worker died."""
+
+
+class ScoreResult(msgspec.Struct, frozen=True):
+    """Binary correctness of one response (``acc`` is 0 unless status is "ok")."""
+
+    acc: int
+    status: Status
+
+    def __post_init__(self) -> None:
+        assert self.acc in (0, 1), self.acc
+        assert self.acc == 0 or self.status == "ok", (self.acc, self.status)
+
+
+class _Msg(msgspec.Struct, frozen=True, kw_only=True):
+    v: int = SCORER_PROTOCOL_VERSION
+
+
+class ScoreJob(_Msg):
+    """One response to score against its gold answer."""
+
+    id: int
+    response: str
+    gold: str
+
+
+class WorkerReady(_Msg, tag="ready"):
+    """Sent once by a worker after math-verify is imported."""
+
+    pid: int
+
+
+class ScoreReply(_Msg, tag="result"):
+    """The result of the job with the same id."""
+
+    id: int
+    result: ScoreResult
+
+
+WorkerMessage = WorkerReady | ScoreReply
