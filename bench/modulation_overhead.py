@@ -3,9 +3,16 @@
 Same model (SmolLM2-135M-Instruct, the embedded default), same batch, runs alternated in
 one process: plain GRPO computes only the sampled tokens' log-probs; DynaMO also computes
 the entropy and the vocabulary sum of Theorem 1 (exact entropy change), both modulation
-factors, and the modulated loss. Prints the median step times and, as its last line,
-``modulation_overhead ratio=<float>`` (DynaMO over GRPO). Target: at most 1.03 (the paper
-reports under 3%, Appendix K).
+factors, and the modulated loss.
+
+Two placements of DynaMO's statistics are timed:
+- ``in_step`` (the headline): computed inside the loss-and-backward step itself, as in
+  ``off_policy.mode: behavior``;
+- ``proximal``: computed in the proximal pass that decoupled PPO runs anyway (DESIGN 8);
+  here both methods are timed as proximal pass + loss-and-backward.
+
+Prints the median times and, as its last line, ``modulation_overhead ratio=<float>``
+(DynaMO over GRPO, in_step). Target: at most 1.03 (the paper reports under 3%, Appendix K).
 """
 
 from __future__ import annotations
@@ -51,12 +58,19 @@ def sync(torch) -> None:
         torch.cuda.synchronize()
 
 
-def step(model, seq, batch, cfg, prompt, entropy_metric, torch) -> float:
-    from dynamo_async.algo.objective import policy_objective
+def step(model, seq, batch, cfg, prompt, entropy_metric, proximal, torch) -> float:
+    import dataclasses
+
+    from dynamo_async.algo.objective import policy_objective, proximal_stats
 
     model.zero_grad(set_to_none=True)
     sync(torch)
     start = time.perf_counter()
+    if proximal:
+        with torch.no_grad():
+            logits = model(input_ids=seq).logits[:, prompt - 1:-1]
+            stats = proximal_stats(logits, batch.tokens, cfg, entropy_metric=entropy_metric)
+        batch = dataclasses.replace(batch, logp_old=stats.logp, entropy=stats.entropy, vocab_sum=stats.vocab_sum)
     logits = model(input_ids=seq).logits[:, prompt - 1:-1]
     loss, _ = policy_objective(logits, batch, cfg, entropy_metric=entropy_metric)
     loss.backward()
@@ -87,16 +101,20 @@ def main() -> None:
 
     model = load(args, torch)
     seq, batch = make_batch(model, args, torch)
-    times = {"grpo": [], "dynamo": []}
+    runs = [(m, cfg, m == "dynamo", placement) for placement in ("in_step", "proximal")
+            for m, cfg in (("grpo", grpo), ("dynamo", dynamo))]
+    times: dict[tuple[str, str], list[float]] = {(m, p): [] for m, _, _, p in runs}
     for r in range(args.rounds + 1):
-        order = [("grpo", grpo, False), ("dynamo", dynamo, True)]
-        for name, cfg, ent in order if r % 2 == 0 else order[::-1]:
-            t = step(model, seq, batch, cfg, args.prompt, ent, torch)
+        for name, cfg, ent, placement in runs if r % 2 == 0 else runs[::-1]:
+            t = step(model, seq, batch, cfg, args.prompt, ent, placement == "proximal", torch)
             if r > 0:  # round 0 warms up
-                times[name].append(t)
-    g, d = statistics.median(times["grpo"]), statistics.median(times["dynamo"])
+                times[(name, placement)].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
     tokens = int(batch.mask.sum())
-    print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} batch={args.batch}x{args.prompt + args.response} "
+    pg, pd = med[("grpo", "proximal")], med[("dynamo", "proximal")]
+    print(f"proximal: grpo_median_s={pg:.3f} dynamo_median_s={pd:.3f} ratio={pd / pg:.4f}")
+    g, d = med[("grpo", "in_step")], med[("dynamo", "in_step")]
+    print(f"in_step: device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} batch={args.batch}x{args.prompt + args.response} "
           f"response_tokens={tokens} grpo_median_s={g:.3f} dynamo_median_s={d:.3f}")
     print(f"modulation_overhead ratio={d / g:.4f}")
 

@@ -306,3 +306,25 @@ def test_policy_objective_micro_batches_accumulate_to_whole_batch(method, aggreg
         total += loss.item()
     assert total == pytest.approx(whole.item(), rel=1e-5, abs=1e-7)
     torch.testing.assert_close(leaf.grad, whole_leaf.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_stats_from_the_proximal_pass_give_the_same_loss_and_gradient():
+    # DESIGN 8: the proximal pass computes entropy and vocabulary sums; with unchanged weights
+    # the training step must then give exactly what computing them in the step gives.
+    from dynamo_async.algo.objective import proximal_stats
+
+    cfg = _cfg("dynamo")
+    logits, batch = _grad_example(cfg.rollout.temperature)
+    stats = proximal_stats(logits, batch.tokens, cfg)
+    assert stats.entropy is not None and stats.vocab_sum is not None and not stats.logp.requires_grad
+    pre = PolicyBatch(tokens=batch.tokens, mask=batch.mask, advantages=batch.advantages,
+                      logp_old=batch.logp_old, logp_behavior=batch.logp_behavior,
+                      entropy=stats.entropy, vocab_sum=stats.vocab_sum)
+    grads = []
+    for b in (batch, pre):
+        leaf = logits.clone().requires_grad_(True)
+        loss, _ = policy_objective(leaf, b, cfg)
+        loss.backward()
+        grads.append((loss.detach(), leaf.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])

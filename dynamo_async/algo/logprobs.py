@@ -9,7 +9,9 @@ full ``[tokens, vocab]`` fp32 tensor is never materialised at once)::
 
 ``S`` is the vocabulary sum of DynaMO's exact entropy change (Theorem 1, Appendix A).
 Entropy and ``S`` are detached unless ``entropy_grad`` asks for an entropy with gradient
-(the entropy-loss baseline). Plain GRPO asks for log-probs only.
+(the entropy-loss baseline). Plain GRPO asks for log-probs only; the statistics reuse the
+``exp`` the log-normaliser already needs, so they cost a few extra reductions per chunk.
+The backward pass recomputes the softmax per chunk instead of keeping fp32 copies.
 """
 
 from __future__ import annotations
@@ -41,21 +43,13 @@ def token_stats(
                          "expected logits of shape tokens.shape + (vocab,)")
     if temperature <= 0:
         raise ValueError(f"got temperature={temperature}, expected > 0")
-    shape = tokens.shape
-    flat = logits.reshape(-1, logits.shape[-1])
-    tok = tokens.reshape(-1, 1)
-    parts: dict[str, list[torch.Tensor]] = {"logp": [], "entropy": [], "vocab_sum": []}
-    for start in range(0, flat.shape[0], chunk_size):
-        rows = slice(start, start + chunk_size)
-        _chunk(flat[rows], tok[rows], temperature, entropy or vocab_sum, vocab_sum, entropy_grad, parts)
-    out = {k: torch.cat(v).reshape(shape) if v else None for k, v in parts.items()}
-    if flat.shape[0] == 0:
-        out = {k: flat.new_zeros(shape, dtype=torch.float32) for k in parts}
-    return TokenStats(
-        logp=out["logp"],
-        entropy=out["entropy"] if (entropy or vocab_sum) else None,
-        vocab_sum=out["vocab_sum"] if vocab_sum else None,
-    )
+    if chunk_size < 1:
+        raise ValueError(f"got chunk_size={chunk_size}, expected >= 1")
+    if entropy_grad:
+        return _with_entropy_grad(logits, tokens, temperature, chunk_size, vocab_sum)
+    want_entropy = entropy or vocab_sum
+    logp, ent, vsum = _ChunkedLogprob.apply(logits, tokens, temperature, chunk_size, want_entropy, vocab_sum)
+    return TokenStats(logp=logp, entropy=ent if want_entropy else None, vocab_sum=vsum if vocab_sum else None)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
@@ -64,25 +58,88 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return token_stats(logits, tokens, temperature, chunk_size).logp
 
 
-def _chunk(z_raw, tok, temperature, want_entropy, want_sum, entropy_grad, parts) -> None:
-    z = z_raw.float()
-    if temperature != 1.0:
-        z = z / temperature
-    lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    parts["logp"].append((z.gather(-1, tok) - lse).squeeze(-1))
+class _ChunkedLogprob(torch.autograd.Function):
+    """Sampled-token log-probs with gradient; entropy and vocabulary sum as detached extras.
+
+    Forward shares one ``exp`` per chunk between the log-normaliser and the statistics;
+    backward recomputes the softmax chunk by chunk, so only ``logits`` and the per-row
+    log-normaliser are kept (no fp32 ``[tokens, vocab]`` copy survives the forward).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, tokens, temperature, chunk_size, want_entropy, want_sum):
+        flat = logits.reshape(-1, logits.shape[-1])
+        tok = tokens.reshape(-1, 1)
+        out = [flat.new_zeros(flat.shape[0], dtype=torch.float32) for _ in range(4)]
+        for start in range(0, flat.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            _forward_chunk(flat[rows], tok[rows], temperature, want_entropy, want_sum, [o[rows] for o in out])
+        logp, log_norm, ent, vsum = (o.reshape(tokens.shape) if i != 1 else o for i, o in enumerate(out))
+        ctx.save_for_backward(logits, tokens, log_norm)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        ctx.mark_non_differentiable(ent, vsum)
+        return logp, ent, vsum
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_ent, _grad_sum):
+        logits, tokens, log_norm = ctx.saved_tensors
+        flat = logits.reshape(-1, logits.shape[-1])
+        tok = tokens.reshape(-1, 1)
+        g = grad_logp.reshape(-1, 1).float()
+        grad = torch.empty_like(flat)
+        for start in range(0, flat.shape[0], ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            z = _scaled(flat[rows], ctx.temperature)
+            # d log pi(a) / d z_b = 1[b = a] - pi(b);  d z / d logits = 1 / T
+            part = torch.exp(z - log_norm[rows, None]).mul_(-g[rows])
+            part.scatter_add_(-1, tok[rows], g[rows])
+            if ctx.temperature != 1.0:
+                part.div_(ctx.temperature)
+            grad[rows] = part.to(grad.dtype)
+        return grad.reshape(logits.shape), None, None, None, None, None
+
+
+def _scaled(chunk: torch.Tensor, temperature: float) -> torch.Tensor:
+    z = chunk.float()
+    return z / temperature if temperature != 1.0 else z
+
+
+@torch.no_grad()
+def _forward_chunk(chunk, tok, temperature, want_entropy, want_sum, out) -> None:
+    logp, log_norm, ent, vsum = out
+    z = _scaled(chunk, temperature)
+    top = z.amax(-1, keepdim=True)
+    shifted = z - top                                  # z - max <= 0: well conditioned
+    e = shifted.exp()                                  # pi = e / total
+    total = e.sum(-1)
+    log_total = total.log()
+    logp.copy_(shifted.gather(-1, tok).squeeze(-1) - log_total)
+    log_norm.copy_(top.squeeze(-1) + log_total)        # logsumexp(z), for the backward pass
     if not want_entropy:
         return
-    if entropy_grad:
-        logp_all = z - lse
-        parts["entropy"].append(-(logp_all.exp() * logp_all).sum(-1))
-        if not want_sum:
-            return
-    with torch.no_grad():
-        logp_all = z.detach() - lse.detach()
-        p = logp_all.exp()
-        h = -(p * logp_all).sum(-1)
-        if not entropy_grad:
-            parts["entropy"].append(h)
-        if want_sum:
-            q = p * p
-            parts["vocab_sum"].append((q * logp_all).sum(-1) + h * q.sum(-1))
+    h = log_total - torch.linalg.vecdot(e, shifted) / total          # H = log total - <pi, z - max>
+    ent.copy_(h)
+    if want_sum:
+        sq = e.mul_(e)                                                 # e^2 in place; pi^2 = e^2 / total^2
+        norm = total * total
+        # sum_b pi^2 (log pi + H) = <pi^2, z - max> + (H - log total) * sum_b pi^2
+        vsum.copy_((torch.linalg.vecdot(sq, shifted) + (h - log_total) * sq.sum(-1)) / norm)
+
+
+def _with_entropy_grad(logits, tokens, temperature, chunk_size, vocab_sum) -> TokenStats:
+    """Entropy with its gradient (the entropy-loss baseline): plain autograd per chunk."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    tok = tokens.reshape(-1, 1)
+    logps, ents = [], []
+    for start in range(0, flat.shape[0], chunk_size):
+        z = _scaled(flat[start:start + chunk_size], temperature)
+        logp_all = torch.log_softmax(z, -1)
+        logps.append(logp_all.gather(-1, tok[start:start + chunk_size]).squeeze(-1))
+        ents.append(-(logp_all.exp() * logp_all).sum(-1))
+    empty = flat.new_zeros(0, dtype=torch.float32)
+    logp = (torch.cat(logps) if logps else empty).reshape(tokens.shape)
+    ent = (torch.cat(ents) if ents else empty).reshape(tokens.shape)
+    vsum = None
+    if vocab_sum:
+        vsum = token_stats(logits.detach(), tokens, temperature, chunk_size, vocab_sum=True).vocab_sum
+    return TokenStats(logp=logp, entropy=ent, vocab_sum=vsum)

@@ -40,6 +40,8 @@ class PolicyBatch:
     ``logp_old`` is the proximal policy (``off_policy.mode: decoupled``) or the behaviour
     policy (``behavior``); ``logp_behavior`` is the worker's, used for the IS weight.
     ``total_tokens``/``total_seqs`` are the mini-batch totals for gradient accumulation.
+    ``entropy``/``vocab_sum``, when given, come from the proximal pass (``proximal_stats``,
+    DESIGN section 8) and the training forward then computes log-probs only.
     """
 
     tokens: torch.Tensor
@@ -49,6 +51,8 @@ class PolicyBatch:
     logp_behavior: torch.Tensor | None = None
     total_tokens: float | None = None
     total_seqs: float | None = None
+    entropy: torch.Tensor | None = None
+    vocab_sum: torch.Tensor | None = None
 
 
 def sequence_advantages(acc, group_ids, cfg: RunConfig) -> torch.Tensor:
@@ -86,13 +90,33 @@ def clip_bounds(cfg: RunConfig) -> tuple[float, float]:
     return cfg.loss.eps_low, cfg.loss.eps_high
 
 
-def _token_statistics(logits, batch: PolicyBatch, cfg: RunConfig, entropy_metric: bool) -> TokenStats:
-    modulated = cfg.method == "dynamo" and (cfg.modulation.compensation or cfg.modulation.stabilization)
-    exact = modulated and cfg.modulation.stabilization and cfg.modulation.entropy_change == "exact"
+@torch.no_grad()
+def proximal_stats(logits: torch.Tensor, tokens: torch.Tensor, cfg: RunConfig,
+                   entropy_metric: bool = True) -> TokenStats:
+    """The proximal pass: log-probs plus the entropy and vocabulary sums the method needs."""
+    entropy, vocab_sum = _needs(cfg)
+    return token_stats(logits, tokens, cfg.rollout.temperature, cfg.loss.logprob_chunk_size,
+                       entropy=entropy or entropy_metric, vocab_sum=vocab_sum)
+
+
+def _needs(cfg: RunConfig) -> tuple[bool, bool]:
+    """(entropy, vocabulary sum) the method's loss needs."""
+    m = cfg.modulation
+    modulated = cfg.method == "dynamo" and (m.compensation or m.stabilization)
+    exact = modulated and m.stabilization and m.entropy_change == "exact"
     needs_entropy = modulated or cfg.method in ("entropy_loss", "fork_tokens", "entropy_advantage")
+    return needs_entropy, exact
+
+
+def _token_statistics(logits, batch: PolicyBatch, cfg: RunConfig, entropy_metric: bool) -> TokenStats:
+    entropy, vocab_sum = _needs(cfg)
+    entropy_grad = cfg.method == "entropy_loss"
+    have = batch.entropy is not None and (batch.vocab_sum is not None or not vocab_sum)
+    if have and not entropy_grad:
+        logp = token_stats(logits, batch.tokens, cfg.rollout.temperature, cfg.loss.logprob_chunk_size).logp
+        return TokenStats(logp=logp, entropy=batch.entropy, vocab_sum=batch.vocab_sum)
     return token_stats(logits, batch.tokens, cfg.rollout.temperature, cfg.loss.logprob_chunk_size,
-                       entropy=needs_entropy or entropy_metric, vocab_sum=exact,
-                       entropy_grad=cfg.method == "entropy_loss")
+                       entropy=entropy or entropy_metric, vocab_sum=vocab_sum, entropy_grad=entropy_grad)
 
 
 def _token_advantages(batch: PolicyBatch, stats: TokenStats, cfg: RunConfig) -> torch.Tensor:
