@@ -69,7 +69,7 @@ def step(model, seq, batch, cfg, prompt, entropy_metric, proximal, torch) -> flo
     if proximal:
         with torch.no_grad():
             logits = model(input_ids=seq).logits[:, prompt - 1:-1]
-            stats = proximal_stats(logits, batch.tokens, cfg, entropy_metric=entropy_metric)
+            stats = proximal_stats(logits, batch.tokens, cfg, entropy_metric=entropy_metric, mask=batch.mask)
         batch = dataclasses.replace(batch, logp_old=stats.logp, entropy=stats.entropy, vocab_sum=stats.vocab_sum)
     logits = model(input_ids=seq).logits[:, prompt - 1:-1]
     loss, _ = policy_objective(logits, batch, cfg, entropy_metric=entropy_metric)

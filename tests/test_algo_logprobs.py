@@ -164,3 +164,21 @@ def test_empty_input_gives_empty_outputs():
     assert stats.logp.shape == (0,)
     assert stats.entropy.shape == (0,)
     assert stats.vocab_sum is None
+
+
+def test_mask_computes_valid_rows_only_with_the_same_values_and_gradients():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 4, 7, generator=g)
+    tokens = torch.randint(0, 7, (3, 4), generator=g)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    full_leaf, masked_leaf = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    full = token_stats(full_leaf, tokens, 0.8, chunk_size=2, entropy=True, vocab_sum=True)
+    part = token_stats(masked_leaf, tokens, 0.8, chunk_size=2, entropy=True, vocab_sum=True, mask=mask)
+    valid = mask.bool()
+    for a, b in ((full.logp, part.logp), (full.entropy, part.entropy), (full.vocab_sum, part.vocab_sum)):
+        torch.testing.assert_close(a[valid], b[valid])
+        assert (b[~valid] == 0).all()
+    (full.logp * mask).sum().backward()
+    part.logp.sum().backward()
+    torch.testing.assert_close(full_leaf.grad, masked_leaf.grad)
+    assert (masked_leaf.grad[~valid] == 0).all()

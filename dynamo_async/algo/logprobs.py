@@ -36,8 +36,13 @@ def token_stats(
     entropy: bool = False,
     vocab_sum: bool = False,
     entropy_grad: bool = False,
+    mask: torch.Tensor | None = None,
 ) -> TokenStats:
-    """Stats for ``logits[..., V]`` and ``tokens[...]``; outputs have the shape of ``tokens``."""
+    """Stats for ``logits[..., V]`` and ``tokens[...]``; outputs have the shape of ``tokens``.
+
+    With ``mask`` (shape of ``tokens``), only the rows where it is nonzero are computed (the
+    others read 0 and get no gradient), so padding costs nothing.
+    """
     if logits.shape[:-1] != tokens.shape:
         raise ValueError(f"got logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)}, "
                          "expected logits of shape tokens.shape + (vocab,)")
@@ -48,14 +53,17 @@ def token_stats(
     if entropy_grad:
         return _with_entropy_grad(logits, tokens, temperature, chunk_size, vocab_sum)
     want_entropy = entropy or vocab_sum
-    logp, ent, vsum = _ChunkedLogprob.apply(logits, tokens, temperature, chunk_size, want_entropy, vocab_sum)
+    if mask is not None and mask.shape != tokens.shape:
+        raise ValueError(f"got mask {tuple(mask.shape)}, expected the shape of tokens {tuple(tokens.shape)}")
+    rows = None if mask is None else torch.nonzero(mask.reshape(-1)).squeeze(-1)
+    logp, ent, vsum = _ChunkedLogprob.apply(logits, tokens, rows, temperature, chunk_size, want_entropy, vocab_sum)
     return TokenStats(logp=logp, entropy=ent if want_entropy else None, vocab_sum=vsum if vocab_sum else None)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
-                   chunk_size: int = 1024) -> torch.Tensor:
+                   chunk_size: int = 1024, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Log-probs of ``tokens`` only (with gradient): what plain GRPO needs."""
-    return token_stats(logits, tokens, temperature, chunk_size).logp
+    return token_stats(logits, tokens, temperature, chunk_size, mask=mask).logp
 
 
 class _ChunkedLogprob(torch.autograd.Function):
@@ -67,36 +75,60 @@ class _ChunkedLogprob(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, tokens, temperature, chunk_size, want_entropy, want_sum):
+    def forward(ctx, logits, tokens, rows, temperature, chunk_size, want_entropy, want_sum):
         flat = logits.reshape(-1, logits.shape[-1])
         tok = tokens.reshape(-1, 1)
         out = [flat.new_zeros(flat.shape[0], dtype=torch.float32) for _ in range(4)]
-        for start in range(0, flat.shape[0], chunk_size):
-            rows = slice(start, start + chunk_size)
-            _forward_chunk(flat[rows], tok[rows], temperature, want_entropy, want_sum, [o[rows] for o in out])
+        for sel in _chunks(flat.shape[0], rows, chunk_size):
+            parts = [flat.new_empty(_count(sel), dtype=torch.float32) for _ in range(4)]
+            _forward_chunk(_take(flat, sel), _take(tok, sel), temperature, want_entropy, want_sum, parts)
+            for o, part in zip(out, parts):
+                _put(o, sel, part)
         logp, log_norm, ent, vsum = (o.reshape(tokens.shape) if i != 1 else o for i, o in enumerate(out))
-        ctx.save_for_backward(logits, tokens, log_norm)
+        ctx.save_for_backward(logits, tokens, log_norm, rows)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         ctx.mark_non_differentiable(ent, vsum)
         return logp, ent, vsum
 
     @staticmethod
     def backward(ctx, grad_logp, _grad_ent, _grad_sum):
-        logits, tokens, log_norm = ctx.saved_tensors
+        logits, tokens, log_norm, rows = ctx.saved_tensors
         flat = logits.reshape(-1, logits.shape[-1])
         tok = tokens.reshape(-1, 1)
         g = grad_logp.reshape(-1, 1).float()
-        grad = torch.empty_like(flat)
-        for start in range(0, flat.shape[0], ctx.chunk_size):
-            rows = slice(start, start + ctx.chunk_size)
-            z = _scaled(flat[rows], ctx.temperature)
+        grad = torch.empty_like(flat) if rows is None else torch.zeros_like(flat)
+        for sel in _chunks(flat.shape[0], rows, ctx.chunk_size):
+            z = _scaled(_take(flat, sel), ctx.temperature)
+            g_sel = _take(g, sel)
             # d log pi(a) / d z_b = 1[b = a] - pi(b);  d z / d logits = 1 / T
-            part = torch.exp(z - log_norm[rows, None]).mul_(-g[rows])
-            part.scatter_add_(-1, tok[rows], g[rows])
+            part = torch.exp(z - _take(log_norm, sel)[:, None]).mul_(-g_sel)
+            part.scatter_add_(-1, _take(tok, sel), g_sel)
             if ctx.temperature != 1.0:
                 part.div_(ctx.temperature)
-            grad[rows] = part.to(grad.dtype)
-        return grad.reshape(logits.shape), None, None, None, None, None
+            _put(grad, sel, part.to(grad.dtype))
+        return grad.reshape(logits.shape), None, None, None, None, None, None
+
+
+def _chunks(n: int, rows: torch.Tensor | None, size: int):
+    """Row selectors: slices of ``range(n)``, or slices of the index tensor ``rows``."""
+    if rows is None:
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+    return [rows[i:i + size] for i in range(0, rows.numel(), size)]
+
+
+def _count(sel) -> int:
+    return sel.stop - sel.start if isinstance(sel, slice) else sel.numel()
+
+
+def _take(t: torch.Tensor, sel) -> torch.Tensor:
+    return t[sel] if isinstance(sel, slice) else t.index_select(0, sel)
+
+
+def _put(t: torch.Tensor, sel, value: torch.Tensor) -> None:
+    if isinstance(sel, slice):
+        t[sel] = value
+    else:
+        t.index_copy_(0, sel, value)
 
 
 def _scaled(chunk: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -92,11 +92,11 @@ def clip_bounds(cfg: RunConfig) -> tuple[float, float]:
 
 @torch.no_grad()
 def proximal_stats(logits: torch.Tensor, tokens: torch.Tensor, cfg: RunConfig,
-                   entropy_metric: bool = True) -> TokenStats:
+                   entropy_metric: bool = True, mask: torch.Tensor | None = None) -> TokenStats:
     """The proximal pass: log-probs plus the entropy and vocabulary sums the method needs."""
     entropy, vocab_sum = _needs(cfg)
     return token_stats(logits, tokens, cfg.rollout.temperature, cfg.loss.logprob_chunk_size,
-                       entropy=entropy or entropy_metric, vocab_sum=vocab_sum)
+                       entropy=entropy or entropy_metric, vocab_sum=vocab_sum, mask=mask)
 
 
 def _needs(cfg: RunConfig) -> tuple[bool, bool]:
@@ -113,10 +113,12 @@ def _token_statistics(logits, batch: PolicyBatch, cfg: RunConfig, entropy_metric
     entropy_grad = cfg.method == "entropy_loss"
     have = batch.entropy is not None and (batch.vocab_sum is not None or not vocab_sum)
     if have and not entropy_grad:
-        logp = token_stats(logits, batch.tokens, cfg.rollout.temperature, cfg.loss.logprob_chunk_size).logp
+        logp = token_stats(logits, batch.tokens, cfg.rollout.temperature, cfg.loss.logprob_chunk_size,
+                           mask=batch.mask).logp
         return TokenStats(logp=logp, entropy=batch.entropy, vocab_sum=batch.vocab_sum)
     return token_stats(logits, batch.tokens, cfg.rollout.temperature, cfg.loss.logprob_chunk_size,
-                       entropy=entropy or entropy_metric, vocab_sum=vocab_sum, entropy_grad=entropy_grad)
+                       entropy=entropy or entropy_metric, vocab_sum=vocab_sum, entropy_grad=entropy_grad,
+                       mask=None if entropy_grad else batch.mask)
 
 
 def _token_advantages(batch: PolicyBatch, stats: TokenStats, cfg: RunConfig) -> torch.Tensor:
