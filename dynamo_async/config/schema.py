@@ -177,6 +177,16 @@ class BufferConfig(_Section):
         "eta: generation runs at most this many learner versions ahead (AReaL admission rule)."))] = 4
     stale_groups: Annotated[Literal["drop", "keep"], Meta(description=(
         "A group older than max_staleness at batch assembly is dropped, or kept with the IS correction."))] = "drop"
+    lease_timeout_s: Annotated[float, Meta(gt=0.0, description=(
+        "A work item not completed this long after it was handed out is handed out again."))] = 900.0
+    worker_timeout_s: Annotated[float, Meta(gt=0.0, description=(
+        "A worker silent this long (no heartbeat or completion) is gone: its leases are handed out again."))] = 30.0
+    segment_bytes: Annotated[PosInt, Meta(description=(
+        "Arrow IPC segment files of the run store rotate past this size."))] = 256 * 1024 * 1024
+    flush_rows: Annotated[PosInt, Meta(description=(
+        "Completions buffered before an Arrow record batch is written (also flushed every second)."))] = 256
+    max_message_bytes: Annotated[PosInt, Meta(description=(
+        "Larger messages are rejected unread and counted."))] = 16 * 1024 * 1024
 
 
 class RewardConfig(_Section):

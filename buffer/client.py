@@ -1,0 +1,92 @@
+"""Worker-side transport to the buffer: four calls over a DEALER and a PUSH socket.
+
+    hello(engine, capacity) -> Welcome          request_work(capacity, version) -> WorkGrant | NoWork
+    send(Completion | Heartbeat)                close()  (sends Goodbye first)
+
+``query_status(host, port)`` reads the status endpoint (``dynamo-async status``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import zmq
+
+from dynamo_async.protocol import (
+    Completion, Goodbye, Heartbeat, Hello, Message, NoWork, Status, StatusRequest, Welcome, WorkGrant,
+    WorkRequest, decode, encode,
+)
+
+
+class BufferClient:
+    """One worker's connection; ``timeout_s`` bounds every wait for an answer."""
+
+    def __init__(self, host: str, work_port: int, completions_port: int, worker_id: str,
+                 timeout_s: float = 30.0):
+        self.worker_id = worker_id
+        self.timeout_ms = int(timeout_s * 1000)
+        self._ctx = zmq.Context()
+        self._dealer = self._ctx.socket(zmq.DEALER)
+        self._dealer.setsockopt(zmq.LINGER, 0)
+        self._dealer.connect(f"tcp://{host}:{work_port}")
+        self._push = self._ctx.socket(zmq.PUSH)
+        self._push.setsockopt(zmq.LINGER, 2000)  # deliver queued completions on close
+        self._push.connect(f"tcp://{host}:{completions_port}")
+
+    def hello(self, engine: str, capacity: int) -> Welcome:
+        reply = self._ask(Hello(worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
+                                engine=engine, capacity=capacity))
+        if not isinstance(reply, Welcome):
+            raise ConnectionError(f"hello: got {type(reply).__name__}, expected Welcome from the learner")
+        return reply
+
+    def request_work(self, capacity: int, policy_version: int) -> WorkGrant | NoWork:
+        reply = self._ask(WorkRequest(worker_id=self.worker_id, capacity=capacity, policy_version=policy_version))
+        if not isinstance(reply, (WorkGrant, NoWork)):
+            raise ConnectionError(f"work request: got {type(reply).__name__}, expected WorkGrant or NoWork")
+        return reply
+
+    def send(self, msg: Completion | Heartbeat) -> None:
+        self._push.send(encode(msg))
+
+    def close(self) -> None:
+        """Say goodbye (the buffer hands out again what this worker still holds) and close."""
+        if self._push.closed:
+            return
+        self._push.send(encode(Goodbye(worker_id=self.worker_id)))
+        self._dealer.close()
+        self._push.close()
+        self._ctx.term()
+
+    def __enter__(self) -> BufferClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _ask(self, msg: Message) -> Message:
+        self._dealer.send(encode(msg))
+        if not self._dealer.poll(self.timeout_ms):
+            raise TimeoutError(f"no answer from the buffer within {self.timeout_ms / 1000:.0f} s; "
+                               "check that the learner is running and the address is right")
+        return decode(self._dealer.recv())
+
+
+def query_status(host: str, port: int, timeout_s: float = 5.0) -> Status:
+    """One request to the status endpoint."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"tcp://{host}:{port}")
+        sock.send(encode(StatusRequest()))
+        if not sock.poll(int(timeout_s * 1000)):
+            raise TimeoutError(f"no status from {host}:{port} within {timeout_s} s")
+        reply = decode(sock.recv())
+        if not isinstance(reply, Status):
+            raise ConnectionError(f"status: got {type(reply).__name__}, expected Status")
+        return reply
+    finally:
+        sock.close()
+        ctx.term()

@@ -1,0 +1,186 @@
+"""ZeroMQ transport of the buffer service: three sockets served by one thread.
+
+    completions  PULL    <- workers PUSH     Completion | Heartbeat | Goodbye
+    work         ROUTER <-> workers DEALER   Hello -> Welcome; WorkRequest -> WorkGrant | NoWork
+    status       REP     <- anyone REQ       StatusRequest -> Status
+
+Every frame is decoded with the typed decoder of ``dynamo_async.protocol``. A frame that is
+malformed, oversized, of another protocol version, of an unexpected type for its socket, or
+inconsistent with the buffer (unknown group, duplicate sample, ...) is rejected and counted
+by reason (``BufferService.rejected``); the loop keeps serving. The thread also revokes
+expired leases every ``expire_every_s``. Runs in a thread of the learner process or alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import zmq
+
+from buffer.service import BufferService
+from dynamo_async.protocol import (
+    Completion, Goodbye, Heartbeat, Hello, Message, NoWork, ProtocolError, Status, StatusRequest,
+    Welcome, WorkGrant, WorkRequest, decode, encode,
+)
+
+
+class Endpoints:
+    """Bound addresses (runtime facts; never written into the config)."""
+
+    def __init__(self, host: str, work: int, completions: int, status: int):
+        self.host, self.work, self.completions, self.status = host, work, completions, status
+
+    def url(self, port: int) -> str:
+        return f"tcp://{self.host}:{port}"
+
+    def __repr__(self) -> str:
+        return f"Endpoints({self.host}: work={self.work}, completions={self.completions}, status={self.status})"
+
+
+class BufferServer:
+    """Serves ``service`` on ``host``; ``port`` is the work port (completions +1, status +2),
+    or 0 to bind three free ports (tests)."""
+
+    def __init__(self, service: BufferService, host: str = "127.0.0.1", port: int = 0,
+                 welcome: Callable[[Hello], Welcome] | None = None, expire_every_s: float = 0.5):
+        self.service = service
+        self.welcome = welcome
+        self.expire_every_s = expire_every_s
+        self.max_bytes = service.cfg.buffer.max_message_bytes
+        self._ctx = zmq.Context()
+        self._work = self._socket(zmq.ROUTER)
+        self._pull = self._socket(zmq.PULL)
+        self._status = self._socket(zmq.REP)
+        self.endpoints = self._bind(host, port)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="buffer-server", daemon=True)
+
+    def start(self) -> BufferServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and close exactly this server's sockets."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        for sock in (self._work, self._pull, self._status):
+            sock.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> BufferServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ internals
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_bytes)  # memory guard; the limit itself is counted
+        return sock
+
+    def _bind(self, host: str, port: int) -> Endpoints:
+        if port == 0:
+            ports = [s.bind_to_random_port(f"tcp://{host}") for s in (self._work, self._pull, self._status)]
+            return Endpoints(host, *ports)
+        for offset, sock in enumerate((self._work, self._pull, self._status)):
+            sock.bind(f"tcp://{host}:{port + offset}")
+        return Endpoints(host, port, port + 1, port + 2)
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self._work, self._pull, self._status):
+            poller.register(sock, zmq.POLLIN)
+        next_expiry = 0.0
+        while not self._stop.is_set():
+            events = dict(poller.poll(timeout=100))
+            if self._pull in events:
+                self._drain_pull()
+            if self._work in events:
+                self._on_work()
+            if self._status in events:
+                self._on_status()
+            now = self.service.clock()
+            if now >= next_expiry:
+                self.service.expire()
+                next_expiry = now + self.expire_every_s
+
+    def _decode(self, frame: bytes) -> Message | None:
+        try:
+            return decode(frame, self.max_bytes)
+        except ProtocolError as err:
+            self.service.reject(_reason(str(err)))
+            return None
+
+    def _drain_pull(self) -> None:
+        for _ in range(1024):  # bounded, so work requests are never starved
+            try:
+                frame = self._pull.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            msg = self._decode(frame)
+            if isinstance(msg, Completion):
+                self.service.add_completion(msg)
+            elif isinstance(msg, Heartbeat):
+                self.service.heartbeat(msg.worker_id)
+            elif isinstance(msg, Goodbye):
+                self.service.worker_left(msg.worker_id)
+            elif msg is not None:
+                self.service.reject("unexpected_type")
+
+    def _on_work(self) -> None:
+        frames = self._work.recv_multipart()
+        if len(frames) != 2:
+            self.service.reject("malformed")
+            return
+        identity, frame = frames
+        msg = self._decode(frame)
+        reply = self._answer(msg)
+        if reply is not None:
+            self._work.send_multipart([identity, encode(reply)])
+
+    def _answer(self, msg: Message | None) -> Message | None:
+        if isinstance(msg, WorkRequest):
+            if msg.capacity < 1:
+                self.service.reject("bad_capacity")
+                return NoWork(reason="empty", retry_after_s=1.0)
+            got = self.service.request_work(msg.worker_id, msg.capacity)
+            return got if isinstance(got, NoWork) else WorkGrant(items=tuple(got))
+        if isinstance(msg, Hello):
+            self.service.heartbeat(msg.worker_id)
+            return self.welcome(msg) if self.welcome is not None else self._standalone_welcome(msg)
+        if msg is not None:
+            self.service.reject("unexpected_type")
+        return NoWork(reason="empty", retry_after_s=1.0)
+
+    def _standalone_welcome(self, hello: Hello) -> Welcome:
+        """Without a learner: the run config, and no weight-sync rendezvous (port 0)."""
+        from dynamo_async.config import config_to_yaml
+
+        return Welcome(worker_id=hello.worker_id, config_yaml=config_to_yaml(self.service.cfg),
+                       sync_host="", sync_port=0, policy_version=self.service.version)
+
+    def _on_status(self) -> None:
+        msg = self._decode(self._status.recv())
+        if isinstance(msg, StatusRequest):
+            self._status.send(encode(self.service.status()))
+            return
+        if msg is not None:
+            self.service.reject("unexpected_type")
+        # REP must answer every request: a bare status keeps the socket usable.
+        self._status.send(encode(self.service.status()))
+
+
+def _reason(message: str) -> str:
+    if "-byte message" in message:
+        return "oversized"
+    if "protocol version" in message:
+        return "version"
+    return "malformed"
+
+
+__all__ = ["BufferServer", "Endpoints", "Status"]

@@ -1,0 +1,293 @@
+"""The buffer service: prompt pool, budgets, leases, staleness gate, and learner batches.
+
+    workers --Completion (PUSH->PULL)-->  add_completion  --> groups --READY--> pull_batch --> learner
+    workers <--WorkItem (ROUTER/DEALER)-- request_work    <-- scheduler: pool + water_fill + gate
+
+Backpressure, stated once:
+- A worker asks for work only when its engine has room; the buffer answers only while the
+  staleness gate (``gate.py``) admits new groups, so generation never runs more than
+  ``max_staleness`` learner versions ahead.
+- The learner waits for a full batch of ready groups; it never waits for a particular worker.
+- Weight broadcasts do not pass through here: a new version only moves the gate (``set_version``).
+
+Group lifecycle (``lifecycle.py``): WAITING -> IN_FLIGHT -> READY -> CONSUMED | DROPPED.
+Every method is thread-safe: the network thread (``server.py``) and the learner thread call in.
+Bad input is rejected and counted by reason, never raised into the caller's loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pyarrow.parquet as pq
+
+from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from buffer.gate import admission_room, too_stale
+from buffer.groups import Group
+from buffer.leases import LeaseTable
+from buffer.lifecycle import GroupState, check_transition
+from buffer.pool import PoolPrompt, PromptPool
+from dynamo_async.algo.allocation import water_fill
+from dynamo_async.config.schema import RunConfig
+from dynamo_async.protocol import Completion, NoWork, Status, WorkItem, pack_i32
+
+
+class _SavedState(msgspec.Struct, frozen=True):
+    step: int
+    version: int
+    consumed: int
+    epoch: int
+    position: int
+
+
+class BufferService:
+    """All buffer state behind one lock; see the module docstring for the data flow."""
+
+    def __init__(self, cfg: RunConfig, prompts: Sequence[PoolPrompt], store=None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.pool = PromptPool(prompts, cfg.trainer.seed)
+        self.store = store
+        self.clock = clock
+        self.version = 0
+        self.step = 0
+        self.groups: dict[int, Group] = {}
+        self.leases = LeaseTable()
+        self.counts: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self._cond = threading.Condition()
+        self._next_group = 0
+        self._assembling: list[Group] = []
+        self._set_aside = Counter()
+        self._closed = False
+
+    # ------------------------------------------------------------------ workers
+
+    def request_work(self, worker_id: str, capacity: int) -> list[WorkItem] | NoWork:
+        """Leases for up to ``capacity`` samples, or why there are none."""
+        with self._cond:
+            now = self.clock()
+            self.leases.seen(worker_id, now)
+            self._expire(now)
+            if self._closed:
+                return NoWork(reason="shutdown", retry_after_s=0.0)
+            items: list[WorkItem] = []
+            left = capacity
+            while left > 0 and (group := self._open_group()) is not None:
+                samples = group.take(left)
+                items.append(self._lease(worker_id, group, samples, now))
+                left -= len(samples)
+            if items:
+                return items
+            reason = "staleness" if self._gate_room() == 0 else "empty"
+            return NoWork(reason=reason, retry_after_s=0.2)
+
+    def add_completion(self, c: Completion) -> str | None:
+        """Accept a completion into its group; returns the rejection reason, or None."""
+        with self._cond:
+            now = self.clock()
+            group = self.groups.get(c.group_id)
+            reason = "unknown_group" if group is None else group.rejection(c)
+            if reason is not None:
+                self.rejected[reason] += 1
+                return reason
+            self.leases.seen(c.worker_id, now)
+            self.leases.settle(c.lease_id, c.sample_index)
+            if self.store is not None:
+                self.store.append_completion(c, time.time(), self.version)
+            self.counts["completions"] += 1
+            if group.add(c):
+                self.pool.complete(group.prompt_idx, group.correct, group.n, self.version)
+                self.counts["groups_ready"] += 1
+                self._cond.notify_all()
+            return None
+
+    def reject(self, reason: str) -> None:
+        """Count a message the transport could not even decode."""
+        with self._cond:
+            self.rejected[reason] += 1
+
+    def heartbeat(self, worker_id: str) -> None:
+        with self._cond:
+            self.leases.seen(worker_id, self.clock())
+
+    def worker_left(self, worker_id: str) -> int:
+        """A worker said goodbye or crashed: hand its unfinished samples out again."""
+        with self._cond:
+            return self._give_back(self.leases.revoke_worker(worker_id))
+
+    def expire(self) -> int:
+        """Revoke leases past their deadline or of silent workers; returns samples requeued."""
+        with self._cond:
+            return self._expire(self.clock())
+
+    # ------------------------------------------------------------------ learner
+
+    def set_version(self, version: int) -> None:
+        """The learner published weights of ``version``: the gate moves, batches age."""
+        with self._cond:
+            assert version >= self.version, "policy versions only grow"
+            self.version = version
+            self._cond.notify_all()
+
+    def pull_batch(self, timeout: float | None = None) -> LearnerBatch | None:
+        """The next ``gen_batch_prompts`` ready groups (waits up to ``timeout``; None if short)."""
+        need = self.cfg.allocation.gen_batch_prompts
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._collect(need)
+                if len(self._assembling) >= need:
+                    return self._hand_out(need)
+                left = None if deadline is None else deadline - time.monotonic()
+                if self._closed or (left is not None and left <= 0):
+                    return None
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        """Stop handing out work and wake a waiting learner."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def status(self) -> Status:
+        with self._cond:
+            states = Counter(g.state.value for g in self.groups.values())
+            states["consumed"] = self.counts["consumed"]
+            return Status(policy_version=self.version, groups=dict(states), workers=self.leases.workers,
+                          rejected=dict(self.rejected), completions=self.counts["completions"],
+                          dropped_groups=self.counts["dropped_stale"] + self.counts["dropped_zero_variance"])
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_state(self, directory: str | Path) -> None:
+        """Statistics (Parquet) and counters; live groups are requeued on restore."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with self._cond:
+            pq.write_table(self.pool.stats_table(), directory / "prompt_stats.parquet")
+            state = _SavedState(self.step, self.version, self.counts["consumed"], *self.pool.position)
+        (directory / "buffer_state.json").write_bytes(msgspec.json.encode(state))
+
+    def restore_state(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        state = msgspec.json.decode((directory / "buffer_state.json").read_bytes(), type=_SavedState)
+        table = pq.read_table(directory / "prompt_stats.parquet")
+        with self._cond:
+            self.pool.restore_stats(table)
+            self.step, self.version = state.step, state.version
+            self.counts["consumed"] = state.consumed
+            self.pool.seek(state.epoch, state.position)
+
+    # ------------------------------------------------------------------ internals
+
+    def _open_group(self) -> Group | None:
+        for group in self.groups.values():
+            if group.pending:
+                return group
+        created = self._admit()
+        return created[0] if created else None
+
+    def _gate_room(self) -> int:
+        live = sum(1 for g in self.groups.values() if g.state in (GroupState.WAITING, GroupState.IN_FLIGHT))
+        ready = sum(1 for g in self.groups.values() if g.state is GroupState.READY)
+        return admission_room(self.version, self.cfg.buffer.max_staleness, self.cfg.allocation.gen_batch_prompts,
+                              self.counts["consumed"], ready, live)
+
+    def _admit(self) -> list[Group]:
+        """A new generation batch within the gate's room, budgets water-filled."""
+        a = self.cfg.allocation
+        idxs = self.pool.take(min(a.gen_batch_prompts, self._gate_room()))
+        if not idxs:
+            return []
+        budget = a.avg_rollouts * len(idxs)
+        if a.dynamic and self.cfg.method == "dynamo":
+            counts = water_fill(self.pool.priorities(idxs, a.prior, a.priority_power), budget, a.g_min, a.g_max)
+        else:
+            counts = np.full(len(idxs), a.avg_rollouts)
+        created = []
+        for idx, n in zip(idxs, counts):
+            group = Group(self._next_group, idx, self.pool.prompts[idx].prompt_id, int(n), self.version)
+            self.groups[group.group_id] = group
+            self._next_group += 1
+            created.append(group)
+        self.counts["groups_created"] += len(created)
+        return created
+
+    def _lease(self, worker_id: str, group: Group, samples: list[int], now: float) -> WorkItem:
+        lease_s = self.cfg.buffer.lease_timeout_s
+        lease = self.leases.grant(worker_id, group.group_id, samples, now + lease_s)
+        prompt = self.pool.prompts[group.prompt_idx]
+        return WorkItem(lease_id=lease.lease_id, group_id=group.group_id, prompt_id=prompt.prompt_id,
+                        prompt=prompt.text, prompt_token_ids=pack_i32(prompt.token_ids), answer=prompt.answer,
+                        sample_indices=tuple(samples), seed=self.cfg.rollout.seed * 1_000_003 + group.group_id,
+                        lease_s=lease_s)
+
+    def _expire(self, now: float) -> int:
+        return self._give_back(self.leases.revoke_expired(now, self.cfg.buffer.worker_timeout_s))
+
+    def _give_back(self, leases) -> int:
+        back = 0
+        for lease in leases:
+            group = self.groups.get(lease.group_id)
+            if group is not None and group.state in (GroupState.WAITING, GroupState.IN_FLIGHT):
+                back += group.give_back(lease.samples)
+        self.counts["samples_redispatched"] += back
+        return back
+
+    def _collect(self, need: int) -> None:
+        """Move READY groups (oldest first) into the batch being assembled, setting aside the
+        too-stale and, if filtered, the zero-variance ones."""
+        taken = {id(g) for g in self._assembling}
+        ready = [g for g in self.groups.values() if g.state is GroupState.READY and id(g) not in taken]
+        for group in ready:
+            if len(self._assembling) >= need:
+                return
+            reason = self._set_aside_reason(group)
+            if reason is None:
+                self._assembling.append(group)
+                continue
+            group.state = check_transition(group.state, GroupState.DROPPED)
+            self.counts[reason] += 1
+            self._set_aside[reason] += 1
+            del self.groups[group.group_id]
+
+    def _set_aside_reason(self, group: Group) -> str | None:
+        oldest = min(int(c.arrays()[2].min()) for c in group.received.values())
+        if self.cfg.buffer.stale_groups == "drop" and too_stale(self.version, oldest, self.cfg.buffer.max_staleness):
+            return "dropped_stale"
+        if self.cfg.advantage.filter_zero_variance and len({c.acc for c in group.received.values()}) == 1:
+            return "dropped_zero_variance"
+        return None
+
+    def _hand_out(self, need: int) -> LearnerBatch:
+        chosen, self._assembling = self._assembling[:need], self._assembling[need:]
+        groups = tuple(self._ready_group(g) for g in chosen)
+        for g in chosen:
+            g.state = check_transition(g.state, GroupState.CONSUMED)
+            del self.groups[g.group_id]
+        batch = LearnerBatch(step=self.step, policy_version=self.version, groups=groups,
+                             dropped_stale=self._set_aside["dropped_stale"],
+                             dropped_zero_variance=self._set_aside["dropped_zero_variance"],
+                             staleness=tuple(self.version - g.oldest_version for g in groups))
+        self._set_aside.clear()
+        self.counts["consumed"] += len(groups)
+        self.step += 1
+        if self.store is not None:
+            self.store.append_batch(batch)
+        return batch
+
+    def _ready_group(self, g: Group) -> ReadyGroup:
+        prompt = self.pool.prompts[g.prompt_idx]
+        samples = []
+        for index in sorted(g.received):
+            c = g.received[index]
+            tokens, logprobs, versions = c.arrays()
+            samples.append(Sample(index, tokens, logprobs, versions, c.acc, c.reward, c.finish_reason, c.worker_id))
+        return ReadyGroup(g.group_id, g.prompt_id, prompt.token_ids, prompt.answer, tuple(samples))

@@ -1,0 +1,213 @@
+"""Wire protocol between learner, buffer and rollout workers (DESIGN section 5).
+
+Every message is a versioned, frozen ``msgspec.Struct`` in one tagged union, encoded as
+msgpack and decoded by a typed decoder; nothing is pickled. Token ids and float arrays
+travel as packed little-endian bytes (int32 / float32), never Python lists.
+
+Sockets (the buffer's side)::
+
+    completions   PULL   <- workers PUSH     Completion, Heartbeat
+    work          ROUTER <-> workers DEALER  Hello -> Welcome, WorkRequest -> WorkGrant | NoWork
+    status        REP    <- anyone REQ       StatusRequest -> Status
+
+Length invariants (checked on decode; a violation is a rejected message):
+- ``Completion``: ``len(token_ids) == len(logprobs) == len(versions)`` in elements, at least
+  one token, at most ``MAX_TOKENS``; ``0 <= sample_index``; ``acc`` in {0, 1}.
+- ``WorkItem``: ``1 <= len(sample_indices) <= MAX_GROUP``; prompt tokens packed int32, at
+  least one. Workers generate from these exact ids, so the learner scores the same prompt.
+- Every message: ``v == PROTOCOL_VERSION`` and the encoded size at most ``MAX_MESSAGE_BYTES``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_TOKENS = 1 << 20
+MAX_GROUP = 4096
+
+
+class ProtocolError(ValueError):
+    """A message that is malformed, oversized, of another protocol version, or inconsistent."""
+
+
+class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True):
+    v: int = PROTOCOL_VERSION
+
+
+class Hello(_Msg, tag="hello"):
+    """Worker -> learner on connect: who it is and how many rollouts it runs at once."""
+
+    worker_id: str
+    host: str
+    pid: int
+    engine: str
+    capacity: int
+
+
+class Welcome(_Msg, tag="welcome"):
+    """Learner -> worker: the resolved run config (YAML) and the weight-sync rendezvous."""
+
+    worker_id: str
+    config_yaml: str
+    sync_host: str
+    sync_port: int
+    policy_version: int
+
+
+class WorkRequest(_Msg, tag="work_request"):
+    """Worker -> buffer: room for ``capacity`` more rollouts at ``policy_version``."""
+
+    worker_id: str
+    capacity: int
+    policy_version: int
+
+
+class WorkItem(_Msg, tag="work_item"):
+    """Buffer -> worker: generate the samples ``sample_indices`` of group ``group_id``."""
+
+    lease_id: int
+    group_id: int
+    prompt_id: str
+    prompt: str
+    prompt_token_ids: bytes
+    answer: str
+    sample_indices: tuple[int, ...]
+    seed: int
+    lease_s: float
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.sample_indices) <= MAX_GROUP:
+            raise ValueError(f"got {len(self.sample_indices)} samples, expected 1..{MAX_GROUP}")
+        if not self.prompt_token_ids or len(self.prompt_token_ids) % 4:
+            raise ValueError(f"got prompt_token_ids of {len(self.prompt_token_ids)} bytes, "
+                             "expected a non-empty multiple of 4")
+
+
+class WorkGrant(_Msg, tag="work_grant"):
+    """Buffer -> worker: the answer to one WorkRequest that has work (one item per group)."""
+
+    items: tuple[WorkItem, ...]
+
+    def __post_init__(self) -> None:
+        if not self.items:
+            raise ValueError("got a WorkGrant without items, expected at least one (NoWork otherwise)")
+
+
+class Goodbye(_Msg, tag="goodbye"):
+    """Worker -> buffer: leaving; hand out again whatever it still holds."""
+
+    worker_id: str
+
+
+class NoWork(_Msg, tag="no_work"):
+    """Buffer -> worker: nothing to hand out now (staleness gate, empty pool, shutdown)."""
+
+    reason: Literal["staleness", "empty", "shutdown"]
+    retry_after_s: float
+
+
+class Completion(_Msg, tag="completion"):
+    """Worker -> buffer: one finished sample with its behaviour log-probs and token versions."""
+
+    worker_id: str
+    lease_id: int
+    group_id: int
+    prompt_id: str
+    sample_index: int
+    token_ids: bytes
+    logprobs: bytes
+    versions: bytes
+    finish_reason: Literal["stop", "length", "abort"]
+    acc: int
+    reward: float
+    score_status: str
+    gen_seconds: float
+    score_seconds: float
+
+    def __post_init__(self) -> None:
+        n = len(self.token_ids)
+        if n == 0 or n % 4 or n // 4 > MAX_TOKENS:
+            raise ValueError(f"got token_ids of {n} bytes, expected 4..{4 * MAX_TOKENS}, a multiple of 4")
+        if len(self.logprobs) != n or len(self.versions) != n:
+            raise ValueError(f"got {n}, {len(self.logprobs)}, {len(self.versions)} bytes of token_ids, "
+                             "logprobs, versions, expected equal lengths")
+        if self.sample_index < 0 or self.acc not in (0, 1):
+            raise ValueError(f"got sample_index={self.sample_index}, acc={self.acc}, expected >= 0 and 0/1")
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids) // 4
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(token ids int32, behaviour log-probs float32, versions int32), zero-copy views."""
+        return (np.frombuffer(self.token_ids, "<i4"), np.frombuffer(self.logprobs, "<f4"),
+                np.frombuffer(self.versions, "<i4"))
+
+
+class Heartbeat(_Msg, tag="heartbeat"):
+    """Worker -> buffer: still alive, holding these leases."""
+
+    worker_id: str
+    lease_ids: tuple[int, ...]
+    policy_version: int
+
+
+class VersionNotice(_Msg, tag="version"):
+    """Learner -> workers: weights of ``policy_version`` are being broadcast."""
+
+    policy_version: int
+
+
+class StatusRequest(_Msg, tag="status_request"):
+    """Anyone -> buffer status endpoint."""
+
+
+class Status(_Msg, tag="status"):
+    """Buffer -> anyone: a snapshot of the run."""
+
+    policy_version: int
+    groups: dict[str, int]
+    workers: int
+    rejected: dict[str, int]
+    completions: int
+    dropped_groups: int
+
+
+Message = Union[Hello, Welcome, WorkRequest, WorkItem, WorkGrant, NoWork, Completion, Heartbeat,
+                Goodbye, VersionNotice, StatusRequest, Status]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode(msg: Message) -> bytes:
+    """msgpack bytes of ``msg``."""
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Typed decode; anything malformed, oversized or of another version is a ProtocolError."""
+    if len(data) > max_bytes:
+        raise ProtocolError(f"got a {len(data)}-byte message, expected at most {max_bytes}")
+    try:
+        msg = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        raise ProtocolError(str(err)) from None
+    if msg.v != PROTOCOL_VERSION:
+        raise ProtocolError(f"got protocol version {msg.v}, expected {PROTOCOL_VERSION}")
+    return msg
+
+
+def pack_i32(values) -> bytes:
+    """Little-endian int32 bytes."""
+    return np.ascontiguousarray(values, dtype="<i4").tobytes()
+
+
+def pack_f32(values) -> bytes:
+    """Little-endian float32 bytes."""
+    return np.ascontiguousarray(values, dtype="<f4").tobytes()
