@@ -1,0 +1,78 @@
+"""Training and evaluation prompts: where they come from and how they are tokenized.
+
+``data.train`` is ``synthetic`` (the seeded arithmetic task), a local JSONL/Parquet file
+with fields ``problem`` and ``answer``, or a Hugging Face dataset name (needs the optional
+``datasets`` package). Each problem becomes a chat: the configured system prompt, then the
+problem as the user turn, rendered with the tokenizer's chat template and left-truncated to
+``data.max_prompt_tokens`` (Table 3). Workers generate from exactly these token ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from buffer.pool import PoolPrompt
+from dynamo_async.config.schema import DataConfig
+from dynamo_async.data.problems import Problem, load_problems
+from dynamo_async.data.synthetic import train_eval_split
+
+
+def training_problems(cfg: DataConfig) -> list[Problem]:
+    """The training set named by ``data.train``."""
+    if cfg.train == "synthetic":
+        return train_eval_split(cfg.synthetic)[0]
+    return _load(cfg.train, "data.train")
+
+
+def eval_problems(cfg: DataConfig) -> dict[str, list[Problem]]:
+    """Held-out sets by name: ``data.eval``, or the synthetic held-out split."""
+    if not cfg.eval:
+        if cfg.train != "synthetic":
+            return {}
+        return {"synthetic": train_eval_split(cfg.synthetic)[1]}
+    return {Path(spec).stem if Path(spec).exists() else spec: _load(spec, "data.eval") for spec in cfg.eval}
+
+
+def render_prompt(tokenizer, system_prompt: str, problem: str, max_tokens: int) -> np.ndarray:
+    """Chat-templated token ids of one problem (left-truncated to ``max_tokens``)."""
+    messages = [{"role": "user", "content": problem}]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    ids = np.asarray(ids, dtype=np.int32).reshape(-1)
+    assert ids.size > 0, "chat template produced no tokens"
+    return ids[-max_tokens:]
+
+
+def pool_prompts(problems: list[Problem], tokenizer, cfg: DataConfig) -> list[PoolPrompt]:
+    """Problems as buffer prompts with their token ids."""
+    return [PoolPrompt(p.id, p.problem, p.answer,
+                       render_prompt(tokenizer, cfg.system_prompt, p.problem, cfg.max_prompt_tokens))
+            for p in problems]
+
+
+def _load(spec: str, field: str) -> list[Problem]:
+    if Path(spec).exists():
+        return load_problems(spec)
+    if spec.endswith((".jsonl", ".parquet")):
+        raise ValueError(f"{field}: got {spec!r}, expected an existing file (it does not exist)")
+    return _load_hub(spec, field)
+
+
+def _load_hub(name: str, field: str) -> list[Problem]:
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(f"{field}: got {name!r}, which is not a local file; loading a Hugging Face "
+                         "dataset needs `pip install datasets` (or save it as JSONL/Parquet with "
+                         "fields problem and answer and pass the path)") from None
+    rows = datasets.load_dataset(name, split="train")
+    missing = {"problem", "answer"} - set(rows.column_names)
+    if missing:
+        raise ValueError(f"{field}: dataset {name!r} lacks {sorted(missing)}, expected fields problem and answer")
+    return [Problem(id=str(r.get("id", i)), problem=r["problem"], answer=str(r["answer"]), source=name)
+            for i, r in enumerate(rows)]
