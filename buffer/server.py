@@ -107,6 +107,7 @@ class BufferServer:
             now = self.service.clock()
             if now >= next_expiry:
                 self.service.expire()
+                self.service.flush()
                 next_expiry = now + self.expire_every_s
 
     def _decode(self, frame: bytes) -> Message | None:

@@ -150,6 +150,11 @@ class BufferService:
                     return None
                 self._cond.wait(left)
 
+    def flush(self) -> None:
+        """Write buffered store rows (called by the server on idle ticks)."""
+        if self.store is not None:
+            self.store.flush()
+
     def close(self) -> None:
         """Stop handing out work and wake a waiting learner."""
         with self._cond:

@@ -6,12 +6,15 @@ vLLM): ``dynamo-async --help`` and ``dynamo-async config`` return at once.
 Subcommands:
   config    validate a YAML config with key=value overrides; print or write the resolved
             config, or describe every field with its default.
+  buffer    run the buffer service alone (ZeroMQ work, completions and status endpoints).
+  replay    summarise a recorded run, export rows as JSONL (``replay RUN_DIR --help``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. loss.eps_high=0.28")
     cfg.add_argument("--out", help="write the resolved config here instead of printing it")
     cfg.add_argument("--describe", action="store_true", help="list every field, its default and meaning")
+    buf = sub.add_parser("buffer", help="run the buffer service alone, without a learner")
+    buf.add_argument("--config", required=True, help="YAML run config")
+    buf.add_argument("overrides", nargs="*", metavar="key=value")
+    buf.add_argument("--run-dir", required=True, help="where the Arrow store and resolved config go")
+    buf.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other nodes)")
+    buf.add_argument("--port", type=int, default=5555, help="work port; completions +1, status +2")
+    rep = sub.add_parser("replay", add_help=False, help="summarise or export a recorded run (RUN_DIR --help)")
+    rep.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -42,7 +53,24 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"config": cmd_config}
+def cmd_buffer(args: argparse.Namespace) -> int:
+    from dynamo_async.config import dump_config, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir)
+    dump_config(cfg, run_dir / "config.yaml")
+    from buffer.standalone import serve
+
+    return serve(cfg, run_dir, args.host, args.port)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from buffer.replay import replay_main
+
+    return replay_main(args.rest)
+
+
+COMMANDS = {"config": cmd_config, "buffer": cmd_buffer, "replay": cmd_replay}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,275 @@
+"""The run's Arrow store: every completion received and every batch handed to the learner.
+
+Layout (DESIGN 6, "Arrow store")::
+
+    RUN_DIR/store/completions/completions-000000.arrows, -000001, ...   one row per completion
+    RUN_DIR/store/batches/batches-000000.arrows, ...                    one row per learner sample
+    RUN_DIR/store/steps/steps-000000.arrows, ...                        one row per learner batch
+
+Each file is an Arrow IPC *stream* with the table's explicit schema (module constants below).
+A ``SegmentWriter`` buffers rows column by column and writes one record batch when ``flush_rows``
+rows are pending, when the oldest pending row is ``max_delay_s`` old (checked on append), or on
+``flush()``; it starts a new segment once the current file exceeds ``segment_bytes``. List columns
+are built straight from numpy arrays (one ``np.concatenate`` per column per flush), never from
+Python lists of ints, so ingest stays cheap. A reopened store continues the segment numbering.
+
+``RunStore`` holds the three writers behind one lock: the buffer's network thread appends
+completions while the learner thread appends batches. ``append_batch`` flushes at once, so a
+batch is on disk as soon as it was handed out. ``read_table`` reads the segments back in order; a
+segment cut short by a crash yields every complete record batch before the damage (with a warning).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from buffer.batch import LearnerBatch
+from dynamo_async.protocol import Completion
+
+_I32_LIST = pa.list_(pa.int32())
+_F32_LIST = pa.list_(pa.float32())
+
+
+def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([pa.field(name, type_, nullable=False) for name, type_ in fields])
+
+
+COMPLETIONS_SCHEMA = _schema(
+    ("group_id", pa.int64()), ("prompt_id", pa.string()), ("sample_index", pa.int32()),
+    ("lease_id", pa.int64()), ("worker_id", pa.string()), ("token_ids", _I32_LIST),
+    ("logprobs", _F32_LIST), ("versions", _I32_LIST), ("finish_reason", pa.string()),
+    ("acc", pa.int8()), ("reward", pa.float32()), ("score_status", pa.string()),
+    ("gen_seconds", pa.float32()), ("score_seconds", pa.float32()),
+    ("received_at", pa.float64()),      # unix time
+    ("policy_version", pa.int32()),     # learner version when the completion arrived
+)
+
+BATCHES_SCHEMA = _schema(
+    ("step", pa.int64()), ("policy_version", pa.int32()), ("group_id", pa.int64()),
+    ("prompt_id", pa.string()), ("prompt_token_ids", _I32_LIST), ("answer", pa.string()),
+    ("sample_index", pa.int32()), ("token_ids", _I32_LIST), ("logprobs", _F32_LIST),
+    ("versions", _I32_LIST), ("acc", pa.int8()), ("reward", pa.float32()),
+    ("finish_reason", pa.string()), ("worker_id", pa.string()),
+)
+
+STEPS_SCHEMA = _schema(
+    ("step", pa.int64()), ("policy_version", pa.int32()), ("num_groups", pa.int32()),
+    ("num_samples", pa.int32()), ("dropped_stale", pa.int32()), ("dropped_zero_variance", pa.int32()),
+    ("written_at", pa.float64()),       # unix time
+    ("staleness", _I32_LIST),           # LearnerBatch.staleness, kept so replay rebuilds it exactly
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "completions": COMPLETIONS_SCHEMA, "batches": BATCHES_SCHEMA, "steps": STEPS_SCHEMA}
+
+_MAX_LIST_VALUES = 2**31 - 1  # int32 offsets of pa.list_
+_SEGMENT_RE = re.compile(r"-(\d+)\.arrows$")
+
+
+def store_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "store"
+
+
+def segment_paths(run_dir: str | Path, table: str) -> list[Path]:
+    """The segment files of ``table``, in write order."""
+    folder = store_dir(run_dir) / table
+    paths = [p for p in folder.glob(f"{table}-*.arrows") if _SEGMENT_RE.search(p.name)]
+    return sorted(paths, key=lambda p: int(_SEGMENT_RE.search(p.name).group(1)))
+
+
+def _list_array(values: list, type_: pa.ListType) -> pa.Array:
+    """A list column from per-row numpy arrays (or sequences), via offsets + one flat array."""
+    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    dtype = type_.value_type.to_pandas_dtype()
+    flat = np.concatenate(values).astype(dtype, copy=False) if values else np.empty(0, dtype)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=type_.value_type))
+
+
+def _column(values: list, type_: pa.DataType) -> pa.Array:
+    if isinstance(type_, pa.ListType):
+        return _list_array(values, type_)
+    array = pa.array(values, type=type_)
+    assert array.null_count == 0, "store columns are not nullable"
+    return array
+
+
+class SegmentWriter:
+    """Appends rows of one table to size-rotated Arrow IPC stream segments."""
+
+    def __init__(self, run_dir: str | Path, table: str, schema: pa.Schema, segment_bytes: int,
+                 flush_rows: int, max_delay_s: float | None = 1.0) -> None:
+        if segment_bytes < 1 or flush_rows < 1:
+            raise ValueError(f"got segment_bytes={segment_bytes}, flush_rows={flush_rows}, "
+                             "expected both >= 1")
+        self.table, self.schema = table, schema
+        self.segment_bytes, self.flush_rows, self.max_delay_s = segment_bytes, flush_rows, max_delay_s
+        self.folder = store_dir(run_dir) / table
+        self.folder.mkdir(parents=True, exist_ok=True)
+        existing = segment_paths(run_dir, table)
+        self._next_index = int(_SEGMENT_RE.search(existing[-1].name).group(1)) + 1 if existing else 0
+        self._list_columns = [i for i, f in enumerate(schema) if isinstance(f.type, pa.ListType)]
+        self._columns: list[list[Any]] = [[] for _ in schema]
+        self._pending_values = 0  # longest list column's pending element count
+        self._first_pending_at = 0.0
+        self._sink: pa.NativeFile | None = None
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self._closed = False
+        self.rows_written = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._columns[0])
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Buffer one row (every schema column; list columns as numpy arrays); flush when due."""
+        assert not self._closed, f"append to closed {self.table} writer"
+        assert len(row) == len(self.schema), f"got columns {sorted(row)}, expected {self.schema.names}"
+        size = max((len(row[self.schema.names[i]]) for i in self._list_columns), default=0)
+        if self._pending_values + size > _MAX_LIST_VALUES:
+            self.flush()
+        if not self.pending:
+            self._first_pending_at = time.monotonic()
+        for name, column in zip(self.schema.names, self._columns):
+            column.append(row[name])
+        self._pending_values += size
+        if self.pending >= self.flush_rows or self._overdue():
+            self.flush()
+
+    def _overdue(self) -> bool:
+        return self.max_delay_s is not None and time.monotonic() - self._first_pending_at >= self.max_delay_s
+
+    def flush(self) -> None:
+        """Write the pending rows as one record batch; rotate the segment if it grew too large."""
+        if not self.pending:
+            return
+        arrays = [_column(values, f.type) for values, f in zip(self._columns, self.schema)]
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        self._columns = [[] for _ in self.schema]
+        self._pending_values = 0
+        if self._writer is None:
+            self._open_segment()
+        self._writer.write_batch(batch)
+        self.rows_written += batch.num_rows
+        if self._sink.tell() >= self.segment_bytes:
+            self._close_segment()
+
+    def _open_segment(self) -> None:
+        path = self.folder / f"{self.table}-{self._next_index:06d}.arrows"
+        assert not path.exists(), f"segment {path} already exists"
+        self._next_index += 1
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, self.schema)
+
+    def _close_segment(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+        self._writer = self._sink = None
+
+    def close(self) -> None:
+        """Flush and close the current segment; idempotent."""
+        if self._closed:
+            return
+        self.flush()
+        self._close_segment()
+        self._closed = True
+
+
+class RunStore:
+    """The three tables of one run behind one lock (network and learner threads both append)."""
+
+    def __init__(self, run_dir: str | Path, segment_bytes: int, flush_rows: int,
+                 max_delay_s: float | None = 1.0) -> None:
+        self.run_dir = Path(run_dir)
+        self._lock = threading.Lock()
+        self._completions = SegmentWriter(run_dir, "completions", COMPLETIONS_SCHEMA, segment_bytes,
+                                          flush_rows, max_delay_s)
+        self._batches = SegmentWriter(run_dir, "batches", BATCHES_SCHEMA, segment_bytes,
+                                      flush_rows, max_delay_s)
+        self._steps = SegmentWriter(run_dir, "steps", STEPS_SCHEMA, segment_bytes, flush_rows, max_delay_s)
+
+    def append_completion(self, c: Completion, received_at: float, policy_version: int) -> None:
+        token_ids, logprobs, versions = c.arrays()
+        row = dict(group_id=c.group_id, prompt_id=c.prompt_id, sample_index=c.sample_index,
+                   lease_id=c.lease_id, worker_id=c.worker_id, token_ids=token_ids, logprobs=logprobs,
+                   versions=versions, finish_reason=c.finish_reason, acc=c.acc, reward=c.reward,
+                   score_status=c.score_status, gen_seconds=c.gen_seconds,
+                   score_seconds=c.score_seconds, received_at=received_at, policy_version=policy_version)
+        with self._lock:
+            self._completions.append(row)
+
+    def append_batch(self, batch: LearnerBatch) -> None:
+        """One row per sample plus the step's row; both flushed, so the batch is on disk now."""
+        step_row = dict(step=batch.step, policy_version=batch.policy_version,
+                        num_groups=len(batch.groups), num_samples=batch.num_samples,
+                        dropped_stale=batch.dropped_stale,
+                        dropped_zero_variance=batch.dropped_zero_variance, written_at=time.time(),
+                        staleness=np.asarray(batch.staleness, dtype=np.int32))
+        with self._lock:
+            for group in batch.groups:
+                for s in group.samples:
+                    self._batches.append(dict(
+                        step=batch.step, policy_version=batch.policy_version, group_id=group.group_id,
+                        prompt_id=group.prompt_id, prompt_token_ids=group.prompt_token_ids,
+                        answer=group.answer, sample_index=s.sample_index, token_ids=s.token_ids,
+                        logprobs=s.logprobs, versions=s.versions, acc=s.acc, reward=s.reward,
+                        finish_reason=s.finish_reason, worker_id=s.worker_id))
+            self._steps.append(step_row)
+            self._batches.flush()
+            self._steps.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            for writer in (self._completions, self._batches, self._steps):
+                writer.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            for writer in (self._completions, self._batches, self._steps):
+                writer.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _read_segment(path: Path, columns: list[str] | None) -> list[pa.RecordBatch]:
+    """Every complete record batch of one segment; a truncated tail is warned about and skipped."""
+    batches: list[pa.RecordBatch] = []
+    source = pa.memory_map(str(path))  # a missing or unreadable file is an error, not damage
+    try:
+        for batch in pa.ipc.open_stream(source):
+            batches.append(batch.select(columns) if columns is not None else batch)
+    except (OSError, pa.ArrowInvalid) as err:  # a crash mid-write cuts the file short
+        warnings.warn(f"{path}: damaged after {len(batches)} record batches ({err}); "
+                      "reading what came before", RuntimeWarning, stacklevel=3)
+    return batches
+
+
+def read_table(run_dir: str | Path, table: str, columns: list[str] | None = None) -> pa.Table:
+    """All segments of ``table`` concatenated in write order (empty with the schema if none)."""
+    if table not in SCHEMAS:
+        raise ValueError(f"got table {table!r}, expected one of {sorted(SCHEMAS)}")
+    if not store_dir(run_dir).is_dir():
+        raise ValueError(f"got run directory {str(run_dir)!r} without a store, expected a run "
+                         f"directory written by the buffer (one containing {store_dir(run_dir)})")
+    schema = SCHEMAS[table]
+    if columns is not None:
+        unknown = sorted(set(columns) - set(schema.names))
+        if unknown:
+            raise ValueError(f"got columns {unknown}, expected columns of {table}: {schema.names}")
+        schema = pa.schema([schema.field(name) for name in columns])
+    batches = [b for path in segment_paths(run_dir, table) for b in _read_segment(path, columns)]
+    return pa.Table.from_batches(batches, schema=schema)
