@@ -22,23 +22,30 @@ from dynamo_async.protocol import (
 class BufferClient:
     """One worker's connection; ``timeout_s`` bounds every wait for an answer."""
 
-    def __init__(self, host: str, work_port: int, completions_port: int, worker_id: str,
+    def __init__(self, host: str, work_port: int, completions_port: int | None, worker_id: str,
                  timeout_s: float = 30.0):
+        """``completions_port`` None: learn it from the Welcome (``hello``)."""
         self.worker_id = worker_id
+        self.host = host
         self.timeout_ms = int(timeout_s * 1000)
+        self.completions_port = completions_port
         self._ctx = zmq.Context()
         self._dealer = self._ctx.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
         self._dealer.connect(f"tcp://{host}:{work_port}")
         self._push = self._ctx.socket(zmq.PUSH)
         self._push.setsockopt(zmq.LINGER, 2000)  # deliver queued completions on close
-        self._push.connect(f"tcp://{host}:{completions_port}")
+        if completions_port is not None:
+            self._push.connect(f"tcp://{host}:{completions_port}")
 
-    def hello(self, engine: str, capacity: int) -> Welcome:
+    def hello(self, engine: str, capacity: int, receivers: tuple[str, ...] = ()) -> Welcome:
         reply = self._ask(Hello(worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
-                                engine=engine, capacity=capacity))
+                                engine=engine, capacity=capacity, receivers=tuple(receivers)))
         if not isinstance(reply, Welcome):
             raise ConnectionError(f"hello: got {type(reply).__name__}, expected Welcome from the learner")
+        if self.completions_port is None:
+            self.completions_port = reply.completions_port
+            self._push.connect(f"tcp://{self.host}:{reply.completions_port}")
         return reply
 
     def request_work(self, capacity: int, policy_version: int) -> WorkGrant | NoWork:

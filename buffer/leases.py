@@ -35,10 +35,11 @@ class LeaseTable:
         self._next_id += 1
         return lease
 
-    def settle(self, lease_id: int, sample_index: int) -> None:
-        """A sample of the lease arrived; the lease ends when all of its samples did."""
+    def settle(self, lease_id: int, group_id: int, sample_index: int) -> None:
+        """A sample of the lease arrived; the lease ends when all of its samples did. A lease id
+        that names another group's lease is ignored (it cannot settle that group's samples)."""
         lease = self.leases.get(lease_id)
-        if lease is None:
+        if lease is None or lease.group_id != group_id:
             return
         lease.samples.discard(sample_index)
         if not lease.samples:

@@ -51,6 +51,7 @@ class PromptPool:
         self._order = self._shuffle(0)
         self._pos = 0
         self._busy: set[int] = set()
+        self._first: list[int] = []
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -58,6 +59,11 @@ class PromptPool:
     def take(self, count: int) -> list[int]:
         """Up to ``count`` prompt indices not in a live group, in epoch order; marks them busy."""
         out: list[int] = []
+        while self._first and len(out) < count:
+            idx = self._first.pop(0)
+            if idx not in self._busy:
+                self._busy.add(idx)
+                out.append(idx)
         scanned = 0
         while len(out) < count and scanned < 2 * len(self.prompts):
             if self._pos == len(self._order):
@@ -81,6 +87,10 @@ class PromptPool:
         if not 0 <= position <= len(self.prompts):
             raise ValueError(f"pool position: got {position}, expected 0..{len(self.prompts)}")
         self.epoch, self._order, self._pos = epoch, self._shuffle(epoch), position
+
+    def requeue_first(self, prompt_ids) -> None:
+        """Draw these prompts (known ids only) before continuing the epoch order."""
+        self._first.extend(self.index[p] for p in prompt_ids if p in self.index)
 
     def complete(self, idx: int, correct: int, attempts: int, version: int) -> None:
         """A group of prompt ``idx`` finished: add its counts and free the prompt."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import msgspec
 import zmq
 
 from buffer.service import BufferService
@@ -152,8 +153,9 @@ class BufferServer:
             got = self.service.request_work(msg.worker_id, msg.capacity)
             return got if isinstance(got, NoWork) else WorkGrant(items=tuple(got))
         if isinstance(msg, Hello):
-            self.service.heartbeat(msg.worker_id)
-            return self.welcome(msg) if self.welcome is not None else self._standalone_welcome(msg)
+            self.service.register_worker(msg.worker_id, msg.receivers)
+            welcome = self.welcome(msg) if self.welcome is not None else self._standalone_welcome(msg)
+            return msgspec.structs.replace(welcome, completions_port=self.endpoints.completions)
         if msg is not None:
             self.service.reject("unexpected_type")
         return NoWork(reason="empty", retry_after_s=1.0)
@@ -166,7 +168,10 @@ class BufferServer:
                        sync_host="", sync_port=0, policy_version=self.service.version)
 
     def _on_status(self) -> None:
-        msg = self._decode(self._status.recv())
+        frames = self._status.recv_multipart()
+        msg = self._decode(frames[0]) if len(frames) == 1 else None
+        if len(frames) != 1:
+            self.service.reject("malformed")
         if isinstance(msg, StatusRequest):
             self._status.send(encode(self.service.status()))
             return

@@ -44,6 +44,8 @@ class _SavedState(msgspec.Struct, frozen=True):
     consumed: int
     epoch: int
     position: int
+    next_group: int
+    requeue: tuple[str, ...]
 
 
 class BufferService:
@@ -65,6 +67,7 @@ class BufferService:
         self._next_group = 0
         self._assembling: list[Group] = []
         self._set_aside = Counter()
+        self._receivers: dict[str, tuple[str, ...]] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ workers
@@ -98,7 +101,7 @@ class BufferService:
                 self.rejected[reason] += 1
                 return reason
             self.leases.seen(c.worker_id, now)
-            self.leases.settle(c.lease_id, c.sample_index)
+            self.leases.settle(c.lease_id, c.group_id, c.sample_index)
             if self.store is not None:
                 self.store.append_completion(c, time.time(), self.version)
             self.counts["completions"] += 1
@@ -117,9 +120,22 @@ class BufferService:
         with self._cond:
             self.leases.seen(worker_id, self.clock())
 
+    def register_worker(self, worker_id: str, receivers: tuple[str, ...]) -> None:
+        """A worker said hello: remember its weight receivers for the next broadcasts."""
+        with self._cond:
+            self.leases.seen(worker_id, self.clock())
+            self._receivers[worker_id] = tuple(receivers)
+
+    def live_receivers(self) -> list[str]:
+        """Weight receivers of the workers present now (silent ones are expired first)."""
+        with self._cond:
+            self._expire(self.clock())
+            return sorted(r for w, rs in self._receivers.items() if w in self.leases.last_seen for r in rs)
+
     def worker_left(self, worker_id: str) -> int:
         """A worker said goodbye or crashed: hand its unfinished samples out again."""
         with self._cond:
+            self._receivers.pop(worker_id, None)
             return self._give_back(self.leases.revoke_worker(worker_id))
 
     def expire(self) -> int:
@@ -172,12 +188,15 @@ class BufferService:
     # ------------------------------------------------------------------ checkpoints
 
     def save_state(self, directory: str | Path) -> None:
-        """Statistics (Parquet) and counters; live groups are requeued on restore."""
+        """Statistics (Parquet) and counters; prompts of groups not yet consumed are drawn
+        first after a restore (their groups are generated again)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with self._cond:
             pq.write_table(self.pool.stats_table(), directory / "prompt_stats.parquet")
-            state = _SavedState(self.step, self.version, self.counts["consumed"], *self.pool.position)
+            live = tuple(g.prompt_id for g in self.groups.values())  # not consumed: generate again
+            state = _SavedState(self.step, self.version, self.counts["consumed"], *self.pool.position,
+                                self._next_group, live)
         (directory / "buffer_state.json").write_bytes(msgspec.json.encode(state))
 
     def restore_state(self, directory: str | Path) -> None:
@@ -189,6 +208,8 @@ class BufferService:
             self.step, self.version = state.step, state.version
             self.counts["consumed"] = state.consumed
             self.pool.seek(state.epoch, state.position)
+            self.pool.requeue_first(state.requeue)
+            self._next_group = state.next_group
 
     # ------------------------------------------------------------------ internals
 
@@ -248,7 +269,16 @@ class BufferService:
 
     def _collect(self, need: int) -> None:
         """Move READY groups (oldest first) into the batch being assembled, setting aside the
-        too-stale and, if filtered, the zero-variance ones."""
+        too-stale and, if filtered, the zero-variance ones. Groups assembled by an earlier,
+        timed-out pull are checked again: the version may have moved since."""
+        kept = []
+        for group in self._assembling:
+            reason = self._set_aside_reason(group)
+            if reason is None:
+                kept.append(group)
+            else:
+                self._drop(group, reason)
+        self._assembling = kept
         taken = {id(g) for g in self._assembling}
         ready = [g for g in self.groups.values() if g.state is GroupState.READY and id(g) not in taken]
         for group in ready:
@@ -257,11 +287,14 @@ class BufferService:
             reason = self._set_aside_reason(group)
             if reason is None:
                 self._assembling.append(group)
-                continue
-            group.state = check_transition(group.state, GroupState.DROPPED)
-            self.counts[reason] += 1
-            self._set_aside[reason] += 1
-            del self.groups[group.group_id]
+            else:
+                self._drop(group, reason)
+
+    def _drop(self, group: Group, reason: str) -> None:
+        group.state = check_transition(group.state, GroupState.DROPPED)
+        self.counts[reason] += 1
+        self._set_aside[reason] += 1
+        del self.groups[group.group_id]
 
     def _set_aside_reason(self, group: Group) -> str | None:
         oldest = min(int(c.arrays()[2].min()) for c in group.received.values())

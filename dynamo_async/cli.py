@@ -7,6 +7,7 @@ Subcommands:
   config    validate a YAML config with key=value overrides; print or write the resolved
             config, or describe every field with its default.
   buffer    run the buffer service alone (ZeroMQ work, completions and status endpoints).
+  workers   start rollout worker processes that connect to a learner (or a lone buffer).
   replay    summarise a recorded run, export rows as JSONL (``replay RUN_DIR --help``).
 """
 
@@ -33,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     buf.add_argument("--run-dir", required=True, help="where the Arrow store and resolved config go")
     buf.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other nodes)")
     buf.add_argument("--port", type=int, default=5555, help="work port; completions +1, status +2")
+    wrk = sub.add_parser("workers", help="start rollout workers that connect to a learner")
+    wrk.add_argument("--connect", required=True, metavar="HOST:PORT", help="the learner's (or buffer's) work port")
+    wrk.add_argument("--num-workers", type=int, default=1, help="worker processes on this node")
+    wrk.add_argument("--device", default="cpu", help="cpu, cuda (one GPU per worker, round robin) or cuda:N")
+    wrk.add_argument("--capacity", type=int, default=8, help="samples a worker generates at once")
     rep = sub.add_parser("replay", add_help=False, help="summarise or export a recorded run (RUN_DIR --help)")
     rep.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -64,13 +70,24 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     return serve(cfg, run_dir, args.host, args.port)
 
 
+def cmd_workers(args: argparse.Namespace) -> int:
+    from workers.worker import parse_connect
+
+    parse_connect(args.connect)
+    if args.capacity < 1:
+        raise ValueError(f"--capacity: got {args.capacity}, expected at least 1")
+    from workers.launcher import launch_workers
+
+    return launch_workers(args.connect, args.num_workers, args.device, args.capacity)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from buffer.replay import replay_main
 
     return replay_main(args.rest)
 
 
-COMMANDS = {"config": cmd_config, "buffer": cmd_buffer, "replay": cmd_replay}
+COMMANDS = {"config": cmd_config, "buffer": cmd_buffer, "workers": cmd_workers, "replay": cmd_replay}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,23 +40,27 @@ class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_u
 
 
 class Hello(_Msg, tag="hello"):
-    """Worker -> learner on connect: who it is and how many rollouts it runs at once."""
+    """Worker -> learner on connect: who it is, how many rollouts it runs at once, and the
+    ids of its weight receivers (one per engine process, e.g. per tensor-parallel rank)."""
 
     worker_id: str
     host: str
     pid: int
     engine: str
     capacity: int
+    receivers: tuple[str, ...] = ()
 
 
 class Welcome(_Msg, tag="welcome"):
-    """Learner -> worker: the resolved run config (YAML) and the weight-sync rendezvous."""
+    """Learner -> worker: the resolved run config (YAML), where to push completions, and the
+    weight-sync rendezvous (``sync_port`` 0: no weight sync, e.g. a buffer without learner)."""
 
     worker_id: str
     config_yaml: str
     sync_host: str
     sync_port: int
     policy_version: int
+    completions_port: int = 0
 
 
 class WorkRequest(_Msg, tag="work_request"):
@@ -150,7 +154,8 @@ class Completion(_Msg, tag="completion"):
 
 
 class Heartbeat(_Msg, tag="heartbeat"):
-    """Worker -> buffer: still alive, holding these leases."""
+    """Worker -> buffer: still alive, holding these leases. Sent at least every
+    ``buffer.worker_timeout_s / 3`` seconds, from a thread, also while the engine generates."""
 
     worker_id: str
     lease_ids: tuple[int, ...]
@@ -196,8 +201,10 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
         raise ProtocolError(f"got a {len(data)}-byte message, expected at most {max_bytes}")
     try:
         msg = _decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as err:
         raise ProtocolError(str(err)) from None
+    except RecursionError:
+        raise ProtocolError("got msgpack nested too deeply, expected a flat message") from None
     if msg.v != PROTOCOL_VERSION:
         raise ProtocolError(f"got protocol version {msg.v}, expected {PROTOCOL_VERSION}")
     return msg

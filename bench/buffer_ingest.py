@@ -1,0 +1,219 @@
+"""Ingest rate of the buffer: completions of 512 tokens over ZeroMQ from one sender process.
+
+One sender process (multiprocessing, spawn) pre-encodes a round of completions, then pushes
+them as fast as it can, twice per round, to two receivers, alternated in one run:
+
+- ``buffer``: the real path. ``BufferServer``'s PULL socket -> typed decode -> validation ->
+  ``BufferService.add_completion`` with a real ``RunStore`` writing Arrow segments into a temp
+  dir, the leases settled and the Bernoulli statistics updated as groups complete. The
+  completions are for samples leased in process beforehand (one group of ``--group`` samples
+  per prompt, so every one of them is accepted; the script checks that).
+- ``plain``: a PULL socket that only receives and decodes the same messages.
+
+Rates are messages per second from the first to the last message received. Prints per-round
+figures and, as its last line, ``buffer_ingest ratio=<float> msgs_per_s=<float>``: the median
+buffer rate over the median plain rate, and the median buffer rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def sender_main(conn) -> None:
+    """The sender process: ``("encode", spec, tokens, version)`` -> "ready"; ``("send", url)`` -> "sent"."""
+    import zmq
+
+    from dynamo_async.protocol import Completion, encode, pack_f32, pack_i32
+
+    ctx = zmq.Context()
+    frames: list[bytes] = []
+    rng = np.random.default_rng(0)
+    while True:
+        cmd = conn.recv()
+        if cmd[0] == "encode":
+            _, spec, tokens, version = cmd
+            bases = [rng.integers(0, 150_000, tokens).astype(np.int32) for _ in range(16)]
+            logprobs = pack_f32(-rng.random(tokens))
+            versions = pack_i32(np.full(tokens, version, np.int32))
+            frames = [encode(Completion(
+                worker_id="bench-sender", lease_id=lease_id, group_id=group_id, prompt_id=prompt_id,
+                sample_index=i, token_ids=pack_i32(bases[k % 16]), logprobs=logprobs, versions=versions,
+                finish_reason="stop", acc=int((k * 7) % 3 == 0), reward=1.0, score_status="ok", gen_seconds=1.0,
+                score_seconds=0.01)) for k, (group_id, lease_id, prompt_id, i) in enumerate(spec)]
+            conn.send(("ready", len(frames), len(frames[0])))
+        elif cmd[0] == "send":
+            push = ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, -1)
+            push.connect(cmd[1])
+            time.sleep(0.2)  # connected before the clock of the receiver can start
+            for frame in frames:
+                push.send(frame, copy=False)
+            push.close()  # linger: returns once everything is delivered
+            conn.send(("sent",))
+        else:
+            break
+    ctx.term()
+
+
+def make_timed_service(cfg, prompts, store):
+    from buffer.service import BufferService
+
+    class TimedService(BufferService):
+        """Records when the first and the last completion reached ``add_completion``."""
+
+        def reset_clock(self) -> None:
+            self.first = self.last = None
+            self.seen = self.accepted = 0
+
+        def add_completion(self, c):
+            reason = super().add_completion(c)
+            now = time.perf_counter()
+            if self.first is None:
+                self.first = now
+            self.last = now
+            self.seen += 1
+            self.accepted += reason is None
+            return reason
+
+    svc = TimedService(cfg, prompts, store=store)
+    svc.reset_clock()
+    return svc
+
+
+def lease_round(svc, groups: int, group_size: int) -> list[tuple[int, int, str, int]]:
+    """Lease ``groups`` whole groups in process; (group, lease, prompt, sample) of every sample."""
+    from dynamo_async.protocol import NoWork
+
+    spec = []
+    for _ in range(groups):
+        items = svc.request_work("bench-sender", group_size)
+        assert not isinstance(items, NoWork), f"no work for the benchmark: {items}"
+        for item in items:
+            spec.extend((item.group_id, item.lease_id, item.prompt_id, i) for i in item.sample_indices)
+    return spec
+
+
+def plain_round(ctx, conn, n: int, timeout_s: float) -> float:
+    import zmq
+
+    from dynamo_async.protocol import decode
+
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    conn.send(("send", f"tcp://127.0.0.1:{port}"))
+    first = last = None
+    got = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while got < n:
+            if not pull.poll(100):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"plain receiver: {got} of {n} messages")
+                continue
+            frame = pull.recv(copy=True)
+            now = time.perf_counter()
+            decode(frame)
+            if first is None:
+                first = now
+            last = time.perf_counter()
+            got += 1
+    finally:
+        pull.close()
+    assert conn.recv() == ("sent",)
+    return (n - 1) / (last - first)
+
+
+def buffer_round(svc, server, conn, n: int, timeout_s: float) -> float:
+    svc.reset_clock()
+    conn.send(("send", server.endpoints.url(server.endpoints.completions)))
+    deadline = time.monotonic() + timeout_s
+    while svc.seen < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"buffer: {svc.seen} of {n} messages")
+        time.sleep(0.01)
+    assert conn.recv() == ("sent",)
+    assert svc.accepted == n, f"buffer accepted {svc.accepted} of {n} completions: {dict(svc.rejected)}"
+    return (n - 1) / (svc.last - svc.first)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20_000, help="completions per round")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of each receiver, alternated")
+    parser.add_argument("--tokens", type=int, default=512, help="tokens per completion")
+    parser.add_argument("--group", type=int, default=1000, help="samples per group (<= 4096)")
+    args = parser.parse_args()
+    import zmq
+
+    from buffer.pool import PoolPrompt
+    from buffer.server import BufferServer
+    from buffer.store import RunStore, read_table
+    from dynamo_async.config import load_config
+
+    groups = -(-args.messages // args.group)
+    n = groups * args.group
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", [
+        f"allocation.gen_batch_prompts={groups}", f"allocation.avg_rollouts={args.group}",
+        f"allocation.g_min={args.group}", f"allocation.g_max={args.group}", "buffer.max_staleness=1"])
+    prompts = [PoolPrompt(f"p{i}", f"prompt {i}", str(i), np.arange(64, dtype=np.int32) + i)
+               for i in range(2 * groups)]
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    sender = ctx.Process(target=sender_main, args=(child,), name="bench-sender", daemon=True)
+    sender.start()
+    zctx = zmq.Context()
+    rates: dict[str, list[float]] = {"buffer": [], "plain": []}
+    t0 = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="buffer-ingest-") as run_dir:
+            store = RunStore(run_dir, cfg.buffer.segment_bytes, cfg.buffer.flush_rows)
+            svc = make_timed_service(cfg, prompts, store)
+            with BufferServer(svc) as server:
+                for r in range(args.rounds):
+                    spec = lease_round(svc, groups, args.group)
+                    assert len(spec) == n
+                    parent.send(("encode", spec, args.tokens, svc.version))
+                    _, count, size = parent.recv()
+                    assert count == n
+                    order = ("plain", "buffer") if r % 2 == 0 else ("buffer", "plain")
+                    for kind in order:
+                        if kind == "plain":
+                            rate = plain_round(zctx, parent, n, timeout_s=60)
+                        else:
+                            rate = buffer_round(svc, server, parent, n, timeout_s=60)
+                        rates[kind].append(rate)
+                        print(f"round {r} {kind:6s} messages={n} bytes_per_message={size} msgs_per_s={rate:.0f}",
+                              flush=True)
+                    batch = svc.pull_batch(timeout=5)  # frees the round's groups (not timed)
+                    assert batch is not None and batch.num_samples == n, f"no full batch: {svc.status()}"
+                    svc.set_version(svc.version + 1)
+            store.close()
+            stored = read_table(run_dir, "completions", columns=["group_id"]).num_rows
+            assert stored == n * args.rounds, f"store holds {stored} completions, expected {n * args.rounds}"
+            completed = int(svc.pool.attempts.sum())
+            assert completed == n * args.rounds, f"statistics count {completed} attempts"
+    finally:
+        parent.send(("stop",))
+        sender.join(timeout=10)
+        if sender.is_alive():
+            sender.terminate()
+            sender.join(timeout=5)
+        zctx.term()
+    buffer_rate = statistics.median(rates["buffer"])
+    plain_rate = statistics.median(rates["plain"])
+    print(f"stored {stored} completions; statistics updated for {completed} attempts; "
+          f"{time.monotonic() - t0:.1f} s in all")
+    print(f"buffer_ingest ratio={buffer_rate / plain_rate:.4f} msgs_per_s={buffer_rate:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Weight sync between the learner and rollout workers: bucket wire format, sync plans, sender."""

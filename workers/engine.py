@@ -1,0 +1,56 @@
+"""The rollout engine interface: what a worker needs from transformers or vLLM.
+
+An engine samples one response per request from token ids, with the temperature and top-p
+of the run, and reports for every sampled token its log-probability under the
+temperature-scaled distribution (the behaviour policy of the loss), and the policy version
+that produced it. Staged weights from the weight receiver are applied at the engine's next
+safe point (``WeightSource``), which bumps ``policy_version``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+# Returns newly staged (version, {name: tensor}) once, or None.
+WeightSource = Callable[[], "tuple[int, dict[str, torch.Tensor]] | None"]
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One sample to generate: prompt token ids and its sampling seed."""
+
+    prompt_ids: np.ndarray
+    seed: int
+
+
+@dataclass(frozen=True)
+class GenResult:
+    """One generated response; arrays have one entry per generated token."""
+
+    token_ids: np.ndarray
+    logprobs: np.ndarray
+    versions: np.ndarray
+    finish_reason: str
+    entropy: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.token_ids)
+        assert len(self.logprobs) == n and len(self.versions) == n, "result arrays differ in length"
+
+
+class Engine(Protocol):
+    policy_version: int
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """Sample one response per request (order kept)."""
+
+    def apply_weights(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Load ``tensors`` now and serve ``version`` from here on."""
+
+    def close(self) -> None:
+        """Release the engine's resources."""

@@ -1,0 +1,72 @@
+"""``dynamo-async workers --connect HOST:PORT --num-workers N``: start N worker processes.
+
+The launcher only supervises: each child connects to the learner on its own, gets the run
+config and the weight-sync rendezvous from it, and works until told to stop. SIGTERM or
+SIGINT to the launcher stops every child (SIGTERM, then SIGKILL after a grace period); a
+child that dies is reported and the others keep working. Children watch their parent and
+stop if the launcher disappears, so no process is orphaned.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import sys
+import threading
+
+from multiprocessing.connection import wait
+
+
+def _child(connect: str, index: int, device: str, capacity: int) -> None:
+    from workers.worker import run_worker
+
+    run_worker(connect, index, device, capacity)
+
+
+def launch_workers(connect: str, num_workers: int, device: str = "cpu", capacity: int = 8,
+                   grace_s: float = 30.0) -> int:
+    """Run the workers until they finish or the launcher is told to stop; returns an exit code."""
+    if num_workers < 1:
+        raise ValueError(f"--num-workers: got {num_workers}, expected at least 1")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_child, args=(connect, i, _device(device, i), capacity), name=f"worker-{i}")
+             for i in range(num_workers)]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    for p in procs:
+        p.start()
+    print(f"started {num_workers} worker(s) -> {connect}: pids {[p.pid for p in procs]}", flush=True)
+    live = list(procs)
+    while live and not stop.is_set():
+        for sentinel in wait([p.sentinel for p in live], timeout=0.5):
+            p = next(q for q in live if q.sentinel == sentinel)
+            p.join()
+            live.remove(p)
+            if p.exitcode != 0:
+                print(f"{p.name} (pid {p.pid}) exited with code {p.exitcode}", file=sys.stderr, flush=True)
+    _stop_all(live, grace_s)
+    return 1 if any(p.exitcode for p in procs) else 0
+
+
+def _stop_all(procs, grace_s: float) -> None:
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(grace_s)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _device(device: str, index: int) -> str:
+    """``cuda`` spreads workers over the visible GPUs; anything else is used as given."""
+    if device != "cuda":
+        return device
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise ValueError("--device cuda: got no visible CUDA device, expected at least one")
+    return f"cuda:{index % count}"

@@ -1,0 +1,162 @@
+"""One rollout worker process: ask for work, generate, score beside generation, push.
+
+    hello -> Welcome(config, weight-sync rendezvous, version)
+    loop:  push scored completions -> WorkRequest -> WorkGrant | NoWork
+           engine.generate(samples)            (swaps staged weights between decode steps)
+           scorer.submit(response, gold)       (math-verify processes; not awaited here)
+
+Scoring runs in the math-verify process pool while the engine generates the next batch;
+completions are pushed as their scores arrive, tagged with each token's policy version. A
+heartbeat thread (its own socket) keeps the worker's leases alive during long generations.
+The worker stops on SIGTERM/SIGINT, when the buffer answers "shutdown", or when its parent
+(the launcher) is gone; it then says goodbye so its unfinished work is handed out again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import yaml
+import zmq
+
+from buffer.client import BufferClient
+from dynamo_async.config import config_from_dict
+from dynamo_async.config.schema import RunConfig
+from dynamo_async.protocol import Completion, Heartbeat, NoWork, WorkItem, encode, pack_f32, pack_i32
+from workers.engine import GenRequest, GenResult
+
+
+@dataclass(frozen=True)
+class _Pending:
+    item: WorkItem
+    sample_index: int
+    result: GenResult
+    gen_seconds: float
+    future: object
+    submitted: float
+
+
+class Heartbeats(threading.Thread):
+    """Sends a Heartbeat every ``interval_s`` on a socket of its own (ZeroMQ sockets are not
+    shared between threads)."""
+
+    def __init__(self, host: str, port: int, worker_id: str, interval_s: float, version):
+        super().__init__(name="heartbeats", daemon=True)
+        self.host, self.port, self.worker_id, self.interval_s, self.version = host, port, worker_id, interval_s, version
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://{self.host}:{self.port}")
+        while not self._stop.wait(self.interval_s):
+            sock.send(encode(Heartbeat(worker_id=self.worker_id, lease_ids=(), policy_version=self.version())))
+        sock.close()
+        ctx.term()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class RolloutWorker:
+    """The loop of one worker process, around an engine, a scorer and a buffer client."""
+
+    def __init__(self, cfg: RunConfig, client: BufferClient, engine, tokenizer, scorer, capacity: int):
+        self.cfg, self.client, self.engine, self.tokenizer, self.scorer = cfg, client, engine, tokenizer, scorer
+        self.capacity = capacity
+        self.pending: deque[_Pending] = deque()
+        self.sent = 0
+        self.stop = threading.Event()
+        self._parent = os.getppid()
+
+    def run(self, max_idle_s: float | None = None) -> int:
+        """Work until stopped (or idle for ``max_idle_s``); returns completions sent."""
+        idle_since = None
+        while not self._should_stop():
+            self.push_scored(block=False)
+            grant = self.client.request_work(self.capacity, self.engine.policy_version)
+            if isinstance(grant, NoWork):
+                if grant.reason == "shutdown":
+                    break
+                idle_since = idle_since or time.monotonic()
+                if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                    break
+                self.stop.wait(grant.retry_after_s)
+                continue
+            idle_since = None
+            self.generate(list(grant.items))
+        self.push_scored(block=True)
+        return self.sent
+
+    def generate(self, items: list[WorkItem]) -> None:
+        samples = [(item, s) for item in items for s in item.sample_indices]
+        requests = [GenRequest(np.frombuffer(item.prompt_token_ids, "<i4"), item.seed + s) for item, s in samples]
+        start = time.perf_counter()
+        results = self.engine.generate(requests)
+        per_sample = (time.perf_counter() - start) / max(len(results), 1)
+        now = time.perf_counter()
+        for (item, s), res in zip(samples, results):
+            text = self.tokenizer.decode(res.token_ids.tolist(), skip_special_tokens=True)
+            self.pending.append(_Pending(item, s, res, per_sample, self.scorer.submit(text, item.answer), now))
+
+    def push_scored(self, block: bool) -> None:
+        """Send every completion whose score is in (all of them when ``block``), in order."""
+        while self.pending and (block or self.pending[0].future.done()):
+            p = self.pending.popleft()
+            score = p.future.result()
+            self.client.send(self._completion(p, score, time.perf_counter() - p.submitted))
+            self.sent += 1
+
+    def _completion(self, p: _Pending, score, score_seconds: float) -> Completion:
+        r = p.result
+        reward = float(2 * score.acc - 1) if self.cfg.advantage.reward == "pm1" else float(score.acc)
+        return Completion(worker_id=self.client.worker_id, lease_id=p.item.lease_id, group_id=p.item.group_id,
+                          prompt_id=p.item.prompt_id, sample_index=p.sample_index, token_ids=pack_i32(r.token_ids),
+                          logprobs=pack_f32(r.logprobs), versions=pack_i32(r.versions),
+                          finish_reason=r.finish_reason, acc=int(score.acc), reward=reward,
+                          score_status=score.status, gen_seconds=p.gen_seconds, score_seconds=score_seconds)
+
+    def _should_stop(self) -> bool:
+        return self.stop.is_set() or os.getppid() != self._parent
+
+
+def run_worker(connect: str, index: int = 0, device: str = "cpu", capacity: int = 8,
+               max_idle_s: float | None = None) -> int:
+    """Entry of a worker process: connect, build engine and scorer, work, clean up."""
+    host, port = parse_connect(connect)
+    worker_id = f"{socket.gethostname()}-{os.getpid()}-{index}"
+    client = BufferClient(host, port, None, worker_id)
+    welcome = client.hello("pending", capacity, receivers=(worker_id,))
+    cfg = config_from_dict(yaml.safe_load(welcome.config_yaml))
+    from workers.factory import build_worker_parts
+
+    parts = build_worker_parts(cfg, worker_id, welcome, device)
+    if parts.receiver_ids != (worker_id,):  # e.g. one receiver per tensor-parallel rank
+        client.hello(cfg.rollout.engine, capacity, receivers=parts.receiver_ids)
+    heartbeats = Heartbeats(host, welcome.completions_port, worker_id, cfg.buffer.worker_timeout_s / 3,
+                            lambda: parts.engine.policy_version)
+    heartbeats.start()
+    worker = RolloutWorker(cfg, client, parts.engine, parts.tokenizer, parts.scorer, capacity)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
+    try:
+        return worker.run(max_idle_s)
+    finally:
+        heartbeats.stop()
+        client.close()
+        parts.close()
+
+
+def parse_connect(connect: str) -> tuple[str, int]:
+    host, sep, port = connect.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--connect: got {connect!r}, expected HOST:PORT such as 10.0.0.5:5555")
+    return host, int(port)
