@@ -57,9 +57,9 @@ class Group:
 
     def add(self, c: Completion) -> bool:
         """Accept ``c`` (already checked); True when the group just became READY."""
-        assert self.rejection(c) is None
+        assert c.sample_index not in self.received, "add() after rejection() said no"
         self.received[c.sample_index] = c
-        if c.sample_index in self.pending:  # arrived although revoked and queued again
+        if self.pending and c.sample_index in self.pending:  # arrived although revoked and queued again
             self.pending.remove(c.sample_index)
         if self.state is GroupState.WAITING:
             self.state = check_transition(self.state, GroupState.IN_FLIGHT)

@@ -119,20 +119,27 @@ class BufferServer:
             return None
 
     def _drain_pull(self) -> None:
+        completions: list[Completion] = []
         for _ in range(1024):  # bounded, so work requests are never starved
             try:
                 frame = self._pull.recv(zmq.NOBLOCK, copy=True)
             except zmq.Again:
-                return
+                break
             msg = self._decode(frame)
             if isinstance(msg, Completion):
-                self.service.add_completion(msg)
-            elif isinstance(msg, Heartbeat):
-                self.service.heartbeat(msg.worker_id)
-            elif isinstance(msg, Goodbye):
-                self.service.worker_left(msg.worker_id)
-            elif msg is not None:
-                self.service.reject("unexpected_type")
+                completions.append(msg)
+            else:
+                self._other(msg)
+        if completions:
+            self.service.add_completions(completions)
+
+    def _other(self, msg: Message | None) -> None:
+        if isinstance(msg, Heartbeat):
+            self.service.heartbeat(msg.worker_id)
+        elif isinstance(msg, Goodbye):
+            self.service.worker_left(msg.worker_id)
+        elif msg is not None:
+            self.service.reject("unexpected_type")
 
     def _on_work(self) -> None:
         frames = self._work.recv_multipart()

@@ -93,23 +93,31 @@ class BufferService:
 
     def add_completion(self, c: Completion) -> str | None:
         """Accept a completion into its group; returns the rejection reason, or None."""
+        return self.add_completions([c])[0]
+
+    def add_completions(self, batch: list[Completion]) -> list[str | None]:
+        """Accept completions (one lock for the lot); the rejection reason of each, or None."""
         with self._cond:
-            now = self.clock()
-            group = self.groups.get(c.group_id)
-            reason = "unknown_group" if group is None else group.rejection(c)
-            if reason is not None:
-                self.rejected[reason] += 1
-                return reason
-            self.leases.seen(c.worker_id, now)
-            self.leases.settle(c.lease_id, c.group_id, c.sample_index)
+            now, wall = self.clock(), time.time()
+            reasons = [self._accept(c, now) for c in batch]
             if self.store is not None:
-                self.store.append_completion(c, time.time(), self.version)
-            self.counts["completions"] += 1
-            if group.add(c):
-                self.pool.complete(group.prompt_idx, group.correct, group.n, self.version)
-                self.counts["groups_ready"] += 1
-                self._cond.notify_all()
-            return None
+                self.store.append_completions([c for c, r in zip(batch, reasons) if r is None], wall, self.version)
+            return reasons
+
+    def _accept(self, c: Completion, now: float) -> str | None:
+        group = self.groups.get(c.group_id)
+        reason = "unknown_group" if group is None else group.rejection(c)
+        if reason is not None:
+            self.rejected[reason] += 1
+            return reason
+        self.leases.seen(c.worker_id, now)
+        self.leases.settle(c.lease_id, c.group_id, c.sample_index)
+        self.counts["completions"] += 1
+        if group.add(c):
+            self.pool.complete(group.prompt_idx, group.correct, group.n, self.version)
+            self.counts["groups_ready"] += 1
+            self._cond.notify_all()
+        return None
 
     def reject(self, reason: str) -> None:
         """Count a message the transport could not even decode."""

@@ -21,6 +21,7 @@ segment cut short by a crash yields every complete record batch before the damag
 
 from __future__ import annotations
 
+import queue
 import re
 import threading
 import time
@@ -156,6 +157,12 @@ class SegmentWriter:
         batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
         self._columns = [[] for _ in self.schema]
         self._pending_values = 0
+        self.write_batch(batch)
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """Write a ready record batch of this table's schema; rotate the segment if it grew too large."""
+        assert not self._closed, f"write to closed {self.table} writer"
+        assert batch.schema.equals(self.schema), f"{self.table}: record batch schema differs"
         if self._writer is None:
             self._open_segment()
         self._writer.write_batch(batch)
@@ -192,6 +199,14 @@ class RunStore:
                  max_delay_s: float | None = 1.0) -> None:
         self.run_dir = Path(run_dir)
         self._lock = threading.Lock()
+        self.flush_rows, self.max_delay_s = flush_rows, max_delay_s
+        self._received: list[tuple[Completion, float, int]] = []
+        self._first_received = 0.0
+        # Completions are turned into record batches and written by a thread of their own, so
+        # the network thread that ingests them never waits on the disk.
+        self._queue: queue.Queue[list | None] = queue.Queue(maxsize=64)
+        self._writer_thread = threading.Thread(target=self._write_completions, name="store-writer", daemon=True)
+        self._writer_thread.start()
         self._completions = SegmentWriter(run_dir, "completions", COMPLETIONS_SCHEMA, segment_bytes,
                                           flush_rows, max_delay_s)
         self._batches = SegmentWriter(run_dir, "batches", BATCHES_SCHEMA, segment_bytes,
@@ -199,14 +214,35 @@ class RunStore:
         self._steps = SegmentWriter(run_dir, "steps", STEPS_SCHEMA, segment_bytes, flush_rows, max_delay_s)
 
     def append_completion(self, c: Completion, received_at: float, policy_version: int) -> None:
-        token_ids, logprobs, versions = c.arrays()
-        row = dict(group_id=c.group_id, prompt_id=c.prompt_id, sample_index=c.sample_index,
-                   lease_id=c.lease_id, worker_id=c.worker_id, token_ids=token_ids, logprobs=logprobs,
-                   versions=versions, finish_reason=c.finish_reason, acc=c.acc, reward=c.reward,
-                   score_status=c.score_status, gen_seconds=c.gen_seconds,
-                   score_seconds=c.score_seconds, received_at=received_at, policy_version=policy_version)
+        self.append_completions([c], received_at, policy_version)
+
+    def append_completions(self, cs: list[Completion], received_at: float, policy_version: int) -> None:
+        """Keep the decoded messages; columns are built once per record batch by the writer
+        thread (the ingest hot path does no per-field work)."""
+        if not cs:
+            return
         with self._lock:
-            self._completions.append(row)
+            if not self._received:
+                self._first_received = time.monotonic()
+            self._received.extend((c, received_at, policy_version) for c in cs)
+            overdue = self.max_delay_s is not None and time.monotonic() - self._first_received >= self.max_delay_s
+            while len(self._received) >= self.flush_rows:
+                rows, self._received = self._received[:self.flush_rows], self._received[self.flush_rows:]
+                self._queue.put(rows)
+            if overdue:
+                self._flush_completions()
+
+    def _flush_completions(self) -> None:
+        """Hand the pending completions to the writer thread (called under the lock)."""
+        if self._received:
+            rows, self._received = self._received, []
+            self._queue.put(rows)
+
+    def _write_completions(self) -> None:
+        while (rows := self._queue.get()) is not None:
+            self._completions.write_batch(completions_batch(rows))
+            self._queue.task_done()
+        self._queue.task_done()
 
     def append_batch(self, batch: LearnerBatch) -> None:
         """One row per sample plus the step's row; both flushed, so the batch is on disk now."""
@@ -228,12 +264,26 @@ class RunStore:
             self._batches.flush()
             self._steps.flush()
 
+    def written(self) -> None:
+        """Wait until the writer thread has written every record batch already handed to it
+        (rows still below ``flush_rows`` stay pending; ``flush`` writes those too)."""
+        self._queue.join()
+
     def flush(self) -> None:
+        """Everything appended so far is written when this returns."""
         with self._lock:
-            for writer in (self._completions, self._batches, self._steps):
+            self._flush_completions()
+            for writer in (self._batches, self._steps):
                 writer.flush()
+        self._queue.join()
 
     def close(self) -> None:
+        with self._lock:
+            if not self._writer_thread.is_alive():
+                return
+            self._flush_completions()
+            self._queue.put(None)
+        self._writer_thread.join()
         with self._lock:
             for writer in (self._completions, self._batches, self._steps):
                 writer.close()
@@ -243,6 +293,33 @@ class RunStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def completions_batch(rows: list[tuple[Completion, float, int]]) -> pa.RecordBatch:
+    """A ``completions`` record batch from decoded messages, column by column: the packed
+    token/log-prob/version bytes are joined once and become list columns without a per-element
+    Python step."""
+    cs = [c for c, _, _ in rows]
+    lengths = np.fromiter((len(c.token_ids) >> 2 for c in cs), dtype=np.int64, count=len(cs))
+    offsets = np.zeros(len(cs) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    offsets_array = pa.array(offsets)
+
+    def packed(field: str, dtype: str, type_: pa.DataType) -> pa.Array:
+        flat = np.frombuffer(b"".join(getattr(c, field) for c in cs), dtype=dtype)
+        return pa.ListArray.from_arrays(offsets_array, pa.array(flat, type=type_))
+
+    arrays = [
+        pa.array([c.group_id for c in cs], pa.int64()), pa.array([c.prompt_id for c in cs], pa.string()),
+        pa.array([c.sample_index for c in cs], pa.int32()), pa.array([c.lease_id for c in cs], pa.int64()),
+        pa.array([c.worker_id for c in cs], pa.string()), packed("token_ids", "<i4", pa.int32()),
+        packed("logprobs", "<f4", pa.float32()), packed("versions", "<i4", pa.int32()),
+        pa.array([c.finish_reason for c in cs], pa.string()), pa.array([c.acc for c in cs], pa.int8()),
+        pa.array([c.reward for c in cs], pa.float32()), pa.array([c.score_status for c in cs], pa.string()),
+        pa.array([c.gen_seconds for c in cs], pa.float32()), pa.array([c.score_seconds for c in cs], pa.float32()),
+        pa.array([r for _, r, _ in rows], pa.float64()), pa.array([v for _, _, v in rows], pa.int32()),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=COMPLETIONS_SCHEMA)
 
 
 def _read_segment(path: Path, columns: list[str] | None) -> list[pa.RecordBatch]:

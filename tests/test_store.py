@@ -119,6 +119,7 @@ def test_flush_rows_batches_rows_into_record_batches(tmp_path):
     with store(tmp_path, flush_rows=3) as s:
         for i in range(7):
             s.append_completion(make_completion(1, i), received_at=0.0, policy_version=0)
+        s.written()  # completions are written by the store's writer thread
         path = segment_paths(tmp_path, "completions")[0]
         assert record_batch_sizes(path) == [3, 3]  # the 7th row is still pending
         s.flush()
@@ -138,6 +139,7 @@ def test_segment_writer_opens_files_lazily_and_rejects_bad_sizes(tmp_path):
 def test_max_delay_flushes_on_append(tmp_path):
     with RunStore(tmp_path, segment_bytes=1 << 20, flush_rows=1000, max_delay_s=0.0) as s:
         s.append_completion(make_completion(1, 0), received_at=0.0, policy_version=0)
+        s.written()
         assert read_table(tmp_path, "completions").num_rows == 1
 
 
@@ -162,6 +164,7 @@ def test_truncated_last_segment_keeps_complete_record_batches(tmp_path):
 def test_unclosed_segment_reads_without_end_marker(tmp_path):
     s = store(tmp_path, flush_rows=1)
     s.append_completion(make_completion(3, 0), received_at=0.0, policy_version=0)
+    s.written()
     assert read_table(tmp_path, "completions").num_rows == 1  # no warning: a live stream is fine
     s.close()
 
