@@ -134,6 +134,12 @@ class BufferService:
             self.leases.seen(worker_id, self.clock())
             self._receivers[worker_id] = tuple(receivers)
 
+    def live_workers(self) -> list[str]:
+        """Workers heard from within ``buffer.worker_timeout_s``."""
+        with self._cond:
+            self._expire(self.clock())
+            return sorted(self.leases.last_seen)
+
     def live_receivers(self) -> list[str]:
         """Weight receivers of the workers present now (silent ones are expired first)."""
         with self._cond:

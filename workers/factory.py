@@ -16,6 +16,19 @@ class WorkerParts:
     receivers: list = field(default_factory=list)
     receiver_ids: tuple[str, ...] = ()
 
+    def wait_for_weights(self, version: int, timeout_s: float) -> None:
+        """A late joiner first loads the learner's current weights (``version`` > 0)."""
+        if hasattr(self.engine, "swap_now"):
+            from workers.vllm_engine import wait_for_version
+
+            wait_for_version(self.engine, version, timeout_s)
+            return
+        staged = self.receivers[0].wait_for_version(version, timeout_s)
+        if staged is None:
+            raise RuntimeError(f"no weights of version {version} arrived from the learner within {timeout_s:.0f} s; "
+                               "check that the learner can reach this worker's weight-sync connection")
+        self.engine.apply_weights(*staged)
+
     def close(self) -> None:
         for r in self.receivers:
             r.stop()
@@ -50,10 +63,4 @@ def _build_hf_parts(cfg: RunConfig, worker_id: str, welcome: Welcome, device: st
         receivers.append(receiver)
         source = receiver.take_staged
     engine = HFEngine(model, tokenizer, cfg, device, weight_source=source)
-    if welcome.policy_version > 0 and receivers:
-        staged = receivers[0].wait_for_version(welcome.policy_version, timeout_s=cfg.buffer.worker_timeout_s * 4)
-        if staged is None:
-            raise RuntimeError(f"no weights of version {welcome.policy_version} arrived from the learner; "
-                               "check that the learner can reach this worker's weight-sync connection")
-        engine.apply_weights(*staged)
-    return WorkerParts(engine, tokenizer, scorer, receivers, (worker_id,))
+    return WorkerParts(engine, tokenizer, scorer, receivers, (worker_id,) if receivers else ())

@@ -148,7 +148,6 @@ def build_vllm_parts(cfg: RunConfig, worker_id: str, welcome, device: str, score
         ids = tuple(asyncio.run_coroutine_threadsafe(
             llm.collective_rpc("dynamo_start_receiver", args=(welcome.sync_host, welcome.sync_port, worker_id)),
             engine._loop).result())
-        wait_for_version(engine, welcome.policy_version, cfg.buffer.worker_timeout_s * 4)
     return WorkerParts(engine, load_tokenizer(cfg.model.name), scorer, [], ids)
 
 

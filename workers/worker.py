@@ -82,7 +82,11 @@ class RolloutWorker:
         idle_since = None
         while not self._should_stop():
             self.push_scored(block=False)
-            grant = self.client.request_work(self.capacity, self.engine.policy_version)
+            try:
+                grant = self.client.request_work(self.capacity, self.engine.policy_version)
+            except TimeoutError:  # the learner stopped (end of run) or is unreachable
+                print(f"worker {self.client.worker_id}: the learner does not answer; stopping", flush=True)
+                break
             if isinstance(grant, NoWork):
                 if grant.reason == "shutdown":
                     break
@@ -134,13 +138,15 @@ def run_worker(connect: str, index: int = 0, device: str = "cpu", capacity: int 
     host, port = parse_connect(connect)
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{index}"
     client = BufferClient(host, port, None, worker_id)
-    welcome = client.hello("pending", capacity, receivers=(worker_id,))
+    welcome = client.hello("pending", capacity)
     cfg = config_from_dict(yaml.safe_load(welcome.config_yaml))
     from workers.factory import build_worker_parts
 
     parts = build_worker_parts(cfg, worker_id, welcome, device)
-    if parts.receiver_ids != (worker_id,):  # e.g. one receiver per tensor-parallel rank
-        client.hello(cfg.rollout.engine, capacity, receivers=parts.receiver_ids)
+    # Receivers are announced only once they listen: every plan that names them comes later.
+    client.hello(cfg.rollout.engine, capacity, receivers=parts.receiver_ids)
+    if welcome.policy_version > 0 and parts.receiver_ids:
+        parts.wait_for_weights(welcome.policy_version, cfg.buffer.worker_timeout_s * 4)
     heartbeats = Heartbeats(host, welcome.completions_port, worker_id, cfg.buffer.worker_timeout_s / 3,
                             lambda: parts.engine.policy_version)
     heartbeats.start()

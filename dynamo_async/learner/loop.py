@@ -1,0 +1,228 @@
+"""The learner process: hosts the buffer, serves workers, and runs the step as named steps.
+
+    pull batch -> prepare tensors -> proximal pass -> mini-batch updates -> version += 1
+               -> broadcast weights -> metrics -> checkpoint when due
+
+While it waits for a batch, the learner sends the current weights to workers that joined
+since the last broadcast (a late joiner first receives the current weights and version).
+Runtime facts (bound ports, the device) live in ``LearnerContext``, never in the config.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from buffer.batch import LearnerBatch
+from buffer.server import BufferServer
+from buffer.service import BufferService
+from buffer.store import RunStore
+from dynamo_async.algo.objective import PolicyBatch, policy_objective, proximal_stats
+from dynamo_async.config import config_to_yaml
+from dynamo_async.config.schema import RunConfig
+from dynamo_async.learner import checkpoint
+from dynamo_async.learner.batching import MicroBatch, mini_batches
+from dynamo_async.learner.metrics import MetricsLog
+from dynamo_async.learner.optim import clip_and_step, make_optimizer
+from dynamo_async.protocol import Hello, Welcome
+from dynamo_async.weights.sender import WeightSender
+
+
+@dataclass(frozen=True)
+class LearnerContext:
+    """Where this learner runs (never written into the config)."""
+
+    run_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise: str | None = None
+    device: str = "cpu"
+    show_progress: bool = True
+
+
+class Learner:
+    def __init__(self, cfg: RunConfig, ctx: LearnerContext, resume: bool = False):
+        from dynamo_async.data.prompts import pool_prompts, training_problems
+        from dynamo_async.models import load_model, load_tokenizer
+
+        self.cfg, self.ctx = cfg, ctx
+        ckpt = checkpoint.latest_checkpoint(ctx.run_dir) if resume else None
+        if resume and ckpt is None:
+            raise ValueError(f"--resume: got run directory {ctx.run_dir} without a checkpoint, expected "
+                             "one written by an earlier run (RUN_DIR/checkpoints/latest)")
+        source = str(ckpt / "model") if ckpt else cfg.model.name
+        self.tokenizer = load_tokenizer(source if ckpt else cfg.model.name)
+        self.model = load_model(source, cfg.model.dtype, ctx.device).train()
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.opt, self.sched = make_optimizer(self.model, cfg.optim)
+        self.step, self.version = 0, 0
+        self.store = RunStore(ctx.run_dir, cfg.buffer.segment_bytes, cfg.buffer.flush_rows)
+        prompts = pool_prompts(training_problems(cfg.data), self.tokenizer, cfg.data)
+        self.service = BufferService(cfg, prompts, self.store)
+        if ckpt is not None:
+            state = checkpoint.load_trainer_state(ckpt, self.model, self.opt, self.sched)
+            self.step, self.version = state.step, state.version
+            self.service.restore_state(ckpt / "buffer")
+        backend = "nccl" if ctx.device.startswith("cuda") else "gloo"
+        self.sender = WeightSender(ctx.host, 0, backend=backend, device=ctx.device)
+        self.server = BufferServer(self.service, ctx.host, ctx.port, welcome=self._welcome)
+        self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
+        self._sent_to: tuple[str, ...] = ()
+        self.last_sync = None
+
+    # ------------------------------------------------------------------ process
+
+    @property
+    def endpoints(self):
+        return self.server.endpoints
+
+    def start(self) -> "Learner":
+        self.server.start()
+        return self
+
+    def run(self, steps: int | None = None) -> None:
+        """Run until ``trainer.total_steps`` (or ``steps`` more); checkpoint at the end."""
+        end = self.cfg.trainer.total_steps if steps is None else self.step + steps
+        log = MetricsLog(self.ctx.run_dir, self.cfg.trainer.total_steps, self.step, self.ctx.show_progress)
+        try:
+            while self.step < end:
+                log.write(self.train_step())
+        finally:
+            log.close()
+        self.save()
+
+    def close(self, grace_s: float = 10.0) -> None:
+        """Tell workers to stop (they get "shutdown" at their next request), wait up to
+        ``grace_s`` for them to say goodbye, then close the sockets and the store."""
+        self.service.close()
+        deadline = time.monotonic() + grace_s
+        while self.service.live_workers() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.server.stop()
+        self.store.close()
+
+    def save(self) -> Path:
+        return checkpoint.save_checkpoint(self.ctx.run_dir, self.step, self.version, self.model,
+                                          self.tokenizer, self.opt, self.sched, self.service)
+
+    # ------------------------------------------------------------------ the step
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        batch = self.pull_batch()
+        t_pulled = time.perf_counter()
+        minis = self.prepare(batch)
+        self.proximal_pass(minis)
+        metrics = self.update(minis)
+        self.version += 1
+        self.service.set_version(self.version)
+        self.broadcast(force=True)
+        self.step += 1
+        metrics.update(self.batch_metrics(batch, minis))
+        metrics.update(step=self.step, version=self.version, learner_idle_s=t_pulled - t0,
+                       step_s=time.perf_counter() - t0, lr=self.opt.param_groups[0]["lr"],
+                       sync_s=self.last_sync.seconds if self.last_sync else None,
+                       sync_error=self.last_sync.error if self.last_sync else None)
+        metrics["tokens_per_s"] = metrics["response_tokens"] / max(metrics["step_s"], 1e-9)
+        if self.cfg.trainer.checkpoint_every and self.step % self.cfg.trainer.checkpoint_every == 0:
+            self.save()
+        return metrics
+
+    def pull_batch(self) -> LearnerBatch:
+        """Wait for a full batch; meanwhile bring newly joined workers up to date."""
+        while True:
+            batch = self.service.pull_batch(timeout=1.0)
+            if batch is not None:
+                return batch
+            self.broadcast(force=False)
+
+    def prepare(self, batch: LearnerBatch) -> list[list[MicroBatch]]:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return [[mb.to(self.ctx.device) for mb in mini] for mini in mini_batches(batch, self.cfg, pad)]
+
+    @torch.no_grad()
+    def proximal_pass(self, minis: list[list[MicroBatch]]) -> None:
+        """Log-probs of the current weights (decoupled PPO), with entropy and vocabulary sums."""
+        for mb in (m for mini in minis for m in mini):
+            if self.cfg.off_policy.mode == "behavior":
+                mb.logp_old = mb.logp_behavior
+                continue
+            stats = proximal_stats(self._logits(mb), mb.targets, self.cfg, mask=mb.mask)
+            mb.logp_old, mb.entropy, mb.vocab_sum = stats.logp, stats.entropy, stats.vocab_sum
+
+    def update(self, minis: list[list[MicroBatch]]) -> dict:
+        sums: Counter = Counter()
+        counts: Counter = Counter()
+        norms = []
+        for _ in range(self.cfg.optim.ppo_epochs):
+            for mini in minis:
+                for mb in mini:
+                    loss, m = policy_objective(self._logits(mb), self._policy_batch(mb), self.cfg, self.generator)
+                    loss.backward()
+                    for k, v in m.items():
+                        sums[k] += v
+                        counts[k] += 1
+                    sums["loss"] += float(loss.detach())
+                    counts["loss"] += 1
+                norms.append(clip_and_step(self.model, self.opt, self.cfg.optim.grad_clip))
+        self.sched.step()
+        out = {k: sums[k] / counts[k] for k in sums}
+        out["grad_norm"] = float(np.mean(norms)) if norms else 0.0
+        out["grad_norm_max"] = float(np.max(norms)) if norms else 0.0
+        return out
+
+    def broadcast(self, force: bool) -> None:
+        """Send the weights (always after an update; otherwise only to newly joined workers)."""
+        members = tuple(self.service.live_receivers())
+        if not members or (not force and set(members) <= set(self._sent_to)):
+            return
+        if self.version == 0 and not force:  # newcomers loaded the same initial weights
+            self._sent_to = members
+            return
+        tensors = {n: p.detach() for n, p in self.model.named_parameters()}
+        self.last_sync = self.sender.broadcast(tensors, self.version, members)
+        self._sent_to = members if self.last_sync.error is None else ()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _logits(self, mb: MicroBatch) -> torch.Tensor:
+        return self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+
+    def _policy_batch(self, mb: MicroBatch) -> PolicyBatch:
+        return PolicyBatch(tokens=mb.targets, mask=mb.mask, advantages=mb.advantages, logp_old=mb.logp_old,
+                           logp_behavior=mb.logp_behavior if self.cfg.off_policy.mode == "decoupled" else None,
+                           total_tokens=mb.total_tokens, total_seqs=mb.total_seqs,
+                           entropy=mb.entropy, vocab_sum=mb.vocab_sum)
+
+    def batch_metrics(self, batch: LearnerBatch, minis) -> dict:
+        accs = [s.acc for g in batch.groups for s in g.samples]
+        rewards = [s.reward for g in batch.groups for s in g.samples]
+        sizes = Counter(len(g.samples) for g in batch.groups)
+        return {
+            "accuracy": float(np.mean(accs)), "reward": float(np.mean(rewards)),
+            "groups": len(batch.groups), "samples": len(accs),
+            "zero_variance_frac": float(np.mean([g.zero_variance for g in batch.groups])),
+            "allocation_hist": {str(k): v for k, v in sorted(sizes.items())},
+            "staleness_mean": float(np.mean(batch.staleness)), "staleness_max": int(max(batch.staleness)),
+            "dropped_stale": batch.dropped_stale, "dropped_zero_variance": batch.dropped_zero_variance,
+            "response_tokens": int(sum(len(s.token_ids) for g in batch.groups for s in g.samples)),
+            "workers": len(self._sent_to),
+        }
+
+    def _welcome(self, hello: Hello) -> Welcome:
+        return Welcome(worker_id=hello.worker_id, config_yaml=config_to_yaml(self.cfg),
+                       sync_host=self._advertised(), sync_port=self.sender.port, policy_version=self.version)
+
+    def _advertised(self) -> str:
+        if self.ctx.advertise:
+            return self.ctx.advertise
+        if self.ctx.host not in ("0.0.0.0", ""):
+            return self.ctx.host
+        return socket.gethostbyname(socket.gethostname())

@@ -1,0 +1,24 @@
+"""AdamW with linear warm-up and gradient-norm clipping (Table 3: lr 1e-6, 10 warm-up steps,
+weight decay 0.1, clip 1.0). The schedule counts learner steps, as verl's does."""
+
+from __future__ import annotations
+
+import torch
+
+from dynamo_async.config.schema import OptimConfig
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    warmup = cfg.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    return opt, sched
+
+
+def clip_and_step(model: torch.nn.Module, opt: torch.optim.Optimizer, max_norm: float) -> float:
+    """Clip the gradient norm, step, zero the gradients; returns the norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(norm)
