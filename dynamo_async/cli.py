@@ -6,6 +6,8 @@ vLLM): ``dynamo-async --help`` and ``dynamo-async config`` return at once.
 Subcommands:
   config    validate a YAML config with key=value overrides; print or write the resolved
             config, or describe every field with its default.
+  learner   the learner: buffer, weight sync and training (workers connect to it).
+  run       learner and workers on one machine under one launcher.
   buffer    run the buffer service alone (ZeroMQ work, completions and status endpoints).
   workers   start rollout worker processes that connect to a learner (or a lone buffer).
   replay    summarise a recorded run, export rows as JSONL (``replay RUN_DIR --help``).
@@ -34,6 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
     buf.add_argument("--run-dir", required=True, help="where the Arrow store and resolved config go")
     buf.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other nodes)")
     buf.add_argument("--port", type=int, default=5555, help="work port; completions +1, status +2")
+    lrn = sub.add_parser("learner", help="run the learner (hosts the buffer and the weight sync)")
+    lrn.add_argument("--config", required=True, help="YAML run config")
+    lrn.add_argument("overrides", nargs="*", metavar="key=value")
+    lrn.add_argument("--run-dir", required=True, help="metrics, Arrow store, checkpoints, resolved config")
+    lrn.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve other nodes)")
+    lrn.add_argument("--port", type=int, default=5555, help="work port for workers; completions +1, status +2")
+    lrn.add_argument("--advertise", help="address workers use to reach this node (default: --host, or this "
+                                         "host's address when binding 0.0.0.0)")
+    lrn.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    lrn.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
+    lrn.add_argument("--ready-file", help=argparse.SUPPRESS)
+    run = sub.add_parser("run", help="learner and workers on this machine, under one launcher")
+    run.add_argument("--config", required=True, help="YAML run config")
+    run.add_argument("overrides", nargs="*", metavar="key=value")
+    run.add_argument("--run-dir", required=True)
+    run.add_argument("--num-workers", type=int, default=1, help="worker processes")
+    run.add_argument("--capacity", type=int, default=8, help="samples a worker generates at once")
+    run.add_argument("--device", default="cpu", help="device of the learner and the workers")
+    run.add_argument("--port", type=int, default=0, help="learner work port (0: a free one)")
+    run.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
     wrk = sub.add_parser("workers", help="start rollout workers that connect to a learner")
     wrk.add_argument("--connect", required=True, metavar="HOST:PORT", help="the learner's (or buffer's) work port")
     wrk.add_argument("--num-workers", type=int, default=1, help="worker processes on this node")
@@ -70,6 +92,27 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     return serve(cfg, run_dir, args.host, args.port)
 
 
+def cmd_learner(args: argparse.Namespace) -> int:
+    from dynamo_async.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from dynamo_async.learner.main import learner_main
+
+    return learner_main(cfg, Path(args.run_dir), args.host, args.port, args.advertise, args.resume,
+                        args.device, args.ready_file)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dynamo_async.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.num_workers < 1 or args.capacity < 1:
+        raise ValueError(f"got --num-workers {args.num_workers}, --capacity {args.capacity}, expected both >= 1")
+    from dynamo_async.launch import run_local
+
+    return run_local(cfg, Path(args.run_dir), args.num_workers, args.capacity, args.device, args.port, args.resume)
+
+
 def cmd_workers(args: argparse.Namespace) -> int:
     from workers.worker import parse_connect
 
@@ -87,7 +130,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return replay_main(args.rest)
 
 
-COMMANDS = {"config": cmd_config, "buffer": cmd_buffer, "workers": cmd_workers, "replay": cmd_replay}
+COMMANDS = {"config": cmd_config, "learner": cmd_learner, "run": cmd_run, "buffer": cmd_buffer,
+            "workers": cmd_workers, "replay": cmd_replay}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -208,7 +208,11 @@ class TrainerConfig(_Section):
     total_steps: Annotated[PosInt, Meta(description="Learner steps to run.")] = 2000
     seed: Annotated[int, Meta(description="Seed of the learner and the prompt order.")] = 0
     checkpoint_every: Annotated[int, Meta(ge=0, description="Steps between checkpoints (0: only at the end).")] = 100
-    eval_every: Annotated[int, Meta(ge=0, description="Steps between held-out evaluations (0: never).")] = 0
+    eval_every: Annotated[int, Meta(ge=0, description=(
+        "Steps between held-out evaluations (0: only before the first and after the last step, "
+        "if eval_samples > 0)."))] = 0
+    eval_samples: Annotated[int, Meta(ge=0, description=(
+        "Sampled responses per held-out problem in the learner's evaluations (0: no evaluation)."))] = 0
 
 
 METHODS = ("dynamo", "grpo", "clip_higher", "entropy_loss", "fork_tokens",

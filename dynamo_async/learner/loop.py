@@ -87,16 +87,43 @@ class Learner:
         self.server.start()
         return self
 
-    def run(self, steps: int | None = None) -> None:
-        """Run until ``trainer.total_steps`` (or ``steps`` more); checkpoint at the end."""
+    def run(self, steps: int | None = None, stop=None) -> None:
+        """Run until ``trainer.total_steps`` (or ``steps`` more, or ``stop`` is set); checkpoint at
+        the end. Held-out evaluations run before and after when ``trainer.eval_samples`` > 0."""
         end = self.cfg.trainer.total_steps if steps is None else self.step + steps
         log = MetricsLog(self.ctx.run_dir, self.cfg.trainer.total_steps, self.step, self.ctx.show_progress)
+        every = self.cfg.trainer.eval_every
         try:
-            while self.step < end:
+            if self.step == 0:
+                self.evaluate(log, "before")
+            while self.step < end and not (stop is not None and stop.is_set()):
                 log.write(self.train_step())
+                if every and self.step % every == 0 and self.step < end:
+                    self.evaluate(log, f"step {self.step}")
+            self.evaluate(log, "after")
         finally:
             log.close()
         self.save()
+
+    def evaluate(self, log: MetricsLog, label: str) -> dict:
+        """Sampled accuracy of the current weights on the held-out sets (DESIGN 10)."""
+        if not self.cfg.trainer.eval_samples:
+            return {}
+        from dynamo_async.data.prompts import eval_problems
+        from dynamo_async.evaluation import sampled_accuracy
+        from dynamo_async.rewards import MathVerifyScorer
+        from workers.hf_engine import HFEngine
+
+        engine = HFEngine(self.model, self.tokenizer, self.cfg, self.ctx.device, policy_version=self.version)
+        out = {}
+        with MathVerifyScorer.from_config(self.cfg.rewards) as scorer:
+            for name, problems in eval_problems(self.cfg.data).items():
+                res = sampled_accuracy(engine, self.tokenizer, scorer, problems, self.cfg, self.cfg.trainer.eval_samples)
+                out[f"eval/{name}"] = res.accuracy
+                log.note(f"held-out accuracy {label} ({name}, {self.cfg.trainer.eval_samples} samples each): {res}")
+        self.model.train()
+        log.write_eval({"step": self.step, "version": self.version, "label": label, **out})
+        return out
 
     def close(self, grace_s: float = 10.0) -> None:
         """Tell workers to stop (they get "shutdown" at their next request), wait up to

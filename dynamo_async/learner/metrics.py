@@ -25,6 +25,15 @@ class MetricsLog:
         self._bar.set_postfix({k: f"{row[k]:.3g}" for k in keys if isinstance(row.get(k), (int, float))})
         self._bar.update(1)
 
+    def write_eval(self, row: dict) -> None:
+        """An evaluation row (marked ``"eval": true``); does not advance the progress bar."""
+        self._file.write(json.dumps({"time": time.time(), "eval": True, **row}, default=float) + "\n")
+        self._file.flush()
+
+    def note(self, text: str) -> None:
+        """A line for the person watching, above the progress bar."""
+        self._bar.write(text)
+
     def close(self) -> None:
         self._bar.close()
         self._file.close()

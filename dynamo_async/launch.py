@@ -1,0 +1,106 @@
+"""``dynamo-async run``: the learner and the workers on one machine, under one launcher.
+
+The launcher starts the learner process, waits until it reports its endpoints, starts the
+workers process (``dynamo-async workers``) against it, and watches both. When the learner
+finishes, the workers are stopped; if either fails, the other is stopped and the run exits
+non-zero; SIGTERM/SIGINT stop both (the learner saves a checkpoint first). Each child is
+stopped by its own process id, SIGTERM first and SIGKILL after a grace period, so no
+process is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from dynamo_async.config import dump_config
+from dynamo_async.config.schema import RunConfig
+
+
+def run_local(cfg: RunConfig, run_dir: Path, num_workers: int, capacity: int, device: str, port: int,
+              resume: bool, grace_s: float = 60.0) -> int:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = dump_config(cfg, run_dir / "config.yaml")
+    ready = run_dir / "learner.json"
+    ready.unlink(missing_ok=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    cli = [sys.executable, "-m", "dynamo_async.cli"]
+    learner = subprocess.Popen(cli + ["learner", "--config", str(config), "--run-dir", str(run_dir),
+                                      "--port", str(port or _free_base_port()), "--device", device,
+                                      "--ready-file", str(ready)] + (["--resume"] if resume else []))
+    workers = None
+    try:
+        where = _wait_ready(ready, learner, stop)
+        if where is None:
+            return _stop(learner, workers, grace_s) or 1
+        workers = subprocess.Popen(cli + ["workers", "--connect", f"{where['host']}:{where['work']}",
+                                          "--num-workers", str(num_workers), "--capacity", str(capacity),
+                                          "--device", device])
+        return _watch(learner, workers, stop, grace_s)
+    finally:
+        _stop(learner, workers, grace_s)
+
+
+def _watch(learner: subprocess.Popen, workers: subprocess.Popen, stop: threading.Event, grace_s: float) -> int:
+    while not stop.is_set():
+        if learner.poll() is not None:
+            _stop(None, workers, grace_s)
+            return learner.returncode
+        if workers.poll() is not None and workers.returncode != 0:
+            print(f"workers exited with code {workers.returncode}; stopping the learner", file=sys.stderr)
+            _stop(learner, None, grace_s)
+            return 1
+        time.sleep(0.5)
+    return _stop(learner, workers, grace_s)
+
+
+def _wait_ready(ready: Path, learner: subprocess.Popen, stop: threading.Event) -> dict | None:
+    while not ready.exists():
+        if learner.poll() is not None or stop.is_set():
+            return None
+        time.sleep(0.2)
+    time.sleep(0.1)  # the file is written in one call; give it a moment to be complete
+    return json.loads(ready.read_text())
+
+
+def _stop(learner: subprocess.Popen | None, workers: subprocess.Popen | None, grace_s: float) -> int:
+    """SIGTERM the learner first (it checkpoints and tells workers to stop), then the workers."""
+    code = 0
+    for proc in (learner, workers):
+        if proc is None or proc.poll() is not None:
+            continue
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        code = code or proc.returncode
+    return code
+
+
+def _free_base_port() -> int:
+    """A port p with p, p+1 and p+2 free on 127.0.0.1."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base < 65000 and all(_free(base + i) for i in (1, 2)):
+            return base
+    raise RuntimeError("no three consecutive free ports on 127.0.0.1")
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0

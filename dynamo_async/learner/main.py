@@ -1,0 +1,42 @@
+"""``dynamo-async learner``: one learner process (rank 0 hosts the buffer and the weight sync).
+
+Prints where workers connect, writes the same as JSON to ``--ready-file`` (for launchers),
+trains, evaluates, checkpoints. SIGTERM or SIGINT finishes the current step, saves a
+checkpoint and stops the workers; ``--resume`` continues from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+from dynamo_async.config import dump_config
+from dynamo_async.config.schema import RunConfig
+
+
+def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise: str | None,
+                 resume: bool, device: str, ready_file: str | None) -> int:
+    from dynamo_async.learner.loop import Learner, LearnerContext
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    learner = Learner(cfg, LearnerContext(run_dir, host, port, advertise, device), resume=resume).start()
+    e = learner.endpoints
+    where = {"host": learner._advertised(), "work": e.work, "completions": e.completions, "status": e.status,
+             "sync": learner.sender.port, "step": learner.step, "version": learner.version}
+    print(f"learner ready at step {learner.step}: workers connect with "
+          f"--connect {where['host']}:{e.work} (status port {e.status})", flush=True)
+    if ready_file:
+        Path(ready_file).write_text(json.dumps(where))
+    try:
+        learner.run(stop=stop)
+    finally:
+        learner.close()
+    print(f"learner stopped at step {learner.step}, version {learner.version}; checkpoint in "
+          f"{run_dir / 'checkpoints'}", flush=True)
+    return 0
