@@ -17,19 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from buffer.batch import LearnerBatch
 from buffer.server import BufferServer
 from buffer.service import BufferService
 from buffer.store import RunStore
-from dynamo_async.algo.objective import PolicyBatch, policy_objective, proximal_stats
 from dynamo_async.config import config_to_yaml
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.learner import checkpoint
-from dynamo_async.learner.batching import MicroBatch, mini_batches
 from dynamo_async.learner.metrics import MetricsLog
-from dynamo_async.learner.optim import clip_and_step, make_optimizer
+from dynamo_async.learner.trainer import Trainer
 from dynamo_async.protocol import Hello, Welcome
 from dynamo_async.weights.sender import WeightSender
 
@@ -49,33 +46,31 @@ class LearnerContext:
 class Learner:
     def __init__(self, cfg: RunConfig, ctx: LearnerContext, resume: bool = False):
         from dynamo_async.data.prompts import pool_prompts, training_problems
-        from dynamo_async.models import load_model, load_tokenizer
 
         self.cfg, self.ctx = cfg, ctx
         ckpt = checkpoint.latest_checkpoint(ctx.run_dir) if resume else None
         if resume and ckpt is None:
             raise ValueError(f"--resume: got run directory {ctx.run_dir} without a checkpoint, expected "
                              "one written by an earlier run (RUN_DIR/checkpoints/latest)")
-        source = str(ckpt / "model") if ckpt else cfg.model.name
-        self.tokenizer = load_tokenizer(source if ckpt else cfg.model.name)
-        self.model = load_model(source, cfg.model.dtype, ctx.device).train()
-        if cfg.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        self.opt, self.sched = make_optimizer(self.model, cfg.optim)
-        self.step, self.version = 0, 0
+        self.trainer = Trainer(cfg, ctx.device, ckpt)
         self.store = RunStore(ctx.run_dir, cfg.buffer.segment_bytes, cfg.buffer.flush_rows)
-        prompts = pool_prompts(training_problems(cfg.data), self.tokenizer, cfg.data)
+        prompts = pool_prompts(training_problems(cfg.data), self.trainer.tokenizer, cfg.data)
         self.service = BufferService(cfg, prompts, self.store)
         if ckpt is not None:
-            state = checkpoint.load_trainer_state(ckpt, self.model, self.opt, self.sched)
-            self.step, self.version = state.step, state.version
             self.service.restore_state(ckpt / "buffer")
         backend = "nccl" if ctx.device.startswith("cuda") else "gloo"
         self.sender = WeightSender(ctx.host, 0, backend=backend, device=ctx.device)
         self.server = BufferServer(self.service, ctx.host, ctx.port, welcome=self._welcome)
-        self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
         self._sent_to: tuple[str, ...] = ()
         self.last_sync = None
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step
+
+    @property
+    def version(self) -> int:
+        return self.trainer.version
 
     # ------------------------------------------------------------------ process
 
@@ -114,14 +109,15 @@ class Learner:
         from dynamo_async.rewards import MathVerifyScorer
         from workers.hf_engine import HFEngine
 
-        engine = HFEngine(self.model, self.tokenizer, self.cfg, self.ctx.device, policy_version=self.version)
+        model, tokenizer = self.trainer.model, self.trainer.tokenizer
+        engine = HFEngine(model, tokenizer, self.cfg, self.ctx.device, policy_version=self.version)
         out = {}
         with MathVerifyScorer.from_config(self.cfg.rewards) as scorer:
             for name, problems in eval_problems(self.cfg.data).items():
-                res = sampled_accuracy(engine, self.tokenizer, scorer, problems, self.cfg, self.cfg.trainer.eval_samples)
+                res = sampled_accuracy(engine, tokenizer, scorer, problems, self.cfg, self.cfg.trainer.eval_samples)
                 out[f"eval/{name}"] = res.accuracy
                 log.note(f"held-out accuracy {label} ({name}, {self.cfg.trainer.eval_samples} samples each): {res}")
-        self.model.train()
+        model.train()
         log.write_eval({"step": self.step, "version": self.version, "label": label, **out})
         return out
 
@@ -136,8 +132,9 @@ class Learner:
         self.store.close()
 
     def save(self) -> Path:
-        return checkpoint.save_checkpoint(self.ctx.run_dir, self.step, self.version, self.model,
-                                          self.tokenizer, self.opt, self.sched, self.service)
+        t = self.trainer
+        return checkpoint.save_checkpoint(self.ctx.run_dir, t.step, t.version, t.model, t.tokenizer, t.opt,
+                                          t.sched, self.service)
 
     # ------------------------------------------------------------------ the step
 
@@ -145,16 +142,14 @@ class Learner:
         t0 = time.perf_counter()
         batch = self.pull_batch()
         t_pulled = time.perf_counter()
-        minis = self.prepare(batch)
-        self.proximal_pass(minis)
-        metrics = self.update(minis)
-        self.version += 1
+        metrics = self.trainer.train_on(batch)
+        self.trainer.version += 1
         self.service.set_version(self.version)
         self.broadcast(force=True)
-        self.step += 1
-        metrics.update(self.batch_metrics(batch, minis))
+        self.trainer.step += 1
+        metrics.update(self.batch_metrics(batch))
         metrics.update(step=self.step, version=self.version, learner_idle_s=t_pulled - t0,
-                       step_s=time.perf_counter() - t0, lr=self.opt.param_groups[0]["lr"],
+                       step_s=time.perf_counter() - t0, lr=self.trainer.opt.param_groups[0]["lr"],
                        sync_s=self.last_sync.seconds if self.last_sync else None,
                        sync_error=self.last_sync.error if self.last_sync else None)
         metrics["tokens_per_s"] = metrics["response_tokens"] / max(metrics["step_s"], 1e-9)
@@ -170,41 +165,6 @@ class Learner:
                 return batch
             self.broadcast(force=False)
 
-    def prepare(self, batch: LearnerBatch) -> list[list[MicroBatch]]:
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        return [[mb.to(self.ctx.device) for mb in mini] for mini in mini_batches(batch, self.cfg, pad)]
-
-    @torch.no_grad()
-    def proximal_pass(self, minis: list[list[MicroBatch]]) -> None:
-        """Log-probs of the current weights (decoupled PPO), with entropy and vocabulary sums."""
-        for mb in (m for mini in minis for m in mini):
-            if self.cfg.off_policy.mode == "behavior":
-                mb.logp_old = mb.logp_behavior
-                continue
-            stats = proximal_stats(self._logits(mb), mb.targets, self.cfg, mask=mb.mask)
-            mb.logp_old, mb.entropy, mb.vocab_sum = stats.logp, stats.entropy, stats.vocab_sum
-
-    def update(self, minis: list[list[MicroBatch]]) -> dict:
-        sums: Counter = Counter()
-        counts: Counter = Counter()
-        norms = []
-        for _ in range(self.cfg.optim.ppo_epochs):
-            for mini in minis:
-                for mb in mini:
-                    loss, m = policy_objective(self._logits(mb), self._policy_batch(mb), self.cfg, self.generator)
-                    loss.backward()
-                    for k, v in m.items():
-                        sums[k] += v
-                        counts[k] += 1
-                    sums["loss"] += float(loss.detach())
-                    counts["loss"] += 1
-                norms.append(clip_and_step(self.model, self.opt, self.cfg.optim.grad_clip))
-        self.sched.step()
-        out = {k: sums[k] / counts[k] for k in sums}
-        out["grad_norm"] = float(np.mean(norms)) if norms else 0.0
-        out["grad_norm_max"] = float(np.max(norms)) if norms else 0.0
-        return out
-
     def broadcast(self, force: bool) -> None:
         """Send the weights (always after an update; otherwise only to newly joined workers)."""
         members = tuple(self.service.live_receivers())
@@ -213,22 +173,12 @@ class Learner:
         if self.version == 0 and not force:  # newcomers loaded the same initial weights
             self._sent_to = members
             return
-        tensors = {n: p.detach() for n, p in self.model.named_parameters()}
-        self.last_sync = self.sender.broadcast(tensors, self.version, members)
+        self.last_sync = self.sender.broadcast(self.trainer.named_weights(), self.version, members)
         self._sent_to = members if self.last_sync.error is None else ()
 
     # ------------------------------------------------------------------ helpers
 
-    def _logits(self, mb: MicroBatch) -> torch.Tensor:
-        return self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
-
-    def _policy_batch(self, mb: MicroBatch) -> PolicyBatch:
-        return PolicyBatch(tokens=mb.targets, mask=mb.mask, advantages=mb.advantages, logp_old=mb.logp_old,
-                           logp_behavior=mb.logp_behavior if self.cfg.off_policy.mode == "decoupled" else None,
-                           total_tokens=mb.total_tokens, total_seqs=mb.total_seqs,
-                           entropy=mb.entropy, vocab_sum=mb.vocab_sum)
-
-    def batch_metrics(self, batch: LearnerBatch, minis) -> dict:
+    def batch_metrics(self, batch: LearnerBatch) -> dict:
         accs = [s.acc for g in batch.groups for s in g.samples]
         rewards = [s.reward for g in batch.groups for s in g.samples]
         sizes = Counter(len(g.samples) for g in batch.groups)

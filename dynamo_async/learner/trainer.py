@@ -1,0 +1,107 @@
+"""The model side of a learner step: tensors, proximal pass, mini-batch updates.
+
+Separate from the process around it (``loop.py``: buffer, sockets, weight sync), so that a
+recorded batch can be replayed through exactly the same code from a checkpoint
+(``replay_step``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from buffer.batch import LearnerBatch
+from dynamo_async.algo.objective import PolicyBatch, policy_objective, proximal_stats
+from dynamo_async.config.schema import RunConfig
+from dynamo_async.learner import checkpoint
+from dynamo_async.learner.batching import MicroBatch, mini_batches
+from dynamo_async.learner.optim import clip_and_step, make_optimizer
+
+
+class Trainer:
+    """Model, tokenizer, optimizer and schedule; ``source`` is a model name or checkpoint folder."""
+
+    def __init__(self, cfg: RunConfig, device: str = "cpu", checkpoint_dir: Path | None = None):
+        from dynamo_async.models import load_model, load_tokenizer
+
+        self.cfg, self.device = cfg, device
+        source = str(checkpoint_dir / "model") if checkpoint_dir else cfg.model.name
+        self.tokenizer = load_tokenizer(source)
+        self.model = load_model(source, cfg.model.dtype, device).train()
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.opt, self.sched = make_optimizer(self.model, cfg.optim)
+        self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
+        self.step, self.version = 0, 0
+        if checkpoint_dir is not None:
+            state = checkpoint.load_trainer_state(checkpoint_dir, self.model, self.opt, self.sched)
+            self.step, self.version = state.step, state.version
+            self.generator.manual_seed(cfg.trainer.seed + state.step)
+
+    def train_on(self, batch: LearnerBatch) -> dict:
+        """Prepare, proximal pass, update: the training half of one learner step."""
+        minis = self.prepare(batch)
+        self.proximal_pass(minis)
+        return self.update(minis)
+
+    def prepare(self, batch: LearnerBatch) -> list[list[MicroBatch]]:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return [[mb.to(self.device) for mb in mini] for mini in mini_batches(batch, self.cfg, pad)]
+
+    @torch.no_grad()
+    def proximal_pass(self, minis: list[list[MicroBatch]]) -> None:
+        """Log-probs of the current weights (decoupled PPO), with entropy and vocabulary sums."""
+        for mb in (m for mini in minis for m in mini):
+            if self.cfg.off_policy.mode == "behavior":
+                mb.logp_old = mb.logp_behavior
+                continue
+            stats = proximal_stats(self._logits(mb), mb.targets, self.cfg, mask=mb.mask)
+            mb.logp_old, mb.entropy, mb.vocab_sum = stats.logp, stats.entropy, stats.vocab_sum
+
+    def update(self, minis: list[list[MicroBatch]]) -> dict:
+        """One optimizer step per mini-batch (``ppo_epochs`` passes); the schedule steps once."""
+        sums: Counter = Counter()
+        counts: Counter = Counter()
+        norms = []
+        for _ in range(self.cfg.optim.ppo_epochs):
+            for mini in minis:
+                for mb in mini:
+                    loss, m = policy_objective(self._logits(mb), self._policy_batch(mb), self.cfg, self.generator)
+                    loss.backward()
+                    for k, v in {**m, "loss": float(loss.detach())}.items():
+                        sums[k] += v
+                        counts[k] += 1
+                norms.append(clip_and_step(self.model, self.opt, self.cfg.optim.grad_clip))
+        self.sched.step()
+        out = {k: sums[k] / counts[k] for k in sums}
+        out["grad_norm"] = float(np.mean(norms)) if norms else 0.0
+        out["grad_norm_max"] = float(np.max(norms)) if norms else 0.0
+        return out
+
+    def named_weights(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.model.named_parameters()}
+
+    def _logits(self, mb: MicroBatch) -> torch.Tensor:
+        return self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+
+    def _policy_batch(self, mb: MicroBatch) -> PolicyBatch:
+        return PolicyBatch(tokens=mb.targets, mask=mb.mask, advantages=mb.advantages, logp_old=mb.logp_old,
+                           logp_behavior=mb.logp_behavior if self.cfg.off_policy.mode == "decoupled" else None,
+                           total_tokens=mb.total_tokens, total_seqs=mb.total_seqs,
+                           entropy=mb.entropy, vocab_sum=mb.vocab_sum)
+
+
+def replay_step(cfg: RunConfig, run_dir: Path, checkpoint_dir: Path, device: str = "cpu") -> dict:
+    """Trainer-only replay: load ``checkpoint_dir`` (written after step k), train on the batch the
+    run recorded for step k, return the step's metrics (its ``loss`` equals the recorded one)."""
+    from buffer.replay import iter_batches
+
+    trainer = Trainer(cfg, device, checkpoint_dir)
+    for batch in iter_batches(run_dir):
+        if batch.step == trainer.step:
+            return trainer.train_on(batch)
+    raise ValueError(f"replay: got checkpoint at step {trainer.step}, expected {run_dir} to have recorded "
+                     "the batch of that step (its store has no such step)")
