@@ -23,7 +23,7 @@ from dynamo_async.config.schema import RunConfig
 
 
 def run_local(cfg: RunConfig, run_dir: Path, num_workers: int, capacity: int, device: str, port: int,
-              resume: bool, grace_s: float = 60.0) -> int:
+              resume: bool, grace_s: float = 120.0) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = dump_config(cfg, run_dir / "config.yaml")
     ready = run_dir / "learner.json"

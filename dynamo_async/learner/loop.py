@@ -63,6 +63,7 @@ class Learner:
         self.server = BufferServer(self.service, ctx.host, ctx.port, welcome=self._welcome)
         self._sent_to: tuple[str, ...] = ()
         self.last_sync = None
+        self._stop = None
 
     @property
     def step(self) -> int:
@@ -91,8 +92,12 @@ class Learner:
         try:
             if self.step == 0:
                 self.evaluate(log, "before")
-            while self.step < end and not (stop is not None and stop.is_set()):
-                log.write(self.train_step())
+            self._stop = stop
+            while self.step < end and not self._stopping():
+                metrics = self.train_step()
+                if metrics is None:  # stopped while waiting for a batch
+                    break
+                log.write(metrics)
                 if every and self.step % every == 0 and self.step < end:
                     self.evaluate(log, f"step {self.step}")
             self.evaluate(log, "after")
@@ -138,9 +143,11 @@ class Learner:
 
     # ------------------------------------------------------------------ the step
 
-    def train_step(self) -> dict:
+    def train_step(self) -> dict | None:
         t0 = time.perf_counter()
         batch = self.pull_batch()
+        if batch is None:
+            return None
         t_pulled = time.perf_counter()
         metrics = self.trainer.train_on(batch)
         self.trainer.version += 1
@@ -157,13 +164,18 @@ class Learner:
             self.save()
         return metrics
 
-    def pull_batch(self) -> LearnerBatch:
-        """Wait for a full batch; meanwhile bring newly joined workers up to date."""
-        while True:
+    def pull_batch(self) -> LearnerBatch | None:
+        """Wait for a full batch (None if told to stop); meanwhile bring newly joined workers up
+        to date."""
+        while not self._stopping():
             batch = self.service.pull_batch(timeout=1.0)
             if batch is not None:
                 return batch
             self.broadcast(force=False)
+        return None
+
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
 
     def broadcast(self, force: bool) -> None:
         """Send the weights (always after an update; otherwise only to newly joined workers)."""
