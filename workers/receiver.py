@@ -41,7 +41,7 @@ class WeightReceiver(threading.Thread):
         self._staged: tuple[int, dict[str, torch.Tensor]] | None = None
         self._lock = threading.Lock()
         self._new = threading.Condition(self._lock)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def take_staged(self) -> tuple[int, dict[str, torch.Tensor]] | None:
         """The newest staged (version, tensors), once; None if nothing new arrived."""
@@ -60,17 +60,17 @@ class WeightReceiver(threading.Thread):
         with self._new:
             while self._staged is None or self._staged[0] < version:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
+                if left <= 0 or self._halt.is_set():
                     return None
                 self._new.wait(left)
             staged, self._staged = self._staged, None
             return staged
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             key = PLAN_KEY.format(self._next_plan)
             if not self.store.check([key]):
                 time.sleep(self.poll_s)
@@ -113,7 +113,7 @@ def load_staged(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> int
     Names the model lacks are an error (the learner and worker disagree on the architecture);
     tied weights appear once in ``named_parameters`` and are set once.
     """
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name
     params.update(dict(model.named_buffers()))
     unknown = sorted(set(tensors) - set(params))
     if unknown:

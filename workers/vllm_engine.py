@@ -43,6 +43,8 @@ class VLLMEngine:
         self.llm, self.cfg, self.make_prompt, self.make_params, self.poll_s = llm, cfg, make_prompt, make_params, poll_s
         self.policy_version = policy_version
         self.swaps = 0
+        self.swap_errors = 0
+        self.last_swap_error: str | None = None
         self._ids = itertools.count()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
@@ -80,9 +82,17 @@ class VLLMEngine:
         return to_result(final.outputs[0], started)
 
     async def _watch(self) -> None:
+        """Poll for staged weights. A failed swap is logged and counted, and the next poll tries
+        again: the watcher must outlive one bad broadcast, or the worker would keep serving old
+        weights until the staleness gate starves it."""
         while True:
             await asyncio.sleep(self.poll_s)
-            await self._swap_if_staged()
+            try:
+                await self._swap_if_staged()
+            except Exception as err:  # supervisory loop: report, keep watching
+                self.swap_errors += 1
+                self.last_swap_error = repr(err)
+                print(f"vllm engine: weight swap failed ({err!r}); retrying at the next poll", flush=True)
 
     async def _swap_if_staged(self) -> int | None:
         if self._swap_lock is None:

@@ -50,20 +50,20 @@ class Heartbeats(threading.Thread):
     def __init__(self, host: str, port: int, worker_id: str, interval_s: float, version):
         super().__init__(name="heartbeats", daemon=True)
         self.host, self.port, self.worker_id, self.interval_s, self.version = host, port, worker_id, interval_s, version
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         ctx = zmq.Context()
         sock = ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(f"tcp://{self.host}:{self.port}")
-        while not self._stop.wait(self.interval_s):
+        while not self._halt.wait(self.interval_s):
             sock.send(encode(Heartbeat(worker_id=self.worker_id, lease_ids=(), policy_version=self.version())))
         sock.close()
         ctx.term()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 class RolloutWorker:
