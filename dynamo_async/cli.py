@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "host's address when binding 0.0.0.0)")
     lrn.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     lrn.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
+    lrn.add_argument("--threads", type=int, help="torch CPU threads of the learner (default: torch's)")
     lrn.add_argument("--ready-file", help=argparse.SUPPRESS)
     run = sub.add_parser("run", help="learner and workers on this machine, under one launcher")
     run.add_argument("--config", required=True, help="YAML run config")
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--num-workers", type=int, default=1, help="worker processes on this node")
     wrk.add_argument("--device", default="cpu", help="cpu, cuda (one GPU per worker, round robin) or cuda:N")
     wrk.add_argument("--capacity", type=int, default=8, help="samples a worker generates at once")
+    wrk.add_argument("--threads", type=int, help="torch CPU threads per worker (default: torch's)")
     rep = sub.add_parser("replay", add_help=False, help="summarise or export a recorded run (RUN_DIR --help)")
     rep.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -99,7 +101,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
     from dynamo_async.learner.main import learner_main
 
     return learner_main(cfg, Path(args.run_dir), args.host, args.port, args.advertise, args.resume,
-                        args.device, args.ready_file)
+                        args.device, args.ready_file, args.threads)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -121,7 +123,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
         raise ValueError(f"--capacity: got {args.capacity}, expected at least 1")
     from workers.launcher import launch_workers
 
-    return launch_workers(args.connect, args.num_workers, args.device, args.capacity)
+    return launch_workers(args.connect, args.num_workers, args.device, args.capacity, threads=args.threads)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -34,8 +34,8 @@ def sampled_accuracy(engine, tokenizer, scorer, problems: list[Problem], cfg, sa
     correct = 0
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        reqs = [GenRequest(render_prompt(tokenizer, cfg.data.system_prompt, p.problem, cfg.data.max_prompt_tokens),
-                           seed + 1000 * i + k) for i, (p, k) in enumerate(chunk, start)]
+        reqs = [GenRequest(render_prompt(tokenizer, cfg.data.system_prompt, p.problem, cfg.data.max_prompt_tokens,
+                                         cfg.data.few_shot), seed + 1000 * i + k) for i, (p, k) in enumerate(chunk, start)]
         results = engine.generate(reqs)
         texts = [tokenizer.decode(r.token_ids.tolist(), skip_special_tokens=True) for r in results]
         scores = scorer.score(texts, [p.answer for p, _ in chunk])

@@ -32,9 +32,11 @@ def run_local(cfg: RunConfig, run_dir: Path, num_workers: int, capacity: int, de
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     cli = [sys.executable, "-m", "dynamo_async.cli"]
+    learner_threads, worker_threads = _split_cores(num_workers, device)
     learner = subprocess.Popen(cli + ["learner", "--config", str(config), "--run-dir", str(run_dir),
                                       "--port", str(port or _free_base_port()), "--device", device,
-                                      "--ready-file", str(ready)] + (["--resume"] if resume else []))
+                                      "--ready-file", str(ready), "--threads", str(learner_threads)]
+                               + (["--resume"] if resume else []))
     workers = None
     try:
         where = _wait_ready(ready, learner, stop)
@@ -42,10 +44,23 @@ def run_local(cfg: RunConfig, run_dir: Path, num_workers: int, capacity: int, de
             return _stop(learner, workers, grace_s) or 1
         workers = subprocess.Popen(cli + ["workers", "--connect", f"{where['host']}:{where['work']}",
                                           "--num-workers", str(num_workers), "--capacity", str(capacity),
-                                          "--device", device])
+                                          "--device", device, "--threads", str(worker_threads)])
         return _watch(learner, workers, stop, grace_s)
     finally:
         _stop(learner, workers, grace_s)
+
+
+def _split_cores(num_workers: int, device: str) -> tuple[int, int]:
+    """CPU threads for the learner and each worker, so that the processes sharing this machine do
+    not oversubscribe its cores (oversubscribed OpenMP threads slow everything down many times)."""
+    import os
+
+    cores = os.cpu_count() or 1
+    if device != "cpu":
+        return max(1, cores // 2), 1
+    # Workers run ahead until the staleness gate stops them, so the learner is the bottleneck:
+    # it gets every core, and the workers share what is left (at least one thread each).
+    return cores, max(1, (cores - 1) // num_workers)
 
 
 def _watch(learner: subprocess.Popen, workers: subprocess.Popen, stop: threading.Event, grace_s: float) -> int:

@@ -17,19 +17,23 @@ import threading
 from multiprocessing.connection import wait
 
 
-def _child(connect: str, index: int, device: str, capacity: int) -> None:
+def _child(connect: str, index: int, device: str, capacity: int, threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from workers.worker import run_worker
 
     run_worker(connect, index, device, capacity)
 
 
 def launch_workers(connect: str, num_workers: int, device: str = "cpu", capacity: int = 8,
-                   grace_s: float = 30.0) -> int:
+                   grace_s: float = 30.0, threads: int | None = None) -> int:
     """Run the workers until they finish or the launcher is told to stop; returns an exit code."""
     if num_workers < 1:
         raise ValueError(f"--num-workers: got {num_workers}, expected at least 1")
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(connect, i, _device(device, i), capacity), name=f"worker-{i}")
+    procs = [ctx.Process(target=_child, args=(connect, i, _device(device, i), capacity, threads), name=f"worker-{i}")
              for i in range(num_workers)]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -44,6 +44,11 @@ class SyntheticConfig(_Section):
     seed: Annotated[int, Meta(description="Seed of the problem generator.")] = 0
 
 
+class FewShot(_Section):
+    problem: Annotated[str, Meta(min_length=1, description="An example problem (a user turn).")]
+    answer: Annotated[str, Meta(min_length=1, description="Its answer; the assistant turn is \\boxed{answer}.")]
+
+
 class DataConfig(_Section):
     train: Annotated[str, Meta(min_length=1, description=(
         "Training prompts: 'synthetic' (the built-in arithmetic task), a JSONL/Parquet file "
@@ -54,6 +59,9 @@ class DataConfig(_Section):
     system_prompt: Annotated[str, Meta(description=(
         "System message put before every problem; it should show the answer form."))] = (
         "Solve the problem. Put the final answer in \\boxed{}, for example 2 + 3 = \\boxed{5}.")
+    few_shot: Annotated[tuple[FewShot, ...], Meta(description=(
+        "Worked examples put before every problem as earlier chat turns (user: problem, "
+        "assistant: \\boxed{answer}); small models learn the answer form from them."))] = ()
     max_prompt_tokens: Annotated[PosInt, Meta(description=(
         "Prompts longer than this are left-truncated (Table 3: 2048)."))] = 2048
     synthetic: Annotated[SyntheticConfig, Meta(description=(

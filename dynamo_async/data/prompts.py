@@ -35,15 +35,17 @@ def eval_problems(cfg: DataConfig) -> dict[str, list[Problem]]:
     return {Path(spec).stem if Path(spec).exists() else spec: _load(spec, "data.eval") for spec in cfg.eval}
 
 
-def render_prompt(tokenizer, system_prompt: str, problem: str, max_tokens: int) -> np.ndarray:
-    """Chat-templated token ids of one problem (left-truncated to ``max_tokens``)."""
-    messages = [{"role": "user", "content": problem}]
-    if system_prompt:
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    ids = np.asarray(ids, dtype=np.int32).reshape(-1)
+def render_prompt(tokenizer, system_prompt: str, problem: str, max_tokens: int,
+                  few_shot: tuple = ()) -> np.ndarray:
+    """Chat-templated token ids of one problem (left-truncated to ``max_tokens``), after the
+    system prompt and the worked examples (user: problem, assistant: ``\\boxed{answer}``)."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for example in few_shot:
+        messages += [{"role": "user", "content": example.problem},
+                     {"role": "assistant", "content": f"\\boxed{{{example.answer}}}"}]
+    messages.append({"role": "user", "content": problem})
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = np.asarray(tokenizer.encode(text, add_special_tokens=False), dtype=np.int32).reshape(-1)
     assert ids.size > 0, "chat template produced no tokens"
     return ids[-max_tokens:]
 
@@ -51,7 +53,7 @@ def render_prompt(tokenizer, system_prompt: str, problem: str, max_tokens: int) 
 def pool_prompts(problems: list[Problem], tokenizer, cfg: DataConfig) -> list[PoolPrompt]:
     """Problems as buffer prompts with their token ids."""
     return [PoolPrompt(p.id, p.problem, p.answer,
-                       render_prompt(tokenizer, cfg.system_prompt, p.problem, cfg.max_prompt_tokens))
+                       render_prompt(tokenizer, cfg.system_prompt, p.problem, cfg.max_prompt_tokens, cfg.few_shot))
             for p in problems]
 
 

@@ -17,9 +17,13 @@ from dynamo_async.config.schema import RunConfig
 
 
 def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise: str | None,
-                 resume: bool, device: str, ready_file: str | None) -> int:
+                 resume: bool, device: str, ready_file: str | None, threads: int | None = None) -> int:
+    import torch
+
     from dynamo_async.learner.loop import Learner, LearnerContext
 
+    if threads:
+        torch.set_num_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
     stop = threading.Event()
