@@ -58,9 +58,10 @@ def _split_cores(num_workers: int, device: str) -> tuple[int, int]:
     cores = os.cpu_count() or 1
     if device != "cpu":
         return max(1, cores // 2), 1
-    # Workers run ahead until the staleness gate stops them, so the learner is the bottleneck:
-    # it gets every core, and the workers share what is left (at least one thread each).
-    return cores, max(1, (cores - 1) // num_workers)
+    # One thread per worker, the rest for the learner: more threads than cores makes the
+    # processes' OpenMP threads wait on each other and slows every one of them down.
+    worker = max(1, cores // (2 * num_workers))
+    return max(1, cores - worker * num_workers), worker
 
 
 def _watch(learner: subprocess.Popen, workers: subprocess.Popen, stop: threading.Event, grace_s: float) -> int:

@@ -128,5 +128,7 @@ def test_cli_does_not_import_torch():
 def test_readme_test_command_is_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = next(line for line in readme.splitlines() if line.startswith("python3 -m venv .venv"))
-    assert command in ci.splitlines()
+    commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv .venv")]
+    assert len(commands) == 2, "the README opens with the demo command and the test command"
+    assert commands[1].endswith(".venv/bin/pytest") and commands[1] in ci.splitlines()
+    assert commands[0].startswith(commands[1].removesuffix(".venv/bin/pytest"))  # same set-up
