@@ -51,6 +51,7 @@ def worker_main(index: int, model_name: str, sync_port: int, plain_port: int, to
             plain.broadcast([flat], opts).wait()
         conn.send_bytes(b"done")
     receiver.stop()
+    receiver.join(timeout=10)
 
 
 def main() -> None:
@@ -69,9 +70,12 @@ def main() -> None:
 
     resolve_model(args.model)  # build the cache once, before the workers load it
     torch.set_num_threads(1)
-    tensors = {n: p.detach() for n, p in load_model(args.model).named_parameters()}
+    model = load_model(args.model)
+    tensors = {n: p.detach() for n, p in model.named_parameters()}
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     sender = WeightSender("127.0.0.1", 0, timeout_s=120)
+    sender.bind({n: p for n, p in model.named_parameters()})  # as the learner does
+    tensors = {n: p.detach() for n, p in model.named_parameters()}
     plain_store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
                                 timeout=datetime.timedelta(seconds=120))
     ctx = mp.get_context("spawn")

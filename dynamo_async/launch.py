@@ -98,7 +98,8 @@ def _stop(learner: subprocess.Popen | None, workers: subprocess.Popen | None, gr
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        code = code or proc.returncode
+        # a child ended by the SIGTERM we just sent (before its handler was installed) stopped cleanly
+        code = code or (0 if proc.returncode == -signal.SIGTERM else proc.returncode)
     return code
 
 

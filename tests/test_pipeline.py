@@ -100,7 +100,7 @@ def test_killed_worker_loses_no_group_and_counts_none_twice(tmp_path):
 
 def test_stopped_learner_resumes_step_version_and_statistics(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["--config", str(TINY), "--run-dir", str(run_dir), "trainer.total_steps=6", "trainer.checkpoint_every=1"]
+    args = ["--config", str(TINY), "--run-dir", str(run_dir), "trainer.total_steps=12", "trainer.checkpoint_every=1"]
     first = subprocess.Popen(CLI + ["run"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists() or \
@@ -111,7 +111,7 @@ def test_stopped_learner_resumes_step_version_and_statistics(tmp_path):
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 0, out
     stopped = len(_train_rows(run_dir))
-    assert 2 <= stopped < 6
+    assert 2 <= stopped < 12
     ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text()
     stats = pq.read_table(ckpt / "buffer" / "prompt_stats.parquet").to_pydict()
     assert sum(stats["attempts"]) > 0
@@ -119,8 +119,8 @@ def test_stopped_learner_resumes_step_version_and_statistics(tmp_path):
     second = subprocess.run(CLI + ["run", "--resume"] + args, capture_output=True, text=True, timeout=240)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     rows = _train_rows(run_dir)
-    assert [r["step"] for r in rows] == list(range(1, 7)) and rows[-1]["version"] == 6
-    final = pq.read_table(run_dir / "checkpoints" / "step-000006" / "buffer" / "prompt_stats.parquet").to_pydict()
+    assert [r["step"] for r in rows] == list(range(1, 13)) and rows[-1]["version"] == 12
+    final = pq.read_table(run_dir / "checkpoints" / "step-000012" / "buffer" / "prompt_stats.parquet").to_pydict()
     before = dict(zip(stats["prompt_id"], stats["attempts"]))
     after = dict(zip(final["prompt_id"], final["attempts"]))
     assert all(after[p] >= n for p, n in before.items())  # statistics carried over, then grew

@@ -264,20 +264,23 @@ def _small_model() -> torch.nn.Module:
     return m
 
 
-def test_load_staged_copies_by_name_including_buffers():
+def test_load_staged_sets_by_name_including_buffers_without_copying():
     model = _small_model()
     before = {n: p.detach().clone() for n, p in model.state_dict().items()}
     new = {"0.weight": torch.full((3, 4), 0.5), "2.bias": torch.tensor([1.0, -1.0]), "scale": torch.tensor([2.0, 3.0])}
-    ptr = model[0].weight.data_ptr()
+    param = model[0].weight
     assert load_staged(model, new) == 3
     state = model.state_dict()
     for name, value in new.items():
         assert torch.equal(state[name], value), name
     for name in set(before) - set(new):
         assert torch.equal(state[name], before[name]), f"{name} changed although not staged"
-    assert model[0].weight.data_ptr() == ptr  # copied in place, the parameter object is kept
-    new["0.weight"].fill_(9.0)
-    assert torch.equal(model[0].weight, torch.full((3, 4), 0.5)), "the model aliases the staged tensor"
+    # the parameter object is kept and now serves from the staged buffer: no copy (the receiver
+    # keeps that staging slot intact while the engine uses it)
+    assert model[0].weight is param and param.data_ptr() == new["0.weight"].data_ptr()
+    odd = {"0.weight": torch.full((3, 4), 1.5, dtype=torch.float64)}  # another dtype: copied in
+    load_staged(model, odd)
+    assert param.dtype == torch.float32 and torch.equal(param, torch.full((3, 4), 1.5))
 
 
 def test_load_staged_rejects_unknown_names_and_changes_nothing():

@@ -32,6 +32,8 @@ class WorkerParts:
     def close(self) -> None:
         for r in self.receivers:
             r.stop()
+        for r in self.receivers:
+            r.join(timeout=5)
         self.scorer.close()
         self.engine.close()
 

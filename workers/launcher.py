@@ -49,8 +49,10 @@ def launch_workers(connect: str, num_workers: int, device: str = "cpu", capacity
             live.remove(p)
             if p.exitcode != 0:
                 print(f"{p.name} (pid {p.pid}) exited with code {p.exitcode}", file=sys.stderr, flush=True)
+    stopped = {p.pid for p in live}
     _stop_all(live, grace_s)
-    return 1 if any(p.exitcode for p in procs) else 0
+    # children we terminated ourselves (-SIGTERM before their handler was installed) stopped cleanly
+    return 1 if any(p.exitcode and not (p.pid in stopped and p.exitcode == -signal.SIGTERM) for p in procs) else 0
 
 
 def _stop_all(procs, grace_s: float) -> None:

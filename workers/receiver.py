@@ -26,10 +26,10 @@ from dynamo_async.weights.group import (
 
 
 class WeightReceiver(threading.Thread):
-    """Daemon thread; ``stop()`` ends it within ``poll_s``."""
+    """Daemon thread; ``stop()`` ends it within ``poll_s`` (and any broadcast in progress)."""
 
     def __init__(self, worker_id: str, host: str, port: int, backend: str = "gloo",
-                 timeout_s: float = 60.0, device: str = "cpu", poll_s: float = 0.02):
+                 timeout_s: float = 60.0, device: str = "cpu", poll_s: float = 0.005):
         super().__init__(name=f"weight-receiver-{worker_id}", daemon=True)
         self.worker_id, self.backend, self.timeout_s, self.device, self.poll_s = (
             worker_id, backend, timeout_s, device, poll_s)
@@ -39,6 +39,11 @@ class WeightReceiver(threading.Thread):
         self._next_plan = int(self.store.get(LATEST_KEY)) + 1 if self.store.check([LATEST_KEY]) else 0
         self._groups: dict[int, dist.ProcessGroup] = {}
         self._staged: tuple[int, dict[str, torch.Tensor]] | None = None
+        # Three reusable sets of staging buffers: one being received, the staged one, and the
+        # one whose views the engine may be serving from (``load_staged`` swaps by reference).
+        self._slots: list[list[torch.Tensor]] = [[], [], []]
+        self._staged_slot: int | None = None
+        self._in_use_slot: int | None = None
         self._lock = threading.Lock()
         self._new = threading.Condition(self._lock)
         self._halt = threading.Event()
@@ -46,8 +51,13 @@ class WeightReceiver(threading.Thread):
     def take_staged(self) -> tuple[int, dict[str, torch.Tensor]] | None:
         """The newest staged (version, tensors), once; None if nothing new arrived."""
         with self._lock:
-            staged, self._staged = self._staged, None
-            return staged
+            return self._take()
+
+    def _take(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        staged, self._staged = self._staged, None
+        if staged is not None:
+            self._in_use_slot, self._staged_slot = self._staged_slot, None
+        return staged
 
     def staged_version(self) -> int:
         """Version of the staged weights, or -1 when nothing new is staged (does not take them)."""
@@ -63,8 +73,7 @@ class WeightReceiver(threading.Thread):
                 if left <= 0 or self._halt.is_set():
                     return None
                 self._new.wait(left)
-            staged, self._staged = self._staged, None
-            return staged
+            return self._take()
 
     def stop(self) -> None:
         self._halt.set()
@@ -72,8 +81,8 @@ class WeightReceiver(threading.Thread):
     def run(self) -> None:
         while not self._halt.is_set():
             key = PLAN_KEY.format(self._next_plan)
-            if not self.store.check([key]):
-                time.sleep(self.poll_s)
+            if not self.store.check([key]):  # a cheap round trip; store.wait would log each timeout
+                self._halt.wait(self.poll_s)
                 continue
             plan = decode_plan(self.store.get(key))
             self._next_plan += 1
@@ -81,11 +90,11 @@ class WeightReceiver(threading.Thread):
                 self._receive(plan)
 
     def _receive(self, plan: SyncPlan) -> None:
+        slot = self._free_slot(plan.manifest.bucket_bytes)
         try:
             pg = self._group(plan)
             tensors: dict[str, torch.Tensor] = {}
-            for b, nbytes in enumerate(plan.manifest.bucket_bytes):
-                flat = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+            for b, flat in enumerate(self._slots[slot]):
                 broadcast(pg, flat, self.timeout_s)
                 tensors.update(unpack_bucket(plan.manifest, b, flat))
         except RuntimeError:  # DistError, gloo timeout: the learner gave up on this plan
@@ -93,10 +102,18 @@ class WeightReceiver(threading.Thread):
             self._groups.pop(plan.generation, None)
             return
         with self._new:
-            self._staged = (plan.manifest.version, tensors)
+            self._staged, self._staged_slot = (plan.manifest.version, tensors), slot
             self._new.notify_all()
         self.received += 1
         self.store.set(ACK_KEY.format(plan.plan, self.worker_id), str(plan.manifest.version))
+
+    def _free_slot(self, sizes: tuple[int, ...]) -> int:
+        """A staging slot neither staged nor in use, with buffers of ``sizes`` (reused if they fit)."""
+        with self._lock:
+            slot = next(i for i in range(3) if i not in (self._staged_slot, self._in_use_slot))
+        if [t.numel() for t in self._slots[slot]] != list(sizes):
+            self._slots[slot] = [torch.empty(n, dtype=torch.uint8, device=self.device) for n in sizes]
+        return slot
 
     def _group(self, plan: SyncPlan) -> dist.ProcessGroup:
         for gen in [g for g in self._groups if g != plan.generation]:
@@ -108,10 +125,12 @@ class WeightReceiver(threading.Thread):
 
 
 def load_staged(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> int:
-    """Copy staged tensors into ``model`` by parameter/buffer name; returns how many were set.
+    """Point ``model``'s parameters/buffers at the staged tensors by name (no copy when device,
+    dtype and shape match; a copy otherwise); returns how many were set.
 
+    The receiver keeps a staged set intact while the engine serves from it (see ``_slots``).
     Names the model lacks are an error (the learner and worker disagree on the architecture);
-    tied weights appear once in ``named_parameters`` and are set once.
+    tied weights may come under either name.
     """
     params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name
     params.update(dict(model.named_buffers()))
@@ -121,5 +140,10 @@ def load_staged(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> int
                          "learner and the workers to load the same model")
     with torch.no_grad():
         for name, value in tensors.items():
-            params[name].copy_(value)
+            target = params[name]
+            same = target.device == value.device and target.dtype == value.dtype and target.shape == value.shape
+            if same:
+                target.data = value
+            else:
+                target.copy_(value)
     return len(tensors)

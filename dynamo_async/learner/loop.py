@@ -60,6 +60,7 @@ class Learner:
             self.service.restore_state(ckpt / "buffer")
         backend = "nccl" if ctx.device.startswith("cuda") else "gloo"
         self.sender = WeightSender(ctx.host, 0, backend=backend, device=ctx.device)
+        self.sender.bind(dict(self.trainer.model.named_parameters()))  # parameters live in the buckets
         self.server = BufferServer(self.service, ctx.host, ctx.port, welcome=self._welcome)
         self._sent_to: tuple[str, ...] = ()
         self.last_sync = None

@@ -64,13 +64,18 @@ def plan_manifest(specs: Iterable[tuple[str, torch.dtype, Sequence[int]]], versi
 
 
 def pack_bucket(manifest: Manifest, bucket: int, tensors: dict[str, torch.Tensor],
-                device: torch.device | str = "cpu") -> torch.Tensor:
-    """The flat uint8 bucket ``bucket`` filled from ``tensors`` (by name)."""
-    out = torch.empty(manifest.bucket_bytes[bucket], dtype=torch.uint8, device=device)
+                device: torch.device | str = "cpu", out: torch.Tensor | None = None) -> torch.Tensor:
+    """The flat uint8 bucket ``bucket`` filled from ``tensors`` (by name), into ``out`` if given."""
+    if out is None:
+        out = torch.empty(manifest.bucket_bytes[bucket], dtype=torch.uint8, device=device)
+    assert out.dtype == torch.uint8 and out.numel() == manifest.bucket_bytes[bucket]
     for e in manifest.bucket_entries(bucket):
         t = tensors[e.name].detach()
         assert DTYPE_NAMES[t.dtype] == e.dtype and tuple(t.shape) == e.shape, f"{e.name} changed shape or dtype"
-        out[e.offset:e.offset + e.nbytes].copy_(t.contiguous().reshape(-1).view(torch.uint8))
+        dest = out[e.offset:e.offset + e.nbytes]
+        if t.is_contiguous() and t.data_ptr() == dest.data_ptr():
+            continue  # the tensor already lives in this bucket (WeightSender.bind)
+        dest.copy_(t.contiguous().reshape(-1).view(torch.uint8))
     return out
 
 
