@@ -30,28 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. loss.eps_high=0.28")
     cfg.add_argument("--out", help="write the resolved config here instead of printing it")
     cfg.add_argument("--describe", action="store_true", help="list every field, its default and meaning")
-    buf = sub.add_parser("buffer", help="run the buffer service alone, without a learner")
-    buf.add_argument("--config", required=True, help="YAML run config")
-    buf.add_argument("overrides", nargs="*", metavar="key=value")
-    buf.add_argument("--run-dir", required=True, help="where the Arrow store and resolved config go")
-    buf.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other nodes)")
-    buf.add_argument("--port", type=int, default=5555, help="work port; completions +1, status +2")
-    lrn = sub.add_parser("learner", help="run the learner (hosts the buffer and the weight sync)")
-    lrn.add_argument("--config", required=True, help="YAML run config")
-    lrn.add_argument("overrides", nargs="*", metavar="key=value")
-    lrn.add_argument("--run-dir", required=True, help="metrics, Arrow store, checkpoints, resolved config")
-    lrn.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve other nodes)")
-    lrn.add_argument("--port", type=int, default=5555, help="work port for workers; completions +1, status +2")
+    _run_parser(sub, "buffer", "run the buffer service alone, without a learner", serve=True)
+    lrn = _run_parser(sub, "learner", "run the learner (hosts the buffer and the weight sync)", serve=True)
     lrn.add_argument("--advertise", help="address workers use to reach this node (default: --host, or this "
                                          "host's address when binding 0.0.0.0)")
     lrn.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     lrn.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
     lrn.add_argument("--threads", type=int, help="torch CPU threads of the learner (default: torch's)")
     lrn.add_argument("--ready-file", help=argparse.SUPPRESS)
-    run = sub.add_parser("run", help="learner and workers on this machine, under one launcher")
-    run.add_argument("--config", required=True, help="YAML run config")
-    run.add_argument("overrides", nargs="*", metavar="key=value")
-    run.add_argument("--run-dir", required=True)
+    run = _run_parser(sub, "run", "learner and workers on this machine, under one launcher", serve=False)
     run.add_argument("--num-workers", type=int, default=1, help="worker processes")
     run.add_argument("--capacity", type=int, default=8, help="samples a worker generates at once")
     run.add_argument("--device", default="cpu", help="device of the learner and the workers")
@@ -66,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("replay", add_help=False, help="summarise or export a recorded run (RUN_DIR --help)")
     rep.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
+
+
+def _run_parser(sub, name: str, help_text: str, serve: bool) -> argparse.ArgumentParser:
+    """A subcommand that runs a config into a run directory (and, with ``serve``, binds ports)."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--config", required=True, help="YAML run config")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. loss.eps_high=0.28")
+    p.add_argument("--run-dir", required=True, help="metrics, Arrow store, checkpoints, resolved config")
+    if serve:
+        p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve other nodes)")
+        p.add_argument("--port", type=int, default=5555, help="work port for workers; completions +1, status +2")
+    return p
 
 
 def cmd_config(args: argparse.Namespace) -> int:
