@@ -68,6 +68,7 @@ class BufferService:
         self._assembling: list[Group] = []
         self._set_aside = Counter()
         self._receivers: dict[str, tuple[str, ...]] = {}
+        self._idle: dict[str, float] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ workers
@@ -124,9 +125,16 @@ class BufferService:
         with self._cond:
             self.rejected[reason] += 1
 
-    def heartbeat(self, worker_id: str) -> None:
+    def heartbeat(self, worker_id: str, idle_seconds: float | None = None) -> None:
         with self._cond:
             self.leases.seen(worker_id, self.clock())
+            if idle_seconds is not None:
+                self._idle[worker_id] = max(self._idle.get(worker_id, 0.0), idle_seconds)
+
+    def worker_idle_seconds(self) -> float:
+        """Seconds all workers ever reported waiting for work (grows monotonically)."""
+        with self._cond:
+            return sum(self._idle.values())
 
     def register_worker(self, worker_id: str, receivers: tuple[str, ...]) -> None:
         """A worker said hello: remember its weight receivers for the next broadcasts."""

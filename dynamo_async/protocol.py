@@ -160,6 +160,7 @@ class Heartbeat(_Msg, tag="heartbeat"):
     worker_id: str
     lease_ids: tuple[int, ...]
     policy_version: int
+    idle_seconds: float = 0.0  # cumulative time the worker spent waiting for work
 
 
 class VersionNotice(_Msg, tag="version"):

@@ -516,3 +516,12 @@ def test_status_counts():
     assert st_.policy_version == 0
     svc.set_version(3)
     assert svc.status().policy_version == 3
+
+
+def test_worker_idle_seconds_from_heartbeats_sum_over_workers():
+    svc = make_service()
+    svc.heartbeat("a", 1.5)
+    svc.heartbeat("b", 2.0)
+    svc.heartbeat("a", 3.0)  # cumulative per worker: the latest value counts
+    svc.heartbeat("b")       # a heartbeat without a figure leaves it alone
+    assert svc.worker_idle_seconds() == 5.0

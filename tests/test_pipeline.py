@@ -52,6 +52,7 @@ def test_run_command_trains_tiny_model_end_to_end(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3] and [r["version"] for r in rows] == [1, 2, 3]
     assert any(r["grad_norm"] > 0 for r in rows), "tiny task should give mixed rewards and a gradient"
     assert all(r["sync_error"] is None for r in rows)
+    assert all(r["worker_idle_s"] >= 0 and r["learner_idle_s"] >= 0 for r in rows)
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-000003"
     assert "held-out accuracy before" in proc.stdout + proc.stderr
     _assert_groups_complete(run_dir)

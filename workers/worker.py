@@ -47,9 +47,10 @@ class Heartbeats(threading.Thread):
     """Sends a Heartbeat every ``interval_s`` on a socket of its own (ZeroMQ sockets are not
     shared between threads)."""
 
-    def __init__(self, host: str, port: int, worker_id: str, interval_s: float, version):
+    def __init__(self, host: str, port: int, worker_id: str, interval_s: float, version, idle=lambda: 0.0):
         super().__init__(name="heartbeats", daemon=True)
         self.host, self.port, self.worker_id, self.interval_s, self.version = host, port, worker_id, interval_s, version
+        self.idle = idle
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -58,7 +59,8 @@ class Heartbeats(threading.Thread):
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(f"tcp://{self.host}:{self.port}")
         while not self._halt.wait(self.interval_s):
-            sock.send(encode(Heartbeat(worker_id=self.worker_id, lease_ids=(), policy_version=self.version())))
+            sock.send(encode(Heartbeat(worker_id=self.worker_id, lease_ids=(), policy_version=self.version(),
+                                       idle_seconds=self.idle())))
         sock.close()
         ctx.term()
 
@@ -74,6 +76,7 @@ class RolloutWorker:
         self.capacity = capacity
         self.pending: deque[_Pending] = deque()
         self.sent = 0
+        self.idle_seconds = 0.0  # time spent waiting for work (reported in heartbeats)
         self.stop = threading.Event()
         self._parent = os.getppid()
 
@@ -93,7 +96,9 @@ class RolloutWorker:
                 idle_since = idle_since or time.monotonic()
                 if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                     break
+                waited = time.monotonic()
                 self.stop.wait(grant.retry_after_s)
+                self.idle_seconds += time.monotonic() - waited
                 continue
             idle_since = None
             self.generate(list(grant.items))
@@ -147,10 +152,10 @@ def run_worker(connect: str, index: int = 0, device: str = "cpu", capacity: int 
     client.hello(cfg.rollout.engine, capacity, receivers=parts.receiver_ids)
     if welcome.policy_version > 0 and parts.receiver_ids:
         parts.wait_for_weights(welcome.policy_version, cfg.buffer.worker_timeout_s * 4)
-    heartbeats = Heartbeats(host, welcome.completions_port, worker_id, cfg.buffer.worker_timeout_s / 3,
-                            lambda: parts.engine.policy_version)
-    heartbeats.start()
     worker = RolloutWorker(cfg, client, parts.engine, parts.tokenizer, parts.scorer, capacity)
+    heartbeats = Heartbeats(host, welcome.completions_port, worker_id, cfg.buffer.worker_timeout_s / 3,
+                            lambda: parts.engine.policy_version, lambda: worker.idle_seconds)
+    heartbeats.start()
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
     try:

@@ -65,6 +65,7 @@ class Learner:
         self._sent_to: tuple[str, ...] = ()
         self.last_sync = None
         self._stop = None
+        self._worker_idle = 0.0
 
     @property
     def step(self) -> int:
@@ -161,6 +162,8 @@ class Learner:
                        sync_s=self.last_sync.seconds if self.last_sync else None,
                        sync_error=self.last_sync.error if self.last_sync else None)
         metrics["tokens_per_s"] = metrics["response_tokens"] / max(metrics["step_s"], 1e-9)
+        idle = self.service.worker_idle_seconds()  # reported by heartbeats, summed over workers
+        metrics["worker_idle_s"], self._worker_idle = idle - self._worker_idle, idle
         if self.cfg.trainer.checkpoint_every and self.step % self.cfg.trainer.checkpoint_every == 0:
             self.save()
         return metrics
