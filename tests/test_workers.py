@@ -320,7 +320,7 @@ def _seed_kind(learner: Learner, c) -> int:
 
 
 def test_killed_worker_leaves_no_orphans_and_its_samples_are_redispatched(learner_factory):
-    learner, procs = learner_factory("rollout.max_new_tokens=96")
+    learner, procs = learner_factory("rollout.max_new_tokens=256")
     svc = learner.svc
     victim = procs.start(index=0, capacity=8)
     survivor = procs.start(index=1, capacity=4)
@@ -331,21 +331,22 @@ def test_killed_worker_leaves_no_orphans_and_its_samples_are_redispatched(learne
             return [lease for lease in svc.leases.leases.values() if lease.worker_id == vid and lease.samples]
 
     assert wait_until(lambda: bool(victim_leases()), 90, step_s=0.002), f"the worker never leased work; {svc.status()}"
+    os.kill(victim.pid, signal.SIGSTOP)  # freeze it mid-batch at once, then kill it
     children = descendants(victim.pid)
     os.kill(victim.pid, signal.SIGKILL)
-    victim.join(10)
-    assert not victim.is_alive() and victim.exitcode == -signal.SIGKILL
-    assert children, "the worker had no math-verify processes to check"
-    _, left = psutil.wait_procs(children, timeout=5)
-    assert not left, f"children of the killed worker are still running: {left}"
-
     time.sleep(0.3)  # completions the victim pushed before it died are in
+    # what the victim held at its death, read before buffer.worker_timeout_s (2 s) revokes it
     with svc._cond:
         budgets = {gid: g.n for gid, g in svc.groups.items()}
         held = {(lease.group_id, s) for lease in svc.leases.leases.values() if lease.worker_id == vid
                 for s in lease.samples}
         victim_done = {(gid, i) for gid, g in svc.groups.items() for i, c in g.received.items() if c.worker_id == vid}
     assert held, "the worker finished its batch before it was killed; nothing to hand out again"
+    victim.join(10)
+    assert not victim.is_alive() and victim.exitcode == -signal.SIGKILL
+    assert children, "the worker had no math-verify processes to check"
+    _, left = psutil.wait_procs(children, timeout=5)
+    assert not left, f"children of the killed worker are still running: {left}"
     held_groups = {gid for gid, _ in held}
 
     seen_groups: dict[int, list[int]] = {}
