@@ -109,6 +109,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.num_workers < 1 or args.capacity < 1:
         raise ValueError(f"got --num-workers {args.num_workers}, --capacity {args.capacity}, expected both >= 1")
+    from dynamo_async.learner.main import check_run_dir
+
+    check_run_dir(Path(args.run_dir), args.resume)
     from dynamo_async.launch import run_local
 
     return run_local(cfg, Path(args.run_dir), args.num_workers, args.capacity, args.device, args.port, args.resume)

@@ -139,3 +139,10 @@ def test_replay_of_a_recorded_batch_from_a_checkpoint_reproduces_the_loss(tmp_pa
         replayed = replay_step(cfg, run_dir, run_dir / "checkpoints" / f"step-{k:06d}")
         assert replayed["loss"] == pytest.approx(rows[k]["loss"], rel=1e-6, abs=1e-9)
         assert replayed["grad_norm"] == pytest.approx(rows[k]["grad_norm"], rel=1e-6)
+
+
+def test_a_new_run_refuses_an_earlier_runs_directory(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    proc = subprocess.run(CLI + ["run", "--config", str(TINY), "--run-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "holds an earlier run" in proc.stderr and "--resume" in proc.stderr

@@ -16,6 +16,14 @@ from dynamo_async.config import dump_config
 from dynamo_async.config.schema import RunConfig
 
 
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A new run needs a fresh directory; an earlier run's directory needs ``--resume``."""
+    earlier = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    if earlier and not resume:
+        raise ValueError(f"--run-dir: got {run_dir}, which holds an earlier run, expected a new directory "
+                         "(or --resume to continue that run)")
+
+
 def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise: str | None,
                  resume: bool, device: str, ready_file: str | None, threads: int | None = None) -> int:
     import torch
@@ -24,6 +32,7 @@ def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise:
 
     if threads:
         torch.set_num_threads(threads)
+    check_run_dir(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
     stop = threading.Event()
