@@ -66,16 +66,24 @@ def group_rows(groups: tuple[ReadyGroup, ...], cfg: RunConfig) -> list[list[_Row
     return rows
 
 
-def mini_batches(batch: LearnerBatch, cfg: RunConfig, pad_id: int) -> list[list[MicroBatch]]:
-    """The batch's groups in mini-batches (optimizer steps) of micro-batches."""
+def mini_batches(batch: LearnerBatch, cfg: RunConfig, pad_id: int, rank: int = 0,
+                 world: int = 1) -> list[list[MicroBatch]]:
+    """The batch's groups in mini-batches (optimizer steps) of micro-batches; with several
+    learner ranks, rank r keeps groups r, r+world, ... of each mini-batch, and the totals stay
+    those of the whole mini-batch."""
     groups = group_rows(batch.groups, cfg)
     size = cfg.optim.mini_batch_prompts
+    if size % world:
+        raise ValueError(f"optim.mini_batch_prompts: got {size} for {world} learner ranks, expected a multiple "
+                         "of the number of ranks")
     out = []
     for start in range(0, len(groups), size):
-        rows = [r for g in groups[start:start + size] for r in g]
+        mini = groups[start:start + size]
+        rows = [r for g in mini for r in g]
         total_tokens = float(sum(len(r.ids) - r.prompt_len for r in rows))
+        mine = [r for g in mini[rank::world] for r in g]
         out.append([_collate(chunk, pad_id, total_tokens, float(len(rows)))
-                    for chunk in _pack(rows, cfg.optim.micro_batch_tokens)])
+                    for chunk in _pack(mine, cfg.optim.micro_batch_tokens)])
     return out
 
 

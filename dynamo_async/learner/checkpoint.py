@@ -30,17 +30,20 @@ class TrainerState(msgspec.Struct):
     lrs: list[float]
 
 
-def save_checkpoint(run_dir: Path, step: int, version: int, model, tokenizer, opt, sched, service) -> Path:
+def save_checkpoint(run_dir: Path, step: int, version: int, model, tokenizer, opt, sched, service,
+                    full_weights: dict | None = None) -> Path:
+    """Write a checkpoint; ``full_weights`` (several learner ranks) are the gathered weights: the
+    model is saved from them and the sharded optimizer moments are not saved (no resume yet)."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "model")
+    model.save_pretrained(tmp / "model", state_dict=full_weights)
     tokenizer.save_pretrained(tmp / "model")
     names = {id(p): n for n, p in model.named_parameters()}
     moments, steps = {}, {}
-    for p, st in opt.state.items():
+    for p, st in ([] if full_weights is not None else opt.state.items()):
         name = names[id(p)]
         moments[f"{name}/exp_avg"] = st["exp_avg"].contiguous()
         moments[f"{name}/exp_avg_sq"] = st["exp_avg_sq"].contiguous()

@@ -26,6 +26,7 @@ from dynamo_async.config import config_to_yaml
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.learner import checkpoint
 from dynamo_async.learner.metrics import MetricsLog
+from dynamo_async.learner.distributed import DistInfo, checkpoint_due, send_batch
 from dynamo_async.learner.trainer import Trainer
 from dynamo_async.protocol import Hello, Welcome
 from dynamo_async.weights.sender import WeightSender
@@ -44,7 +45,7 @@ class LearnerContext:
 
 
 class Learner:
-    def __init__(self, cfg: RunConfig, ctx: LearnerContext, resume: bool = False):
+    def __init__(self, cfg: RunConfig, ctx: LearnerContext, resume: bool = False, dist_info: DistInfo = DistInfo()):
         from dynamo_async.data.prompts import pool_prompts, training_problems
 
         self.cfg, self.ctx = cfg, ctx
@@ -52,7 +53,8 @@ class Learner:
         if resume and ckpt is None:
             raise ValueError(f"--resume: got run directory {ctx.run_dir} without a checkpoint, expected "
                              "one written by an earlier run (RUN_DIR/checkpoints/latest)")
-        self.trainer = Trainer(cfg, ctx.device, ckpt)
+        self.dist = dist_info
+        self.trainer = Trainer(cfg, ctx.device, ckpt, dist_info)
         self.store = RunStore(ctx.run_dir, cfg.buffer.segment_bytes, cfg.buffer.flush_rows)
         prompts = pool_prompts(training_problems(cfg.data), self.trainer.tokenizer, cfg.data)
         self.service = BufferService(cfg, prompts, self.store)
@@ -60,7 +62,9 @@ class Learner:
             self.service.restore_state(ckpt / "buffer")
         backend = "nccl" if ctx.device.startswith("cuda") else "gloo"
         self.sender = WeightSender(ctx.host, 0, backend=backend, device=ctx.device)
-        self.sender.bind(dict(self.trainer.model.named_parameters()))  # parameters live in the buckets
+        if not dist_info.sharded:
+            self.sender.bind(dict(self.trainer.model.named_parameters()))  # parameters live in the buckets
+        self._full: dict | None = None  # the last gathered full weights (several learner ranks)
         self.server = BufferServer(self.service, ctx.host, ctx.port, welcome=self._welcome)
         self._sent_to: tuple[str, ...] = ()
         self.last_sync = None
@@ -92,7 +96,7 @@ class Learner:
         log = MetricsLog(self.ctx.run_dir, self.cfg.trainer.total_steps, self.step, self.ctx.show_progress)
         every = self.cfg.trainer.eval_every
         try:
-            if self.step == 0:
+            if self.step == 0 and not self.dist.sharded:
                 self.evaluate(log, "before")
             self._stop = stop
             while self.step < end and not self._stopping():
@@ -100,11 +104,14 @@ class Learner:
                 if metrics is None:  # stopped while waiting for a batch
                     break
                 log.write(metrics)
-                if every and self.step % every == 0 and self.step < end:
+                if every and self.step % every == 0 and self.step < end and not self.dist.sharded:
                     self.evaluate(log, f"step {self.step}")
-            self.evaluate(log, "after")
+            if not self.dist.sharded:
+                self.evaluate(log, "after")
         finally:
             log.close()
+            if self.dist.sharded:
+                send_batch(None)  # the other ranks stop and join the final checkpoint's gather
         self.save()
 
     def evaluate(self, log: MetricsLog, label: str) -> dict:
@@ -140,8 +147,9 @@ class Learner:
 
     def save(self) -> Path:
         t = self.trainer
+        full = t.named_weights() if self.dist.sharded else None  # a collective with the other ranks
         return checkpoint.save_checkpoint(self.ctx.run_dir, t.step, t.version, t.model, t.tokenizer, t.opt,
-                                          t.sched, self.service)
+                                          t.sched, self.service, full)
 
     # ------------------------------------------------------------------ the step
 
@@ -151,6 +159,8 @@ class Learner:
         if batch is None:
             return None
         t_pulled = time.perf_counter()
+        if self.dist.sharded:
+            send_batch(batch)
         metrics = self.trainer.train_on(batch)
         self.trainer.version += 1
         self.service.set_version(self.version)
@@ -164,7 +174,7 @@ class Learner:
         metrics["tokens_per_s"] = metrics["response_tokens"] / max(metrics["step_s"], 1e-9)
         idle = self.service.worker_idle_seconds()  # reported by heartbeats, summed over workers
         metrics["worker_idle_s"], self._worker_idle = idle - self._worker_idle, idle
-        if self.cfg.trainer.checkpoint_every and self.step % self.cfg.trainer.checkpoint_every == 0:
+        if checkpoint_due(self.cfg, self.step):
             self.save()
         return metrics
 
@@ -184,12 +194,18 @@ class Learner:
     def broadcast(self, force: bool) -> None:
         """Send the weights (always after an update; otherwise only to newly joined workers)."""
         members = tuple(self.service.live_receivers())
+        if force and self.dist.sharded:
+            self._full = self.trainer.named_weights()  # a collective: every rank gathers each step
         if not members or (not force and set(members) <= set(self._sent_to)):
             return
         if self.version == 0 and not force:  # newcomers loaded the same initial weights
             self._sent_to = members
             return
-        self.last_sync = self.sender.broadcast(self.trainer.named_weights(), self.version, members)
+        weights = self._full if self.dist.sharded else self.trainer.named_weights()
+        if weights is None:  # several ranks, before the first step: newcomers loaded these weights
+            self._sent_to = members
+            return
+        self.last_sync = self.sender.broadcast(weights, self.version, members)
         self._sent_to = members if self.last_sync.error is None else ()
 
     # ------------------------------------------------------------------ helpers

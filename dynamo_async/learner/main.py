@@ -32,13 +32,19 @@ def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise:
 
     if threads:
         torch.set_num_threads(threads)
-    check_run_dir(run_dir, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
+    from dynamo_async.learner.distributed import follow, init_from_env
+
+    info = init_from_env(device)  # several learner ranks under torchrun: FSDP2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    learner = Learner(cfg, LearnerContext(run_dir, host, port, advertise, device), resume=resume).start()
+    if info.rank > 0:
+        return follow(cfg, device, info, stop)
+    check_run_dir(run_dir, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    learner = Learner(cfg, LearnerContext(run_dir, host, port, advertise, device), resume=resume,
+                      dist_info=info).start()
     e = learner.endpoints
     where = {"host": learner._advertised(), "work": e.work, "completions": e.completions, "status": e.status,
              "sync": learner.sender.port, "step": learner.step, "version": learner.version}

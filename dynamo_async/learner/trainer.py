@@ -18,21 +18,28 @@ from dynamo_async.algo.objective import PolicyBatch, policy_objective, proximal_
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.learner import checkpoint
 from dynamo_async.learner.batching import MicroBatch, mini_batches
+from dynamo_async.learner.distributed import DistInfo, equalize, full_weights, shard_model
 from dynamo_async.learner.optim import clip_and_step, make_optimizer
 
 
 class Trainer:
     """Model, tokenizer, optimizer and schedule; ``source`` is a model name or checkpoint folder."""
 
-    def __init__(self, cfg: RunConfig, device: str = "cpu", checkpoint_dir: Path | None = None):
+    def __init__(self, cfg: RunConfig, device: str = "cpu", checkpoint_dir: Path | None = None,
+                 dist_info: DistInfo = DistInfo()):
         from dynamo_async.models import load_model, load_tokenizer
 
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.dist = cfg, device, dist_info
         source = str(checkpoint_dir / "model") if checkpoint_dir else cfg.model.name
         self.tokenizer = load_tokenizer(source)
         self.model = load_model(source, cfg.model.dtype, device).train()
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        if dist_info.sharded:
+            if checkpoint_dir is not None:
+                raise ValueError("--resume with several learner ranks: got a checkpoint, expected a fresh run "
+                                 "(resuming sharded optimizer state is not supported yet)")
+            shard_model(self.model)
         self.opt, self.sched = make_optimizer(self.model, cfg.optim)
         self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
         self.step, self.version = 0, 0
@@ -49,7 +56,8 @@ class Trainer:
 
     def prepare(self, batch: LearnerBatch) -> list[list[MicroBatch]]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        return [[mb.to(self.device) for mb in mini] for mini in mini_batches(batch, self.cfg, pad)]
+        minis = mini_batches(batch, self.cfg, pad, self.dist.rank, self.dist.world)
+        return equalize([[mb.to(self.device) for mb in mini] for mini in minis], self.dist)
 
     @torch.no_grad()
     def proximal_pass(self, minis: list[list[MicroBatch]]) -> None:
@@ -70,7 +78,9 @@ class Trainer:
             for mini in minis:
                 for mb in mini:
                     loss, m = policy_objective(self._logits(mb), self._policy_batch(mb), self.cfg, self.generator)
-                    loss.backward()
+                    (loss * self.dist.world).backward()  # FSDP averages over ranks; the loss is a sum
+                    if mb.extra.get("padding"):
+                        continue
                     for k, v in {**m, "loss": float(loss.detach())}.items():
                         sums[k] += v
                         counts[k] += 1
@@ -82,6 +92,9 @@ class Trainer:
         return out
 
     def named_weights(self) -> dict[str, torch.Tensor]:
+        """Full weights in a fixed order (a collective on every rank when sharded)."""
+        if self.dist.sharded:
+            return full_weights(self.model)
         return {n: p.detach() for n, p in self.model.named_parameters()}
 
     def _logits(self, mb: MicroBatch) -> torch.Tensor:

@@ -1,0 +1,172 @@
+"""Several learner ranks: FSDP2 sharding, batch split, equal collective counts, full weights.
+
+Every rank holds a ``fully_shard``-ed copy of the model (each decoder layer, then the root)
+in the default process group, which is FSDP's (the weight sync uses a private group). A
+mini-batch of groups is split across ranks (rank r takes groups r, r+W, ...), with the loss
+normalised by the whole mini-batch's totals; FSDP averages gradients over ranks, so each
+rank scales its loss by the world size to get the sum. All ranks must run the same number of
+forward passes, so shorter micro-batch lists are padded with fully masked copies. Before a
+weight broadcast, all ranks gather the full tensors in the same fixed order
+(``DTensor.full_tensor``); rank 0 sends them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def sharded(self) -> bool:
+        return self.world > 1
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """FSDP2 over the default process group: each decoder layer, then the whole model."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise ValueError(f"FSDP sharding: got a {type(model).__name__} without model.layers, expected a "
+                         "decoder-only transformers model (Llama, Qwen2, ...)")
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full tensors of every parameter, gathered on every rank in ``named_parameters`` order."""
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach() for n, p in model.named_parameters()}
+
+
+def equalize(minis: list[list], info: DistInfo) -> list[list]:
+    """Pad each mini-batch's micro-batch list to the longest across ranks with masked copies."""
+    if not info.sharded:
+        return minis
+    counts = torch.tensor([len(m) for m in minis], dtype=torch.int64)
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+    out = []
+    for mini, target in zip(minis, counts.tolist()):
+        assert mini, "every rank holds at least one micro-batch of each mini-batch"
+        pad = [_masked_copy(mini[-1]) for _ in range(target - len(mini))]
+        out.append(mini + pad)
+    return out
+
+
+def _masked_copy(mb):
+    """A micro-batch that runs the same collectives but contributes no loss or gradient."""
+    return dataclasses.replace(mb, mask=torch.zeros_like(mb.mask), advantages=torch.zeros_like(mb.advantages),
+                               extra={**mb.extra, "padding": True})
+
+
+# ---------------------------------------------------------------- rank 0 -> other ranks
+
+import msgspec  # noqa: E402  (kept beside the wire types it serves)
+import numpy as np  # noqa: E402
+
+from buffer.batch import LearnerBatch, ReadyGroup, Sample  # noqa: E402
+
+
+class _WireSample(msgspec.Struct, array_like=True):
+    index: int
+    tokens: bytes
+    logprobs: bytes
+    versions: bytes
+    acc: int
+    reward: float
+    finish: str
+    worker: str
+
+
+class _WireGroup(msgspec.Struct, array_like=True):
+    group_id: int
+    prompt_id: str
+    prompt: bytes
+    answer: str
+    samples: list[_WireSample]
+
+
+class _WireBatch(msgspec.Struct, array_like=True):
+    step: int
+    version: int
+    groups: list[_WireGroup]
+    dropped_stale: int
+    dropped_zero_variance: int
+    staleness: list[int]
+
+
+def send_batch(batch: LearnerBatch | None) -> None:
+    """Rank 0: the next batch to the other ranks (None: stop)."""
+    data = b"" if batch is None else msgspec.msgpack.encode(_to_wire(batch))
+    size = torch.tensor([len(data)], dtype=torch.int64)
+    dist.broadcast(size, src=0)
+    if data:
+        dist.broadcast(torch.frombuffer(bytearray(data), dtype=torch.uint8), src=0)
+
+
+def receive_batch() -> LearnerBatch | None:
+    """Other ranks: the batch rank 0 sent, or None when the run stops."""
+    size = torch.zeros(1, dtype=torch.int64)
+    dist.broadcast(size, src=0)
+    if int(size) == 0:
+        return None
+    buf = torch.empty(int(size), dtype=torch.uint8)
+    dist.broadcast(buf, src=0)
+    return _from_wire(msgspec.msgpack.decode(buf.numpy().tobytes(), type=_WireBatch))
+
+
+def _to_wire(b: LearnerBatch) -> _WireBatch:
+    groups = [_WireGroup(g.group_id, g.prompt_id, g.prompt_token_ids.astype("<i4").tobytes(), g.answer,
+                         [_WireSample(s.sample_index, s.token_ids.astype("<i4").tobytes(),
+                                      s.logprobs.astype("<f4").tobytes(), s.versions.astype("<i4").tobytes(),
+                                      s.acc, s.reward, s.finish_reason, s.worker_id) for s in g.samples])
+              for g in b.groups]
+    return _WireBatch(b.step, b.policy_version, groups, b.dropped_stale, b.dropped_zero_variance, list(b.staleness))
+
+
+def _from_wire(w: _WireBatch) -> LearnerBatch:
+    groups = tuple(ReadyGroup(g.group_id, g.prompt_id, np.frombuffer(g.prompt, "<i4"), g.answer,
+                              tuple(Sample(s.index, np.frombuffer(s.tokens, "<i4"), np.frombuffer(s.logprobs, "<f4"),
+                                           np.frombuffer(s.versions, "<i4"), s.acc, s.reward, s.finish, s.worker)
+                                    for s in g.samples))
+                   for g in w.groups)
+    return LearnerBatch(w.step, w.version, groups, w.dropped_stale, w.dropped_zero_variance, tuple(w.staleness))
+
+
+def init_from_env(device: str) -> DistInfo:
+    """Join the learner ranks torchrun started (WORLD_SIZE > 1); a single process otherwise."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return DistInfo()
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size())
+
+
+def follow(cfg, device: str, info: DistInfo, stop) -> int:
+    """A learner rank other than 0: train on the batches rank 0 sends, join every gather."""
+    from dynamo_async.learner.trainer import Trainer
+
+    trainer = Trainer(cfg, device, dist_info=info)
+    while (batch := receive_batch()) is not None:
+        trainer.train_on(batch)
+        trainer.step += 1
+        trainer.named_weights()  # rank 0 gathers the full weights to broadcast them
+        if checkpoint_due(cfg, trainer.step):
+            trainer.named_weights()
+    trainer.named_weights()  # the final checkpoint
+    return 0
+
+
+def checkpoint_due(cfg, step: int) -> bool:
+    every = cfg.trainer.checkpoint_every
+    return bool(every) and step % every == 0

@@ -1,0 +1,61 @@
+"""Run by tests/test_fsdp.py under torchrun: one sharded learner step on a fixed batch.
+
+Each rank trains its share of the batch with FSDP2 over gloo; then every rank gathers the
+full weights and rank 0 writes them (safetensors) to the path given on the command line.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from dynamo_async.config import load_config
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def fixed_batch(vocab: int, groups: int = 4) -> LearnerBatch:
+    rng = np.random.default_rng(7)
+    out = []
+    for g in range(groups):
+        prompt = rng.integers(5, vocab, 12 + g).astype(np.int32)
+        samples = tuple(Sample(i, rng.integers(5, vocab, 5 + 2 * i + g).astype(np.int32),
+                               (-0.5 - rng.random(5 + 2 * i + g)).astype(np.float32),
+                               np.zeros(5 + 2 * i + g, np.int32), acc=(i + g) % 2, reward=0.0,
+                               finish_reason="stop", worker_id="w")
+                        for i in range(3 + g % 2))
+        out.append(ReadyGroup(g, f"p{g}", prompt, "1", samples))
+    return LearnerBatch(step=0, policy_version=0, groups=tuple(out), staleness=(0,) * groups)
+
+
+def config(method: str):
+    return load_config(TINY, [f"method={method}", "model.name=builtin:tiny", "optim.mini_batch_prompts=4",
+                              "optim.micro_batch_tokens=64", "trainer.seed=3"])
+
+
+def main(out: str, method: str) -> None:
+    from safetensors.torch import save_file
+
+    from dynamo_async.learner.distributed import DistInfo
+    from dynamo_async.learner.trainer import Trainer
+
+    dist.init_process_group("gloo")
+    info = DistInfo(dist.get_rank(), dist.get_world_size())
+    torch.manual_seed(0)
+    trainer = Trainer(config(method), "cpu", dist_info=info)
+    metrics = trainer.train_on(fixed_batch(trainer.model.config.vocab_size))
+    weights = trainer.named_weights()  # collective: every rank
+    assert np.isfinite(metrics["loss"])
+    if info.rank == 0:
+        save_file({n: t.contiguous() for n, t in weights.items()}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
