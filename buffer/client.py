@@ -23,11 +23,13 @@ class BufferClient:
     """One worker's connection; ``timeout_s`` bounds every wait for an answer."""
 
     def __init__(self, host: str, work_port: int, completions_port: int | None, worker_id: str,
-                 timeout_s: float = 30.0):
-        """``completions_port`` None: learn it from the Welcome (``hello``)."""
+                 timeout_s: float = 30.0, connect_timeout_s: float = 600.0):
+        """``completions_port`` None: learn it from the Welcome (``hello``). ``connect_timeout_s``
+        bounds the wait for the first answer: workers may start before the learner is up."""
         self.worker_id = worker_id
         self.host = host
         self.timeout_ms = int(timeout_s * 1000)
+        self.connect_timeout_ms = int(connect_timeout_s * 1000)
         self.completions_port = completions_port
         self._ctx = zmq.Context()
         self._dealer = self._ctx.socket(zmq.DEALER)
@@ -40,7 +42,8 @@ class BufferClient:
 
     def hello(self, engine: str, capacity: int, receivers: tuple[str, ...] = ()) -> Welcome:
         reply = self._ask(Hello(worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
-                                engine=engine, capacity=capacity, receivers=tuple(receivers)))
+                                engine=engine, capacity=capacity, receivers=tuple(receivers)),
+                          self.connect_timeout_ms)
         if not isinstance(reply, Welcome):
             raise ConnectionError(f"hello: got {type(reply).__name__}, expected Welcome from the learner")
         if self.completions_port is None:
@@ -72,10 +75,11 @@ class BufferClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _ask(self, msg: Message) -> Message:
-        self._dealer.send(encode(msg))
-        if not self._dealer.poll(self.timeout_ms):
-            raise TimeoutError(f"no answer from the buffer within {self.timeout_ms / 1000:.0f} s; "
+    def _ask(self, msg: Message, timeout_ms: int | None = None) -> Message:
+        timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
+        self._dealer.send(encode(msg))  # queued by ZeroMQ until the learner is up
+        if not self._dealer.poll(timeout_ms):
+            raise TimeoutError(f"no answer from the buffer within {timeout_ms / 1000:.0f} s; "
                                "check that the learner is running and the address is right")
         return decode(self._dealer.recv())
 

@@ -44,6 +44,9 @@ def main(out: str, method: str) -> None:
     from dynamo_async.learner.distributed import DistInfo
     from dynamo_async.learner.trainer import Trainer
 
+    from dynamo_async.models import resolve_model
+
+    resolve_model(config(method).model.name)  # build builtins before torch.distributed exists
     dist.init_process_group("gloo")
     info = DistInfo(dist.get_rank(), dist.get_world_size())
     torch.manual_seed(0)

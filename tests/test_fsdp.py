@@ -73,17 +73,16 @@ def test_mini_batch_must_split_evenly_across_ranks():
         mini_batches(fsdp_ranks.fixed_batch(100), cfg, 0, rank=0, world=3)
 
 
-def test_learner_with_two_ranks_under_torchrun_trains_and_serves_workers(tmp_path):
-    """``torchrun --nproc-per-node 2 -m dynamo_async.cli learner``: rank 0 hosts the buffer and the
-    weight sync, rank 1 trains its share; a worker connects; the run finishes and checkpoints."""
-    from dynamo_async.models import load_model
+def _torchrun_learner(run_dir: Path, *extra: str) -> None:
+    """``torchrun --nproc-per-node 2 -m dynamo_async.cli learner`` with one worker, to the end."""
+    from dynamo_async.models import resolve_model
 
-    run_dir = tmp_path / "run"
+    resolve_model("builtin:tiny-math")  # built once here, not by three processes at once
     port = _free_port()
     learner = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                                 "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
                                 "-m", "dynamo_async.cli", "learner", "--config", str(fsdp_ranks.TINY),
-                                "--run-dir", str(run_dir), "--port", str(port)],
+                                "--run-dir", str(run_dir), "--port", str(port), *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     workers = subprocess.Popen([sys.executable, "-m", "dynamo_async.cli", "workers", "--connect",
                                 f"127.0.0.1:{port}", "--num-workers", "1"],
@@ -97,9 +96,22 @@ def test_learner_with_two_ranks_under_torchrun_trains_and_serves_workers(tmp_pat
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def _rows(run_dir: Path) -> list[dict]:
     import json
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_learner_with_two_ranks_under_torchrun_trains_and_serves_workers(tmp_path):
+    """Rank 0 hosts the buffer and the weight sync, rank 1 trains its share; a worker connects;
+    the run finishes and checkpoints a model transformers loads."""
+    from dynamo_async.models import load_model
+
+    run_dir = tmp_path / "run"
+    _torchrun_learner(run_dir)
+    rows = _rows(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["sync_error"] is None for r in rows)
     assert all(r["workers"] == 1 for r in rows)
     model = load_model(str(run_dir / "checkpoints" / "step-000003" / "model"))

@@ -31,23 +31,17 @@ class TrainerState(msgspec.Struct):
 
 
 def save_checkpoint(run_dir: Path, step: int, version: int, model, tokenizer, opt, sched, service,
-                    full_weights: dict | None = None) -> Path:
-    """Write a checkpoint; ``full_weights`` (several learner ranks) are the gathered weights: the
-    model is saved from them and the sharded optimizer moments are not saved (no resume yet)."""
+                    full: "FullState | None" = None) -> Path:
+    """Write a checkpoint; with several learner ranks, ``full`` holds the gathered weights and
+    optimizer moments (``Trainer.full_state``), and the model and optimizer are saved from it."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "model", state_dict=full_weights)
+    model.save_pretrained(tmp / "model", state_dict=full.weights if full else None)
     tokenizer.save_pretrained(tmp / "model")
-    names = {id(p): n for n, p in model.named_parameters()}
-    moments, steps = {}, {}
-    for p, st in ([] if full_weights is not None else opt.state.items()):
-        name = names[id(p)]
-        moments[f"{name}/exp_avg"] = st["exp_avg"].contiguous()
-        moments[f"{name}/exp_avg_sq"] = st["exp_avg_sq"].contiguous()
-        steps[name] = float(st["step"])
+    moments, steps = (full.moments, full.steps) if full else optimizer_moments(model, opt)
     save_file(moments, str(tmp / "optimizer.safetensors"))
     save_file({"state": torch.get_rng_state()}, str(tmp / "torch_rng.safetensors"))
     state = TrainerState(step, version, sched.last_epoch, steps, [g["lr"] for g in opt.param_groups])
@@ -59,6 +53,27 @@ def save_checkpoint(run_dir: Path, step: int, version: int, model, tokenizer, op
     return final
 
 
+class FullState(msgspec.Struct):
+    """Full (unsharded) weights and AdamW moments, gathered on every learner rank."""
+
+    weights: dict
+    moments: dict
+    steps: dict
+
+
+def optimizer_moments(model, opt, gather=lambda t: t) -> tuple[dict, dict]:
+    """AdamW moments by "<param name>/exp_avg" / "/exp_avg_sq", and steps by name (fixed order)."""
+    moments, steps = {}, {}
+    for name, p in model.named_parameters():
+        st = opt.state.get(p)
+        if not st:
+            continue
+        moments[f"{name}/exp_avg"] = gather(st["exp_avg"]).contiguous()
+        moments[f"{name}/exp_avg_sq"] = gather(st["exp_avg_sq"]).contiguous()
+        steps[name] = float(st["step"])
+    return moments, steps
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     marker = Path(run_dir) / "checkpoints" / "latest"
     if not marker.exists():
@@ -68,15 +83,26 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_trainer_state(ckpt: Path, model, opt, sched) -> TrainerState:
-    """Restore optimizer moments, scheduler and RNG into objects built from ``ckpt/model``."""
+    """Restore optimizer moments, scheduler and RNG into objects built from ``ckpt/model`` (a
+    sharded parameter gets its shard of each full moment)."""
     state = msgspec.json.decode((ckpt / "trainer_state.json").read_bytes(), type=TrainerState)
     moments = load_file(str(ckpt / "optimizer.safetensors"))
     for name, p in model.named_parameters():
         if name in state.param_steps:
             opt.state[p] = {"step": torch.tensor(state.param_steps[name]),
-                            "exp_avg": moments[f"{name}/exp_avg"], "exp_avg_sq": moments[f"{name}/exp_avg_sq"]}
+                            "exp_avg": _like(p, moments[f"{name}/exp_avg"]),
+                            "exp_avg_sq": _like(p, moments[f"{name}/exp_avg_sq"])}
     sched.last_epoch = state.scheduler_epoch
     for group, lr in zip(opt.param_groups, state.lrs):
         group["lr"] = lr
     torch.set_rng_state(load_file(str(ckpt / "torch_rng.safetensors"))["state"])
     return state
+
+
+def _like(param, full: torch.Tensor) -> torch.Tensor:
+    """``full`` laid out like ``param``: sharded the same way for an FSDP2 (DTensor) parameter."""
+    if hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(param.dtype), param.device_mesh, param.placements)
+    return full.to(device=param.device)

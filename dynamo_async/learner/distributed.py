@@ -152,18 +152,19 @@ def init_from_env(device: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
-def follow(cfg, device: str, info: DistInfo, stop) -> int:
+def follow(cfg, device: str, info: DistInfo, run_dir, resume: bool) -> int:
     """A learner rank other than 0: train on the batches rank 0 sends, join every gather."""
+    from dynamo_async.learner.checkpoint import latest_checkpoint
     from dynamo_async.learner.trainer import Trainer
 
-    trainer = Trainer(cfg, device, dist_info=info)
+    trainer = Trainer(cfg, device, latest_checkpoint(run_dir) if resume else None, dist_info=info)
     while (batch := receive_batch()) is not None:
         trainer.train_on(batch)
         trainer.step += 1
         trainer.named_weights()  # rank 0 gathers the full weights to broadcast them
         if checkpoint_due(cfg, trainer.step):
-            trainer.named_weights()
-    trainer.named_weights()  # the final checkpoint
+            trainer.full_state()
+    trainer.full_state()  # the final checkpoint
     return 0
 
 

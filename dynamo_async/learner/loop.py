@@ -147,7 +147,7 @@ class Learner:
 
     def save(self) -> Path:
         t = self.trainer
-        full = t.named_weights() if self.dist.sharded else None  # a collective with the other ranks
+        full = t.full_state() if self.dist.sharded else None  # a collective with the other ranks
         return checkpoint.save_checkpoint(self.ctx.run_dir, t.step, t.version, t.model, t.tokenizer, t.opt,
                                           t.sched, self.service, full)
 

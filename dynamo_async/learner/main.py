@@ -33,13 +33,17 @@ def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise:
     if threads:
         torch.set_num_threads(threads)
     from dynamo_async.learner.distributed import follow, init_from_env
+    from dynamo_async.models import resolve_model
 
+    # Builtin models are built before the process group exists: transformers writes checkpoint
+    # files only on rank 0 once torch.distributed is initialised.
+    resolve_model(cfg.model.name)
     info = init_from_env(device)  # several learner ranks under torchrun: FSDP2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if info.rank > 0:
-        return follow(cfg, device, info, stop)
+        return follow(cfg, device, info, run_dir, resume)
     check_run_dir(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")

@@ -38,7 +38,7 @@ class Trainer:
         if dist_info.sharded:
             if checkpoint_dir is not None:
                 raise ValueError("--resume with several learner ranks: got a checkpoint, expected a fresh run "
-                                 "(resuming sharded optimizer state is not supported yet)")
+                                 "(resuming a sharded run is not supported yet)")
             shard_model(self.model)
         self.opt, self.sched = make_optimizer(self.model, cfg.optim)
         self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
@@ -90,6 +90,12 @@ class Trainer:
         out["grad_norm"] = float(np.mean(norms)) if norms else 0.0
         out["grad_norm_max"] = float(np.max(norms)) if norms else 0.0
         return out
+
+    def full_state(self) -> checkpoint.FullState:
+        """Full weights and optimizer moments (a collective on every rank when sharded)."""
+        gather = (lambda t: t.full_tensor()) if self.dist.sharded else (lambda t: t)
+        moments, steps = checkpoint.optimizer_moments(self.model, self.opt, gather)
+        return checkpoint.FullState(self.named_weights(), moments, steps)
 
     def named_weights(self) -> dict[str, torch.Tensor]:
         """Full weights in a fixed order (a collective on every rank when sharded)."""

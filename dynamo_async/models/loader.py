@@ -47,7 +47,15 @@ def resolve_model(name: str) -> str:
         choices = ", ".join(BUILTIN_PREFIX + k for k in BUILTINS)
         raise ValueError(f"unknown builtin model, got {name!r}, expected one of: {choices}")
     dirname, build = BUILTINS[key]
-    return str(build_once(cache_dir() / dirname, build))
+    return str(build_once(cache_dir() / dirname, lambda tmp: _complete(build, tmp)))
+
+
+def _complete(build: Callable[[Path], object], tmp: Path) -> None:
+    """Run a builtin's builder and check it wrote a loadable checkpoint."""
+    build(tmp)
+    if not (tmp / "config.json").exists():
+        raise RuntimeError(f"building {tmp.name} wrote no config.json: transformers writes checkpoint files only "
+                           "on rank 0 once torch.distributed is initialised; resolve builtin models first")
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
