@@ -15,8 +15,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import msgspec
+import numpy as np
 import torch
 import torch.distributed as dist
+
+from buffer.batch import LearnerBatch, ReadyGroup, Sample
 
 
 @dataclass(frozen=True)
@@ -68,11 +72,6 @@ def _masked_copy(mb):
 
 
 # ---------------------------------------------------------------- rank 0 -> other ranks
-
-import msgspec  # noqa: E402  (kept beside the wire types it serves)
-import numpy as np  # noqa: E402
-
-from buffer.batch import LearnerBatch, ReadyGroup, Sample  # noqa: E402
 
 
 class _WireSample(msgspec.Struct, array_like=True):
