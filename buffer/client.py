@@ -84,6 +84,14 @@ class BufferClient:
         return decode(self._dealer.recv())
 
 
+def parse_address(text: str, flag: str = "HOST:PORT") -> tuple[str, int]:
+    """``"10.0.0.5:5555"`` -> ``("10.0.0.5", 5555)``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{flag}: got {text!r}, expected HOST:PORT such as 10.0.0.5:5555")
+    return host, int(port)
+
+
 def query_status(host: str, port: int, timeout_s: float = 5.0) -> Status:
     """One request to the status endpoint."""
     ctx = zmq.Context()

@@ -33,6 +33,7 @@ from buffer.groups import Group
 from buffer.leases import LeaseTable
 from buffer.lifecycle import GroupState, check_transition
 from buffer.pool import PoolPrompt, PromptPool
+from buffer.status import build_status, numeric
 from dynamo_async.algo.allocation import water_fill
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.protocol import Completion, NoWork, Status, WorkItem, pack_i32
@@ -70,6 +71,10 @@ class BufferService:
         self._receivers: dict[str, tuple[str, ...]] = {}
         self._idle: dict[str, float] = {}
         self._closed = False
+        self.started = clock()
+        self.by_worker: Counter[str] = Counter()  # completions accepted per worker
+        self.last_step: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
 
     # ------------------------------------------------------------------ workers
 
@@ -114,6 +119,8 @@ class BufferService:
         self.leases.seen(c.worker_id, now)
         self.leases.settle(c.lease_id, c.group_id, c.sample_index)
         self.counts["completions"] += 1
+        self.counts["completion_tokens"] += len(c.token_ids) // 4
+        self.by_worker[c.worker_id] += 1
         if group.add(c):
             self.pool.complete(group.prompt_idx, group.correct, group.n, self.version)
             self.counts["groups_ready"] += 1
@@ -200,12 +207,19 @@ class BufferService:
             self._cond.notify_all()
 
     def status(self) -> Status:
+        """A snapshot for the status endpoint (``buffer/status.py`` builds it)."""
         with self._cond:
-            states = Counter(g.state.value for g in self.groups.values())
-            states["consumed"] = self.counts["consumed"]
-            return Status(policy_version=self.version, groups=dict(states), workers=self.leases.workers,
-                          rejected=dict(self.rejected), completions=self.counts["completions"],
-                          dropped_groups=self.counts["dropped_stale"] + self.counts["dropped_zero_variance"])
+            return build_status(self, self.clock())
+
+    def record_step(self, row: dict) -> None:
+        """The learner's figures of its last step, served on the status endpoint."""
+        with self._cond:
+            self.last_step = numeric(row)
+
+    def record_eval(self, row: dict) -> None:
+        """The learner's last held-out evaluation, served on the status endpoint."""
+        with self._cond:
+            self.last_eval = numeric(row)
 
     # ------------------------------------------------------------------ checkpoints
 

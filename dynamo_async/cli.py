@@ -11,6 +11,10 @@ Subcommands:
   buffer    run the buffer service alone (ZeroMQ work, completions and status endpoints).
   workers   start rollout worker processes that connect to a learner (or a lone buffer).
   replay    summarise a recorded run, export rows as JSONL (``replay RUN_DIR --help``).
+  eval      pass@k of a model on benchmarks (the paper's Table 1 layout), resumable.
+  table     put several eval results side by side, one line per model.
+  plot      PNG figures of a run directory (accuracy, entropy, grad norm, allocation, ...).
+  status    live view of a running learner (queues, staleness, workers, throughput).
 """
 
 from __future__ import annotations
@@ -52,7 +56,39 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--threads", type=int, help="torch CPU threads per worker (default: torch's)")
     rep = sub.add_parser("replay", add_help=False, help="summarise or export a recorded run (RUN_DIR --help)")
     rep.add_argument("rest", nargs=argparse.REMAINDER)
+    _eval_parser(sub)
+    tab = sub.add_parser("table", help="print several eval results.json side by side (Table 1 layout)")
+    tab.add_argument("results", nargs="+", help="results.json files written by dynamo-async eval")
+    plot = sub.add_parser("plot", help="PNG figures of a run directory")
+    plot.add_argument("run_dir", metavar="RUN_DIR", help="directory of a run (metrics.jsonl, Arrow store)")
+    plot.add_argument("--out", help="where to write the PNGs (default: RUN_DIR/plots)")
+    st = sub.add_parser("status", help="live view of a running learner")
+    st.add_argument("address", metavar="HOST:PORT", help="the learner's work port, as given to workers --connect")
+    st.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    st.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer")
     return parser
+
+
+def _eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="pass@k of a model on benchmarks, laid out like the paper's Table 1")
+    ev.add_argument("--model", required=True, metavar="NAME_OR_PATH",
+                    help="Hugging Face name, local folder (e.g. RUN_DIR/checkpoints/latest/model) or builtin")
+    ev.add_argument("--data", action="append", required=True, metavar="[LABEL=]FILE_OR_DATASET",
+                    help="JSONL/Parquet with fields problem and answer, or a Hugging Face dataset "
+                         "owner/name[:split]; repeat for several benchmarks")
+    ev.add_argument("--n", type=int, default=1, help="samples per problem")
+    ev.add_argument("--k", default="1", help="pass@k values, comma-separated, each <= --n (e.g. 1,32)")
+    ev.add_argument("--engine", choices=("hf", "vllm"), help="generation engine (default: the config's)")
+    ev.add_argument("--out", required=True, help="results .json; per-problem records go beside it (resumable)")
+    ev.add_argument("--config", help="run config whose prompt format and sampling settings to use")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. rollout.max_new_tokens=4096")
+    ev.add_argument("--device", default="cpu", help="cpu or cuda[:N] (hf engine)")
+    ev.add_argument("--batch-size", type=int, default=32, help="samples generated at once")
+    ev.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
+    ev.add_argument("--seed", type=int, default=0, help="base of the per-sample seeds")
+    ev.add_argument("--label", help="name of the model in the table (default: --model)")
+    ev.add_argument("--save-responses", action="store_true", help="keep the response texts in the records")
 
 
 def _run_parser(sub, name: str, help_text: str, serve: bool) -> argparse.ArgumentParser:
@@ -134,8 +170,48 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return replay_main(args.rest)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dynamo_async.evaluation.pass_at_k import parse_ks
+    from dynamo_async.evaluation.runner import EvalRequest, check_request, eval_main
+
+    req = EvalRequest(model=args.model, data=args.data, out=Path(args.out), n=args.n, ks=parse_ks(args.k),
+                      engine=args.engine, config=args.config, overrides=args.overrides, device=args.device,
+                      batch_size=args.batch_size, limit=args.limit, seed=args.seed, label=args.label,
+                      save_responses=args.save_responses)
+    check_request(req)
+    return eval_main(req)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from dynamo_async.evaluation.table import format_table, read_results
+
+    results = [read_results(Path(p)) for p in args.results]
+    ks = {tuple(r["k"]) for r in results}
+    if len(ks) != 1:
+        raise ValueError(f"got results with k values {sorted(ks)}, expected the same k in every file")
+    sys.stdout.write(format_table(results))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from dynamo_async.report.plots import plot_main
+
+    return plot_main(Path(args.run_dir), Path(args.out) if args.out else None)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from buffer.client import parse_address
+    from dynamo_async.report.status import status_main
+
+    host, port = parse_address(args.address)
+    if args.interval <= 0 or args.timeout <= 0:
+        raise ValueError(f"got --interval {args.interval}, --timeout {args.timeout}, expected both > 0")
+    return status_main(host, port, args.interval, args.once, args.timeout)
+
+
 COMMANDS = {"config": cmd_config, "learner": cmd_learner, "run": cmd_run, "buffer": cmd_buffer,
-            "workers": cmd_workers, "replay": cmd_replay}
+            "workers": cmd_workers, "replay": cmd_replay, "eval": cmd_eval, "table": cmd_table,
+            "plot": cmd_plot, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

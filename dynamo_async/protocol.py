@@ -173,15 +173,32 @@ class StatusRequest(_Msg, tag="status_request"):
     """Anyone -> buffer status endpoint."""
 
 
+class WorkerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One connected worker as the buffer sees it (part of ``Status``)."""
+
+    worker_id: str
+    last_seen_s: float          # seconds since its last message
+    samples_leased: int         # samples handed out and not yet returned
+    completions: int            # completions accepted from it so far
+
+
 class Status(_Msg, tag="status"):
-    """Buffer -> anyone: a snapshot of the run."""
+    """Buffer -> anyone: a snapshot of the run (``dynamo-async status``)."""
 
     policy_version: int
-    groups: dict[str, int]
+    groups: dict[str, int]                  # by lifecycle state, plus "consumed" so far
     workers: int
     rejected: dict[str, int]
     completions: int
     dropped_groups: int
+    step: int = 0                           # learner batches handed out
+    max_staleness: int = 0                  # buffer.max_staleness
+    gate_room: int = 0                      # groups the staleness gate admits now
+    completion_tokens: int = 0              # response tokens accepted so far
+    uptime_s: float = 0.0
+    worker_list: list[WorkerInfo] = []
+    last_step: dict[str, float] = {}        # the learner's figures of its last step
+    last_eval: dict[str, float] = {}        # its last held-out evaluation
 
 
 Message = Union[Hello, Welcome, WorkRequest, WorkItem, WorkGrant, NoWork, Completion, Heartbeat,

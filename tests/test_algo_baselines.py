@@ -399,8 +399,13 @@ def test_policy_objective_every_method_on_padded_batch(method):
     expected = METHOD_KEYS[method] | {"ratio_mean", "entropy", "is_weight_mean", "is_weight_max",
                                       "kl_behavior_proximal"}
     assert expected <= set(metrics), expected - set(metrics)
-    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
-    if method != "dynamo":
+    scalars = {k: v for k, v in metrics.items() if not k.endswith("_hist")}
+    assert all(isinstance(v, float) and math.isfinite(v) for v in scalars.values())
+    if method == "dynamo":  # token histograms of the beta factors: A > 0 tokens, and every token
+        valid = batch.mask.bool()
+        assert metrics["beta_comp_hist"].sum() == int((valid & (batch.advantages[:, None] > 0)).sum())
+        assert metrics["beta_stab_hist"].sum() == int(valid.sum())
+    else:
         assert not any(k.startswith("beta_") for k in metrics)
 
 

@@ -130,14 +130,32 @@ def to_result(output, started_version: int) -> GenResult:
 
 def build_vllm_parts(cfg: RunConfig, worker_id: str, welcome, device: str, scorer):
     """Start AsyncLLM with the receiver extension and connect every rank's receiver."""
-    import vllm
+    from dynamo_async.models import load_tokenizer
+    from workers.factory import WorkerParts
+
+    engine = start_vllm_engine(cfg)
+    ids: tuple[str, ...] = ()
+    if welcome.sync_port:
+        ids = tuple(asyncio.run_coroutine_threadsafe(
+            engine.llm.collective_rpc("dynamo_start_receiver", args=(welcome.sync_host, welcome.sync_port, worker_id)),
+            engine._loop).result())
+    return WorkerParts(engine, load_tokenizer(cfg.model.name), scorer, [], ids)
+
+
+def start_vllm_engine(cfg: RunConfig) -> VLLMEngine:
+    """AsyncLLM for ``cfg.model`` (tensor parallel ``cfg.rollout.tensor_parallel``) behind a
+    ``VLLMEngine``; the receiver extension is attached but no receiver is started."""
+    try:
+        import vllm
+    except ImportError:
+        raise ValueError("engine 'vllm': got no vllm package, expected vLLM "
+                         f"{VLLM_VERSION} (on a GPU node: pip install -e '.[vllm]'), or use the hf engine") from None
     from vllm import SamplingParams, TokensPrompt
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from dynamo_async.models import load_tokenizer, resolve_model
-    from workers.factory import WorkerParts
+    from dynamo_async.models import resolve_model
 
     if vllm.__version__ != VLLM_VERSION:
         raise ValueError(f"vllm: got {vllm.__version__}, expected {VLLM_VERSION} (pip install -e '.[vllm]')")
@@ -152,13 +170,7 @@ def build_vllm_parts(cfg: RunConfig, worker_id: str, welcome, device: str, score
                               max_tokens=run.rollout.max_new_tokens, logprobs=0, detokenize=False,
                               output_kind=RequestOutputKind.FINAL_ONLY)
 
-    engine = VLLMEngine(llm, cfg, lambda ids: TokensPrompt(prompt_token_ids=[int(i) for i in ids]), make_params)
-    ids: tuple[str, ...] = ()
-    if welcome.sync_port:
-        ids = tuple(asyncio.run_coroutine_threadsafe(
-            llm.collective_rpc("dynamo_start_receiver", args=(welcome.sync_host, welcome.sync_port, worker_id)),
-            engine._loop).result())
-    return WorkerParts(engine, load_tokenizer(cfg.model.name), scorer, [], ids)
+    return VLLMEngine(llm, cfg, lambda ids: TokensPrompt(prompt_token_ids=[int(i) for i in ids]), make_params)
 
 
 def wait_for_version(engine: VLLMEngine, version: int, timeout_s: float, step_s: float = 0.5) -> None:

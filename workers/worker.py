@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 import zmq
 
-from buffer.client import BufferClient
+from buffer.client import BufferClient, parse_address
 from dynamo_async.config import config_from_dict
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.protocol import Completion, Heartbeat, NoWork, WorkItem, encode, pack_f32, pack_i32
@@ -167,7 +167,4 @@ def run_worker(connect: str, index: int = 0, device: str = "cpu", capacity: int 
 
 
 def parse_connect(connect: str) -> tuple[str, int]:
-    host, sep, port = connect.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"--connect: got {connect!r}, expected HOST:PORT such as 10.0.0.5:5555")
-    return host, int(port)
+    return parse_address(connect, "--connect")

@@ -18,6 +18,7 @@ Paper: Fang et al., DynaMO (arXiv 2602.19208).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -51,3 +52,15 @@ def stabilization(xi: torch.Tensor, mask: torch.Tensor, lambda_min: float, gamma
     x = xi / top if top > 0 else torch.zeros_like(xi)
     beta = lambda_min + (1.0 - lambda_min) * torch.sigmoid(-gamma * (x - tau))
     return torch.where(valid, beta, ones)
+
+
+BETA_BINS = 20
+
+
+def beta_histogram(values: torch.Tensor, low: float, high: float) -> np.ndarray:
+    """Token counts of ``values`` in ``BETA_BINS`` equal bins over [low, high] (summed over
+    micro-batches by the trainer; ``dynamo-async plot`` draws their distribution)."""
+    if high <= low:
+        return np.zeros(BETA_BINS, dtype=np.int64)
+    counts = torch.histc(values.detach().float().cpu(), bins=BETA_BINS, min=low, max=high)
+    return counts.to(torch.int64).numpy()

@@ -29,7 +29,7 @@ from dynamo_async.algo.baselines.kl_cov import kl_cov_token_loss
 from dynamo_async.algo.baselines.w_reinforce import w_reinforce_advantages
 from dynamo_async.algo.entropy_change import entropy_change
 from dynamo_async.algo.logprobs import TokenStats, token_stats
-from dynamo_async.algo.modulation import compensation, stabilization
+from dynamo_async.algo.modulation import beta_histogram, compensation, stabilization
 from dynamo_async.config.schema import RunConfig
 
 
@@ -143,6 +143,7 @@ def _modulate(adv, stats: TokenStats, r, batch: PolicyBatch, cfg: RunConfig):
         comp = compensation(stats.entropy, adv, batch.mask, m.alpha)
         beta = beta * comp
         metrics["beta_comp_mean"] = _mean(comp, valid)
+        metrics["beta_comp_hist"] = beta_histogram(comp[valid & (adv > 0)], 1.0, 1.0 + m.alpha)
     if m.stabilization:
         eps_low, eps_high = clip_bounds(cfg)
         xi = entropy_change(stats.logp, stats.entropy, r, adv, batch.mask, eps_low, eps_high,
@@ -151,6 +152,7 @@ def _modulate(adv, stats: TokenStats, r, batch: PolicyBatch, cfg: RunConfig):
         beta = beta * stab
         metrics["beta_stab_mean"] = _mean(stab, valid)
         metrics["beta_stab_min"] = float(stab[valid].min()) if valid.any() else 1.0
+        metrics["beta_stab_hist"] = beta_histogram(stab[valid], m.lambda_min, 1.0)
     return adv * beta, metrics
 
 

@@ -223,6 +223,20 @@ class TrainerConfig(_Section):
         "Sampled responses per held-out problem in the learner's evaluations (0: no evaluation)."))] = 0
 
 
+class MetricsConfig(_Section):
+    tensorboard: Annotated[bool, Meta(description=(
+        "Also write every step's figures as TensorBoard events to RUN_DIR/tensorboard "
+        "(needs the tensorboard package: pip install -e '.[tensorboard]')."))] = False
+    wandb: Annotated[bool, Meta(description=(
+        "Also log every step's figures to Weights & Biases (needs the wandb package: "
+        "pip install -e '.[wandb]', and `wandb login` for online mode)."))] = False
+    wandb_project: Annotated[str, Meta(min_length=1, description="W&B project name.")] = "dynamo-async"
+    wandb_entity: Annotated[str, Meta(description="W&B entity (team or user); empty: your default.")] = ""
+    wandb_name: Annotated[str, Meta(description="W&B run name; empty: the run directory's name.")] = ""
+    wandb_mode: Annotated[Literal["online", "offline"], Meta(description=(
+        "'online' uploads as the run goes; 'offline' writes RUN_DIR/wandb for a later `wandb sync`."))] = "online"
+
+
 METHODS = ("dynamo", "grpo", "clip_higher", "entropy_loss", "fork_tokens",
            "entropy_advantage", "clip_cov", "kl_cov", "w_reinforce")
 Method = Literal["dynamo", "grpo", "clip_higher", "entropy_loss", "fork_tokens",
@@ -247,6 +261,8 @@ class RunConfig(_Section):
     buffer: Annotated[BufferConfig, Meta(description="Staleness limits.")] = BufferConfig()
     rewards: Annotated[RewardConfig, Meta(description="math-verify scoring pool.")] = RewardConfig()
     trainer: Annotated[TrainerConfig, Meta(description="Run length, seeds, checkpoints.")] = TrainerConfig()
+    metrics: Annotated[MetricsConfig, Meta(description=(
+        "Optional metric sinks beside RUN_DIR/metrics.jsonl (always written)."))] = MetricsConfig()
 
     @property
     def uses_dynamo(self) -> bool:

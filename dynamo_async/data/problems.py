@@ -4,6 +4,9 @@ Each row needs ``problem`` and ``answer`` (a string, or a number that is written
 ``id`` defaults to the row number (from 0), ``source`` to the file stem, and ``level`` is taken
 from ``level`` or ``meta.level`` when that is an integer (MATH-500), else 0. Errors are
 ``ValueError`` naming the file, the line (JSONL) or row (Parquet) and the field.
+
+``load_spec`` also accepts a Hugging Face dataset name, ``owner/name[:split]`` (needs the
+optional ``datasets`` package and a reachable hub or a local ``datasets`` cache).
 """
 
 from __future__ import annotations
@@ -105,3 +108,35 @@ def _level(row: dict[str, Any]) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return 0
+
+
+def load_spec(spec: str, field: str) -> list[Problem]:
+    """A local JSONL/Parquet file, or a Hugging Face dataset ``owner/name[:split]``."""
+    if Path(spec).exists():
+        return load_problems(spec)
+    if spec.endswith((".jsonl", ".ndjson", ".parquet")):
+        raise ValueError(f"{field}: got {spec!r}, expected an existing file (it does not exist)")
+    return load_hub_problems(spec, field)
+
+
+def load_hub_problems(spec: str, field: str) -> list[Problem]:
+    """Rows of a Hugging Face dataset with fields ``problem`` and ``answer``. The split is the
+    one after ``:``, else the dataset's only split, else ``test``."""
+    name, _, split = spec.partition(":")
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(f"{field}: got {spec!r}, which is not a local file; loading a Hugging Face "
+                         "dataset needs `pip install datasets` (or save it as JSONL/Parquet with "
+                         "fields problem and answer and pass the path)") from None
+    if not split:
+        splits = list(datasets.get_dataset_split_names(name))
+        if len(splits) != 1 and "test" not in splits:
+            raise ValueError(f"{field}: dataset {name!r} has splits {splits}, expected one of them named "
+                             f"as {name}:SPLIT")
+        split = splits[0] if len(splits) == 1 else "test"
+    rows = datasets.load_dataset(name, split=split)
+    missing = {"problem", "answer"} - set(rows.column_names)
+    if missing:
+        raise ValueError(f"{field}: dataset {name!r} lacks {sorted(missing)}, expected fields problem and answer")
+    return [_to_problem(dict(row), i, Path(name), f"split {split!r}, row {i}") for i, row in enumerate(rows)]

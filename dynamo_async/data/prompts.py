@@ -15,7 +15,7 @@ import numpy as np
 
 from buffer.pool import PoolPrompt
 from dynamo_async.config.schema import DataConfig
-from dynamo_async.data.problems import Problem, load_problems
+from dynamo_async.data.problems import Problem, load_spec
 from dynamo_async.data.synthetic import train_eval_split
 
 
@@ -23,7 +23,7 @@ def training_problems(cfg: DataConfig) -> list[Problem]:
     """The training set named by ``data.train``."""
     if cfg.train == "synthetic":
         return train_eval_split(cfg.synthetic)[0]
-    return _load(cfg.train, "data.train")
+    return load_spec(cfg.train, "data.train")
 
 
 def eval_problems(cfg: DataConfig) -> dict[str, list[Problem]]:
@@ -32,7 +32,7 @@ def eval_problems(cfg: DataConfig) -> dict[str, list[Problem]]:
         if cfg.train != "synthetic":
             return {}
         return {"synthetic": train_eval_split(cfg.synthetic)[1]}
-    return {Path(spec).stem if Path(spec).exists() else spec: _load(spec, "data.eval") for spec in cfg.eval}
+    return {Path(spec).stem if Path(spec).exists() else spec: load_spec(spec, "data.eval") for spec in cfg.eval}
 
 
 def render_prompt(tokenizer, system_prompt: str, problem: str, max_tokens: int,
@@ -55,26 +55,3 @@ def pool_prompts(problems: list[Problem], tokenizer, cfg: DataConfig) -> list[Po
     return [PoolPrompt(p.id, p.problem, p.answer,
                        render_prompt(tokenizer, cfg.system_prompt, p.problem, cfg.max_prompt_tokens, cfg.few_shot))
             for p in problems]
-
-
-def _load(spec: str, field: str) -> list[Problem]:
-    if Path(spec).exists():
-        return load_problems(spec)
-    if spec.endswith((".jsonl", ".parquet")):
-        raise ValueError(f"{field}: got {spec!r}, expected an existing file (it does not exist)")
-    return _load_hub(spec, field)
-
-
-def _load_hub(name: str, field: str) -> list[Problem]:
-    try:
-        import datasets
-    except ImportError:
-        raise ValueError(f"{field}: got {name!r}, which is not a local file; loading a Hugging Face "
-                         "dataset needs `pip install datasets` (or save it as JSONL/Parquet with "
-                         "fields problem and answer and pass the path)") from None
-    rows = datasets.load_dataset(name, split="train")
-    missing = {"problem", "answer"} - set(rows.column_names)
-    if missing:
-        raise ValueError(f"{field}: dataset {name!r} lacks {sorted(missing)}, expected fields problem and answer")
-    return [Problem(id=str(r.get("id", i)), problem=r["problem"], answer=str(r["answer"]), source=name)
-            for i, r in enumerate(rows)]

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from buffer.batch import LearnerBatch
@@ -26,6 +27,7 @@ from dynamo_async.config import config_to_yaml
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.learner import checkpoint
 from dynamo_async.learner.metrics import MetricsLog
+from dynamo_async.learner.sinks import StatusSink, make_sinks
 from dynamo_async.learner.distributed import DistInfo, checkpoint_due, send_batch
 from dynamo_async.learner.trainer import Trainer
 from dynamo_async.protocol import Hello, Welcome
@@ -93,7 +95,9 @@ class Learner:
         """Run until ``trainer.total_steps`` (or ``steps`` more, or ``stop`` is set); checkpoint at
         the end. Held-out evaluations run before and after when ``trainer.eval_samples`` > 0."""
         end = self.cfg.trainer.total_steps if steps is None else self.step + steps
-        log = MetricsLog(self.ctx.run_dir, self.cfg.trainer.total_steps, self.step, self.ctx.show_progress)
+        sinks = make_sinks(self.cfg.metrics, self.ctx.run_dir, msgspec.to_builtins(self.cfg))
+        sinks.append(StatusSink(self.service))
+        log = MetricsLog(self.ctx.run_dir, self.cfg.trainer.total_steps, self.step, self.ctx.show_progress, sinks)
         every = self.cfg.trainer.eval_every
         try:
             if self.step == 0 and not self.dist.sharded:

@@ -73,6 +73,7 @@ class Trainer:
         """One optimizer step per mini-batch (``ppo_epochs`` passes); the schedule steps once."""
         sums: Counter = Counter()
         counts: Counter = Counter()
+        hists: dict[str, np.ndarray] = {}  # token histograms (beta factors): summed, not averaged
         norms = []
         for _ in range(self.cfg.optim.ppo_epochs):
             for mini in minis:
@@ -82,11 +83,15 @@ class Trainer:
                     if mb.extra.get("padding"):
                         continue
                     for k, v in {**m, "loss": float(loss.detach())}.items():
+                        if isinstance(v, np.ndarray):
+                            hists[k] = hists[k] + v if k in hists else v
+                            continue
                         sums[k] += v
                         counts[k] += 1
                 norms.append(clip_and_step(self.model, self.opt, self.cfg.optim.grad_clip))
         self.sched.step()
-        out = {k: sums[k] / counts[k] for k in sums}
+        out: dict = {k: sums[k] / counts[k] for k in sums}
+        out.update({k: h.tolist() for k, h in hists.items()})
         out["grad_norm"] = float(np.mean(norms)) if norms else 0.0
         out["grad_norm_max"] = float(np.max(norms)) if norms else 0.0
         return out

@@ -1,0 +1,58 @@
+"""``--data`` specs of ``dynamo-async eval`` -> named benchmarks.
+
+A spec is a JSONL/Parquet file with fields ``problem`` and ``answer`` (named after the file,
+e.g. ``aime24.jsonl`` -> ``AIME24``), a Hugging Face dataset ``owner/name[:split]``, or either
+prefixed with an explicit column label, ``LABEL=SPEC``. The six benchmarks of the paper get
+the paper's column names (AIME24, AIME25, AMC23, MATH500, Minerva, Olympiad).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dynamo_async.data.problems import Problem, load_spec
+
+PAPER_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23", "math500": "MATH500",
+               "math-500": "MATH500", "minerva": "Minerva", "minerva_math": "Minerva",
+               "olympiadbench": "Olympiad", "olympiad": "Olympiad"}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    spec: str
+    problems: tuple[Problem, ...]
+
+
+def load_benchmarks(specs: list[str], limit: int | None = None) -> list[Benchmark]:
+    """Load every ``--data`` spec; ``limit`` keeps the first problems of each."""
+    if not specs:
+        raise ValueError("--data: got nothing, expected at least one file or dataset")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit: got {limit}, expected at least 1")
+    out: list[Benchmark] = []
+    for spec in specs:
+        label, path = _split_label(spec)
+        problems = load_spec(path, "--data")
+        if not problems:
+            raise ValueError(f"--data {spec!r}: got no problems, expected at least one row")
+        out.append(Benchmark(label or default_name(path), path, tuple(problems[:limit])))
+    names = [b.name for b in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--data: got benchmark names {names}, expected distinct names "
+                         "(label them as NAME=FILE)")
+    return out
+
+
+def default_name(spec: str) -> str:
+    """Column name of a file or dataset: the paper's name for the six benchmarks, else its stem."""
+    stem = Path(spec.partition(":")[0]).stem if not Path(spec).exists() else Path(spec).stem
+    return PAPER_NAMES.get(stem.lower(), stem)
+
+
+def _split_label(spec: str) -> tuple[str, str]:
+    label, sep, rest = spec.partition("=")
+    if sep and label and "/" not in label and not Path(spec).exists():
+        return label, rest
+    return "", spec

@@ -1,0 +1,157 @@
+"""``dynamo-async eval``: n samples per problem on each benchmark, scored by math-verify,
+pass@k per benchmark and the average (the paper's Table 1 layout), written to ``--out``.
+
+Prompts are rendered exactly as in training (``data.system_prompt``, ``data.few_shot``,
+the tokenizer's chat template), and sampling uses ``rollout`` (temperature, top-p, response
+length) from ``--config`` and overrides; with no config, the defaults of ``RunConfig``
+(Table 3: temperature 1.0, top-p 1.0, 8192 new tokens). Per-problem records go to
+``OUT.records.jsonl`` as they finish, so an interrupted evaluation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dynamo_async.config import load_config
+from dynamo_async.config.schema import RunConfig
+from dynamo_async.evaluation.benchmarks import load_benchmarks
+from dynamo_async.evaluation.records import EvalSettings, ProblemRecord, RecordFile, records_path
+from dynamo_async.evaluation.table import format_table, summarize, write_results
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What the command line asked for (runtime choices, not part of the run config)."""
+
+    model: str
+    data: list[str]
+    out: Path
+    n: int = 1
+    ks: tuple[int, ...] = (1,)
+    engine: str | None = None
+    config: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    batch_size: int = 32
+    limit: int | None = None
+    seed: int = 0
+    label: str | None = None
+    save_responses: bool = False
+    show_progress: bool = True
+
+
+def eval_config(req: EvalRequest) -> RunConfig:
+    """The run config (``--config`` or defaults) with ``--model`` and ``--engine`` applied."""
+    extra = [f"model.name={req.model}"] + ([f"rollout.engine={req.engine}"] if req.engine else [])
+    return load_config(req.config, [*req.overrides, *extra])
+
+
+def settings_of(cfg: RunConfig, req: EvalRequest) -> EvalSettings:
+    return EvalSettings(model=req.model, engine=cfg.rollout.engine, n=req.n, seed=req.seed,
+                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                        max_new_tokens=cfg.rollout.max_new_tokens, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                        dtype=cfg.model.dtype, system_prompt=cfg.data.system_prompt,
+                        few_shot=tuple((e.problem, e.answer) for e in cfg.data.few_shot))
+
+
+def check_request(req: EvalRequest) -> None:
+    if req.n < 1 or req.batch_size < 1:
+        raise ValueError(f"got --n {req.n}, --batch-size {req.batch_size}, expected both >= 1")
+    if max(req.ks) > req.n:
+        raise ValueError(f"--k: got {','.join(map(str, req.ks))}, expected every k <= --n {req.n} "
+                         f"(pass@{max(req.ks)} needs at least {max(req.ks)} samples per problem)")
+    if req.out.suffix != ".json":
+        raise ValueError(f"--out: got {str(req.out)!r}, expected a .json path (records go beside it)")
+
+
+def run_eval(req: EvalRequest) -> dict:
+    """Sample what the record file lacks, then summarise everything into ``req.out``."""
+    check_request(req)
+    cfg = eval_config(req)
+    benchmarks = load_benchmarks(req.data, req.limit)
+    records = RecordFile(records_path(req.out), settings_of(cfg, req))
+    try:
+        todo = [(b.name, p) for b in benchmarks for p in b.problems if (b.name, p.id) not in records.done]
+        if todo:
+            _sample_all(cfg, req, todo, records)
+    finally:
+        records.close()
+    results = summarize(req.label or req.model, settings_of(cfg, req), req.ks, [
+        (b.name, b.spec, [records.done[(b.name, p.id)] for p in b.problems]) for b in benchmarks])
+    write_results(req.out, results)
+    return results
+
+
+def _sample_all(cfg: RunConfig, req: EvalRequest, todo: list, records: RecordFile) -> None:
+    from tqdm import tqdm
+
+    from dynamo_async.rewards import MathVerifyScorer
+
+    engine, tokenizer = make_engine(cfg, req.device)
+    per_batch = max(1, req.batch_size // req.n)
+    done = sum(len(r.acc) for r in records.done.values())
+    with MathVerifyScorer.from_config(cfg.rewards) as scorer, tqdm(
+            total=done + len(todo) * req.n, initial=done, desc="eval", unit="sample", disable=not req.show_progress,
+            dynamic_ncols=True, file=sys.stderr) as bar:
+        for start in range(0, len(todo), per_batch):
+            chunk = todo[start:start + per_batch]
+            bar.set_postfix_str(chunk[0][0])
+            for record in sample_problems(engine, tokenizer, scorer, chunk, cfg, req):
+                records.add(record)
+            bar.update(len(chunk) * req.n)
+    engine.close()
+
+
+def sample_problems(engine, tokenizer, scorer, chunk: list, cfg: RunConfig, req: EvalRequest) -> list[ProblemRecord]:
+    """``req.n`` scored samples for each ``(benchmark, problem)`` of ``chunk``."""
+    from dynamo_async.data.prompts import render_prompt
+    from workers.engine import GenRequest
+
+    reqs = []
+    for bench, p in chunk:
+        ids = render_prompt(tokenizer, cfg.data.system_prompt, p.problem, cfg.data.max_prompt_tokens,
+                            cfg.data.few_shot)
+        reqs += [GenRequest(ids, sample_seed(req.seed, bench, p.id, k)) for k in range(req.n)]
+    results = engine.generate(reqs)
+    texts = [tokenizer.decode(r.token_ids.tolist(), skip_special_tokens=True) for r in results]
+    scores = scorer.score(texts, [p.answer for _, p in chunk for _ in range(req.n)])
+    out = []
+    for i, (bench, p) in enumerate(chunk):
+        part = slice(i * req.n, (i + 1) * req.n)
+        out.append(ProblemRecord(
+            benchmark=bench, id=p.id, answer=p.answer, acc=tuple(int(s.acc) for s in scores[part]),
+            tokens=tuple(len(r.token_ids) for r in results[part]),
+            finish=tuple(r.finish_reason for r in results[part]),
+            responses=tuple(texts[part]) if req.save_responses else ()))
+    return out
+
+
+def sample_seed(seed: int, benchmark: str, problem_id: str, k: int) -> int:
+    """Sampling seed of sample ``k`` of one problem: independent of batching and resumes."""
+    key = zlib.crc32(f"{benchmark}\x00{problem_id}".encode())
+    return (seed * 1_000_003 + key * 1_009 + k) % (2**31 - 1)
+
+
+def make_engine(cfg: RunConfig, device: str):
+    """The ``rollout.engine`` with the model loaded for sampling; returns (engine, tokenizer)."""
+    from dynamo_async.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.name)
+    if cfg.rollout.engine == "vllm":
+        from workers.vllm_engine import start_vllm_engine
+
+        return start_vllm_engine(cfg), tokenizer
+    from workers.hf_engine import HFEngine
+
+    return HFEngine(load_model(cfg.model.name, cfg.model.dtype, device), tokenizer, cfg, device), tokenizer
+
+
+def eval_main(req: EvalRequest) -> int:
+    results = run_eval(req)
+    sys.stdout.write(format_table([results]))
+    print(f"wrote {req.out} (per-problem records: {records_path(req.out)})")
+    return 0
+

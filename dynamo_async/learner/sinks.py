@@ -1,0 +1,162 @@
+"""Metric sinks: where a learner's per-step figures go, behind one interface.
+
+    MetricsLog.write(row) ──> JsonlSink        RUN_DIR/metrics.jsonl (always)
+                         ├─> TensorBoardSink   RUN_DIR/tensorboard    (metrics.tensorboard)
+                         ├─> WandbSink         Weights & Biases       (metrics.wandb)
+                         └─> StatusSink        the buffer's status endpoint (dynamo-async status)
+
+``make_sinks`` is the only place that reads ``cfg.metrics``; the learner hands rows to the
+list it gets and never branches on which sinks are on. Scalars go to TensorBoard and W&B as
+``train/<name>`` (step rows) or ``eval/<set>`` (held-out rows); the allocation histogram
+(group size -> groups) goes as a histogram of group sizes. A sink that is asked for but
+whose package is missing is an error at start, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from dynamo_async.config.schema import MetricsConfig
+
+
+class MetricSink(Protocol):
+    def write(self, row: dict) -> None:
+        """One training step's figures (``row["step"]`` is the step after the update)."""
+
+    def write_eval(self, row: dict) -> None:
+        """One held-out evaluation (keys ``eval/<set>``, plus ``step`` and ``label``)."""
+
+    def close(self) -> None:
+        """Flush and release."""
+
+
+class JsonlSink:
+    """One JSON object per line; evaluation rows carry ``"eval": true``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a")
+
+    def write(self, row: dict) -> None:
+        self._line({"time": time.time(), **row})
+
+    def write_eval(self, row: dict) -> None:
+        self._line({"time": time.time(), "eval": True, **row})
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _line(self, row: dict) -> None:
+        self._file.write(json.dumps(row, default=float) + "\n")
+        self._file.flush()
+
+
+def scalars(row: dict, prefix: str) -> dict[str, float]:
+    """Numeric entries of ``row`` under ``prefix/`` (keys that already have a ``/`` keep theirs)."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, (int, float)) and key not in ("step", "time"):
+            out[key if "/" in key else f"{prefix}/{key}"] = float(value)
+    return out
+
+
+def group_sizes(row: dict) -> list[int]:
+    """The allocation histogram ``{"8": 3, "16": 1}`` as one entry per group: [8, 8, 8, 16]."""
+    hist = row.get("allocation_hist") or {}
+    return [int(size) for size, count in hist.items() for _ in range(int(count))]
+
+
+class TensorBoardSink:
+    def __init__(self, log_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("metrics.tensorboard: got true, but the tensorboard package is missing; expected "
+                             "`pip install -e '.[tensorboard]'`, or set metrics.tensorboard=false") from None
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def write(self, row: dict) -> None:
+        step = int(row["step"])
+        for tag, value in scalars(row, "train").items():
+            self.writer.add_scalar(tag, value, step)
+        sizes = group_sizes(row)
+        if sizes:
+            self.writer.add_histogram("train/allocation_group_size", np.asarray(sizes), step)
+        self.writer.flush()
+
+    def write_eval(self, row: dict) -> None:
+        for tag, value in scalars(row, "eval").items():
+            self.writer.add_scalar(tag, value, int(row["step"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    """``wandb.init`` once per run directory: a resumed run continues the same W&B run
+    (its id is kept in RUN_DIR/wandb_run_id)."""
+
+    def __init__(self, cfg: MetricsConfig, run_dir: Path, config: dict):
+        try:
+            import wandb
+        except ImportError:
+            raise ValueError("metrics.wandb: got true, but the wandb package is missing; expected "
+                             "`pip install -e '.[wandb]'`, or set metrics.wandb=false") from None
+        self.wandb = wandb
+        id_file = run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:16]
+        id_file.write_text(run_id + "\n")
+        self.run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity or None,
+                              name=cfg.wandb_name or run_dir.resolve().name, dir=str(run_dir), mode=cfg.wandb_mode,
+                              config=config, id=run_id, resume="allow")
+
+    def write(self, row: dict) -> None:
+        data: dict = scalars(row, "train")
+        sizes = group_sizes(row)
+        if sizes:
+            data["train/allocation_group_size"] = self.wandb.Histogram(sizes)
+        self.run.log(data, step=int(row["step"]))
+
+    def write_eval(self, row: dict) -> None:
+        self.run.log(scalars(row, "eval"), step=int(row["step"]))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class StatusSink:
+    """Hands each step's figures to the buffer service, which serves them on its status
+    endpoint (``dynamo-async status``)."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def write(self, row: dict) -> None:
+        self.service.record_step(row)
+
+    def write_eval(self, row: dict) -> None:
+        self.service.record_eval(row)
+
+    def close(self) -> None:
+        pass
+
+
+def make_sinks(cfg: MetricsConfig, run_dir: Path, config: dict) -> list[MetricSink]:
+    """metrics.jsonl, plus the optional sinks ``cfg`` turns on (``config``: the run config as
+    a plain mapping, for W&B)."""
+    sinks: list[MetricSink] = [JsonlSink(run_dir / "metrics.jsonl")]
+    if cfg.tensorboard:
+        sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+    if cfg.wandb:
+        os.environ.setdefault("WANDB_SILENT", "true")
+        sinks.append(WandbSink(cfg, run_dir, config))
+    return sinks

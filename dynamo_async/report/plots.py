@@ -1,0 +1,223 @@
+"""``dynamo-async plot RUN_DIR``: PNG figures of a run, written to RUN_DIR/plots.
+
+    accuracy_reward.png  training accuracy and reward per step, held-out accuracy points
+    entropy.png          mean token entropy of the policy per step
+    grad_norm.png        gradient norm before clipping (the paper's Figure 3)
+    allocation.png       rollouts per prompt over training and overall (Figure 1, left)
+    beta.png             distribution of beta_comp and beta_stab over training (Eqs. 3-4)
+    staleness.png        staleness of the trained groups, dropped groups per step
+    throughput.png       tokens per second, step time, learner and worker idle time
+
+A figure whose data the run does not have (e.g. ``beta.png`` for a baseline without
+modulation, or the store figures when RUN_DIR/store was deleted) is skipped with a line
+saying why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dynamo_async.report.rundata import RunData, load_run
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "font.size": 10})
+    return plt
+
+
+def _title(run: RunData, what: str) -> str:
+    method = run.config.get("method", "?")
+    model = run.config.get("model", {}).get("name", "?")
+    return f"{what}\n{run.run_dir.resolve().name}: {method}, {model}"
+
+
+def _steps_axis(ax) -> None:
+    ax.set_xlabel("learner step")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+def accuracy_reward(plt, run: RunData):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x, acc = run.series("accuracy")
+    ax.plot(x, 100 * acc, marker="o", ms=3, label="training accuracy (batch)")
+    for key in sorted({k for r in run.evals for k in r if k.startswith("eval/")}):
+        pts = [(r["step"], r[key]) for r in run.evals if key in r]
+        ax.plot(*zip(*[(s, 100 * v) for s, v in pts]), marker="s", ls="--", label=f"held-out accuracy ({key[5:]})")
+    ax.set_ylabel("accuracy (% of sampled responses)")
+    ax.set_ylim(bottom=0)
+    ax2 = ax.twinx()
+    x, reward = run.series("reward")
+    ax2.plot(x, reward, color="tab:green", alpha=0.6, label="mean reward")
+    ax2.set_ylabel("mean reward per sample")
+    ax2.grid(False)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="best", fontsize=8)
+    _steps_axis(ax)
+    ax.set_title(_title(run, "Accuracy and reward"))
+    return fig
+
+
+def entropy(plt, run: RunData):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*run.series("entropy"), marker="o", ms=3)
+    ax.set_ylabel("mean token entropy (nats)")
+    _steps_axis(ax)
+    ax.set_title(_title(run, "Policy entropy on the trained responses"))
+    return fig
+
+
+def grad_norm(plt, run: RunData):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*run.series("grad_norm"), marker="o", ms=3, label="mean over the step's mini-batches")
+    if run.has("grad_norm_max"):
+        ax.plot(*run.series("grad_norm_max"), ls=":", label="largest mini-batch")
+    clip = run.config.get("optim", {}).get("grad_clip")
+    if clip:
+        ax.axhline(clip, color="gray", ls="--", lw=1, label=f"clipped to {clip}")
+    ax.set_ylabel("gradient L2 norm before clipping")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    _steps_axis(ax)
+    ax.set_title(_title(run, "Gradient norm (paper Figure 3)"))
+    return fig
+
+
+def allocation(plt, run: RunData):
+    if not run.group_sizes:
+        return "no groups in the Arrow store (RUN_DIR/store/batches)"
+    steps = sorted(run.group_sizes)
+    every = np.concatenate([run.group_sizes[s] for s in steps])
+    sizes = np.arange(every.min(), every.max() + 1)
+    grid = np.array([[np.sum(run.group_sizes[s] == k) for s in steps] for k in sizes])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis",
+                   extent=(steps[0] - 0.5, steps[-1] + 0.5, sizes[0] - 0.5, sizes[-1] + 0.5))
+    fig.colorbar(im, ax=ax, label="prompts in the batch")
+    ax.set_ylabel("rollouts per prompt (group size)")
+    _steps_axis(ax)
+    ax.grid(False)
+    ax.set_title("per step")
+    ax2.bar(sizes, [np.sum(every == k) for k in sizes], width=0.8)
+    ax2.set_xlabel("rollouts per prompt (group size)")
+    ax2.set_ylabel("prompts, whole run")
+    ax2.set_title(f"whole run (mean {every.mean():.1f})")
+    fig.suptitle(_title(run, "Rollout allocation (paper Figure 1, left)"))
+    fig.tight_layout()
+    return fig
+
+
+def beta(plt, run: RunData):
+    keys = [k for k in ("beta_comp_hist", "beta_stab_hist") if run.has(k)]
+    if not keys:
+        return (f"no beta factor histograms in metrics.jsonl (method {run.config.get('method', '?')} "
+                "without modulation, or a run recorded before they were logged)")
+    mod = run.config.get("modulation", {})
+    ranges = {"beta_comp_hist": (1.0, 1.0 + mod.get("alpha", 1.0), "beta_comp (tokens with A > 0)"),
+              "beta_stab_hist": (mod.get("lambda_min", 0.0), 1.0, "beta_stab (every response token)")}
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        low, high, label = ranges[key]
+        rows = [(r["step"], np.asarray(r[key], dtype=float)) for r in run.steps if key in r]
+        steps = [s for s, _ in rows]
+        hist = np.stack([h / max(h.sum(), 1) for _, h in rows], axis=1)
+        im = ax.imshow(hist, origin="lower", aspect="auto", cmap="magma",
+                       extent=(steps[0] - 0.5, steps[-1] + 0.5, low, high))
+        fig.colorbar(im, ax=ax, label="fraction of tokens")
+        mean_key = key.replace("_hist", "_mean")
+        if run.has(mean_key):
+            ax.plot(*run.series(mean_key), color="cyan", lw=1.5, label="mean")
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_ylabel(label)
+        ax.grid(False)
+        _steps_axis(ax)
+    fig.suptitle(_title(run, "Advantage modulation factors (Eqs. 3-4)"))
+    fig.tight_layout()
+    return fig
+
+
+def staleness(plt, run: RunData):
+    if not run.staleness:
+        return "no steps in the Arrow store (RUN_DIR/store/steps)"
+    steps = sorted(run.staleness)
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    mean = [run.staleness[s].mean() if run.staleness[s].size else 0.0 for s in steps]
+    high = [run.staleness[s].max() if run.staleness[s].size else 0.0 for s in steps]
+    ax.plot(steps, mean, marker="o", ms=3, label="mean over the batch's groups")
+    ax.plot(steps, high, ls=":", label="oldest group")
+    limit = run.config.get("buffer", {}).get("max_staleness")
+    if limit is not None:
+        ax.axhline(limit, color="gray", ls="--", lw=1, label=f"max_staleness = {limit}")
+    ax.set_ylabel("staleness (policy versions)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    stale = [run.dropped[s][0] for s in steps]
+    zero = [run.dropped[s][1] for s in steps]
+    ax2.bar(steps, stale, label="too stale", color="tab:red")
+    ax2.bar(steps, zero, bottom=stale, label="zero variance", color="tab:gray")
+    ax2.set_ylabel("groups dropped at the step")
+    ax2.set_ylim(0, 1.15 * max(1, *(a + b for a, b in zip(stale, zero))))
+    ax2.yaxis.get_major_locator().set_params(integer=True)
+    ax2.legend(fontsize=8)
+    _steps_axis(ax2)
+    fig.suptitle(_title(run, "Staleness and dropped groups"))
+    fig.tight_layout()
+    return fig
+
+
+def throughput(plt, run: RunData):
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    ax.plot(*run.series("tokens_per_s"), marker="o", ms=3, label="response tokens trained per second")
+    ax.set_ylabel("tokens / s")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    for key, label in (("step_s", "step time"), ("learner_idle_s", "learner waiting for a batch"),
+                       ("worker_idle_s", "workers waiting for work (summed)"), ("sync_s", "weight broadcast")):
+        if run.has(key):
+            ax2.plot(*run.series(key), marker=".", label=label)
+    ax2.set_ylabel("seconds per step")
+    ax2.set_ylim(bottom=0)
+    ax2.legend(fontsize=8)
+    _steps_axis(ax2)
+    fig.suptitle(_title(run, "Throughput and idle time"))
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {"accuracy_reward": accuracy_reward, "entropy": entropy, "grad_norm": grad_norm,
+           "allocation": allocation, "beta": beta, "staleness": staleness, "throughput": throughput}
+
+
+def plot_run(run_dir: Path, out_dir: Path | None = None) -> tuple[list[Path], dict[str, str]]:
+    """Write every figure the run has data for; returns (written paths, skipped name -> why)."""
+    run = load_run(run_dir)
+    out_dir = out_dir or run_dir / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plt = _pyplot()
+    written, skipped = [], {}
+    for name, draw in FIGURES.items():
+        fig = draw(plt, run)
+        if isinstance(fig, str):
+            skipped[name] = fig
+            continue
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written, skipped
+
+
+def plot_main(run_dir: Path, out_dir: Path | None) -> int:
+    written, skipped = plot_run(run_dir, out_dir)
+    for path in written:
+        print(f"wrote {path}")
+    for name, why in skipped.items():
+        print(f"skipped {name}.png: {why}")
+    return 0

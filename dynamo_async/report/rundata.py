@@ -1,0 +1,89 @@
+"""A run directory as arrays per learner step, for the figures of ``dynamo-async plot``.
+
+From ``metrics.jsonl``: the learner's rows (one per step; after a resume the last row of a
+step wins) and its held-out evaluations (rows with ``"eval": true``). From the Arrow store
+(``buffer/store.py``): rollouts per prompt of every group the learner trained on (table
+``batches``) and the staleness of every sample and the dropped groups (table ``steps``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from buffer.store import read_table, store_dir
+
+
+@dataclass(frozen=True)
+class RunData:
+    run_dir: Path
+    steps: list[dict]            # learner rows, ordered by step
+    evals: list[dict]            # held-out evaluation rows, in order
+    config: dict                 # the resolved config (RUN_DIR/config.yaml), {} if absent
+    group_sizes: dict[int, np.ndarray] | None = None   # step -> rollouts per prompt (store)
+    staleness: dict[int, np.ndarray] | None = None     # step -> staleness per sample (store)
+    dropped: dict[int, tuple[int, int]] | None = None  # step -> (stale, zero-variance) groups (store)
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of a numeric metric; steps without it are left out."""
+        pairs = [(r["step"], r[key]) for r in self.steps if isinstance(r.get(key), (int, float))]
+        if not pairs:
+            return np.zeros(0), np.zeros(0)
+        x, y = zip(*pairs)
+        return np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+
+    def has(self, key: str) -> bool:
+        return any(key in r for r in self.steps)
+
+
+def load_run(run_dir: Path) -> RunData:
+    """Read what ``dynamo-async plot`` needs; a directory without metrics is an error."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise ValueError(f"got RUN_DIR {str(run_dir)!r} without metrics.jsonl, expected the directory of a run "
+                         "(the --run-dir given to dynamo-async run or learner)")
+    by_step: dict[int, dict] = {}
+    evals = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                continue  # the learner died while writing its last line
+            raise ValueError(f"{path}, line {number}: got invalid JSON, expected one object per line") from None
+        if row.get("eval"):
+            evals.append(row)
+        elif "step" in row:
+            by_step[int(row["step"])] = row
+    if not by_step:
+        raise ValueError(f"{path}: got no learner steps, expected at least one (has the run trained a step?)")
+    steps = [by_step[s] for s in sorted(by_step)]
+    store = _store_arrays(run_dir) if store_dir(run_dir).is_dir() else {}
+    return RunData(run_dir, steps, evals, _config(run_dir), **store)
+
+
+def _config(run_dir: Path) -> dict:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _store_arrays(run_dir: Path) -> dict:
+    batches = read_table(run_dir, "batches", ["step", "group_id"]).to_pydict()
+    sizes: dict[int, dict[int, int]] = {}
+    for step, group in zip(batches["step"], batches["group_id"]):
+        per_group = sizes.setdefault(int(step) + 1, {})  # batch k trains learner step k + 1
+        per_group[group] = per_group.get(group, 0) + 1
+    steps = read_table(run_dir, "steps", ["step", "staleness", "dropped_stale", "dropped_zero_variance"]).to_pydict()
+    staleness = {int(s) + 1: np.asarray(v, dtype=float) for s, v in zip(steps["step"], steps["staleness"])}
+    dropped = {int(s) + 1: (int(a), int(b)) for s, a, b in
+               zip(steps["step"], steps["dropped_stale"], steps["dropped_zero_variance"])}
+    return {"group_sizes": {s: np.asarray(list(g.values())) for s, g in sizes.items()},
+            "staleness": staleness, "dropped": dropped}
