@@ -86,11 +86,28 @@ class BufferServer:
 
     def _bind(self, host: str, port: int) -> Endpoints:
         if port == 0:
-            ports = [s.bind_to_random_port(f"tcp://{host}") for s in (self._work, self._pull, self._status)]
-            return Endpoints(host, *ports)
+            return self._bind_free_block(host)
         for offset, sock in enumerate((self._work, self._pull, self._status)):
             sock.bind(f"tcp://{host}:{port + offset}")
         return Endpoints(host, port, port + 1, port + 2)
+
+    def _bind_free_block(self, host: str, tries: int = 64) -> Endpoints:
+        """Three consecutive free ports (work, completions = +1, status = +2), so that
+        ``dynamo-async status HOST:WORK_PORT`` finds the status port of any learner."""
+        for _ in range(tries):
+            work = self._work.bind_to_random_port(f"tcp://{host}", min_port=20000, max_port=60000)
+            bound = [self._work]
+            try:
+                for offset, sock in ((1, self._pull), (2, self._status)):
+                    sock.bind(f"tcp://{host}:{work + offset}")
+                    bound.append(sock)
+                return Endpoints(host, work, work + 1, work + 2)
+            except zmq.ZMQError as err:
+                if err.errno != zmq.EADDRINUSE:
+                    raise
+                for sock in bound:
+                    sock.unbind(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        raise RuntimeError(f"found no three consecutive free ports on {host} in {tries} tries; pass --port")
 
     def _serve(self) -> None:
         poller = zmq.Poller()

@@ -514,6 +514,15 @@ def test_status_counts():
     assert st_.rejected == {"duplicate": 1, "malformed": 1}
     assert st_.dropped_groups == 0
     assert st_.policy_version == 0
+    # per worker: samples still leased, completions accepted; tokens of accepted completions
+    by_id = {w.worker_id: w for w in st_.worker_list}
+    assert (by_id["A"].samples_leased, by_id["A"].completions) == (9 - 5, 5)
+    assert (by_id["B"].samples_leased, by_id["B"].completions) == (0, 0)
+    assert st_.completion_tokens == 5 * 3
+    assert st_.max_staleness == svc.cfg.buffer.max_staleness and st_.step == 0
+    svc.clock.t += 2.5
+    assert svc.status().worker_list[0].last_seen_s == pytest.approx(2.5)
+    assert svc.status().uptime_s == pytest.approx(2.5)
     svc.set_version(3)
     assert svc.status().policy_version == 3
 

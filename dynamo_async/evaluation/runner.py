@@ -86,6 +86,8 @@ def run_eval(req: EvalRequest) -> dict:
 
 
 def _sample_all(cfg: RunConfig, req: EvalRequest, todo: list, records: RecordFile) -> None:
+    """Generate chunk after chunk; a chunk is scored (math-verify processes) while the next
+    one generates, and its records are written once its scores are in."""
     from tqdm import tqdm
 
     from dynamo_async.rewards import MathVerifyScorer
@@ -93,20 +95,54 @@ def _sample_all(cfg: RunConfig, req: EvalRequest, todo: list, records: RecordFil
     engine, tokenizer = make_engine(cfg, req.device)
     per_batch = max(1, req.batch_size // req.n)
     done = sum(len(r.acc) for r in records.done.values())
+    pending: Pending | None = None
     with MathVerifyScorer.from_config(cfg.rewards) as scorer, tqdm(
             total=done + len(todo) * req.n, initial=done, desc="eval", unit="sample", disable=not req.show_progress,
             dynamic_ncols=True, file=sys.stderr) as bar:
         for start in range(0, len(todo), per_batch):
             chunk = todo[start:start + per_batch]
             bar.set_postfix_str(chunk[0][0])
-            for record in sample_problems(engine, tokenizer, scorer, chunk, cfg, req):
-                records.add(record)
-            bar.update(len(chunk) * req.n)
+            current = generate_chunk(engine, tokenizer, scorer, chunk, cfg, req)
+            if pending is not None:
+                _finish(pending, records, bar, req)
+            pending = current
+        if pending is not None:
+            _finish(pending, records, bar, req)
     engine.close()
 
 
-def sample_problems(engine, tokenizer, scorer, chunk: list, cfg: RunConfig, req: EvalRequest) -> list[ProblemRecord]:
-    """``req.n`` scored samples for each ``(benchmark, problem)`` of ``chunk``."""
+def _finish(pending: "Pending", records: RecordFile, bar, req: EvalRequest) -> None:
+    for record in pending.records(req.save_responses):
+        records.add(record)
+    bar.update(len(pending.chunk) * req.n)
+
+
+@dataclass
+class Pending:
+    """A generated chunk whose scores are on their way."""
+
+    chunk: list
+    results: list
+    texts: list[str]
+    futures: list
+
+    def records(self, save_responses: bool) -> list[ProblemRecord]:
+        """Wait for the scores; one record per problem."""
+        scores = [f.result() for f in self.futures]
+        n = len(self.results) // len(self.chunk)
+        out = []
+        for i, (bench, p) in enumerate(self.chunk):
+            part = slice(i * n, (i + 1) * n)
+            out.append(ProblemRecord(
+                benchmark=bench, id=p.id, answer=p.answer, acc=tuple(int(s.acc) for s in scores[part]),
+                tokens=tuple(len(r.token_ids) for r in self.results[part]),
+                finish=tuple(r.finish_reason for r in self.results[part]),
+                responses=tuple(self.texts[part]) if save_responses else ()))
+        return out
+
+
+def generate_chunk(engine, tokenizer, scorer, chunk: list, cfg: RunConfig, req: EvalRequest) -> Pending:
+    """``req.n`` samples for each ``(benchmark, problem)`` of ``chunk``, handed to the scorer."""
     from dynamo_async.data.prompts import render_prompt
     from workers.engine import GenRequest
 
@@ -117,16 +153,8 @@ def sample_problems(engine, tokenizer, scorer, chunk: list, cfg: RunConfig, req:
         reqs += [GenRequest(ids, sample_seed(req.seed, bench, p.id, k)) for k in range(req.n)]
     results = engine.generate(reqs)
     texts = [tokenizer.decode(r.token_ids.tolist(), skip_special_tokens=True) for r in results]
-    scores = scorer.score(texts, [p.answer for _, p in chunk for _ in range(req.n)])
-    out = []
-    for i, (bench, p) in enumerate(chunk):
-        part = slice(i * req.n, (i + 1) * req.n)
-        out.append(ProblemRecord(
-            benchmark=bench, id=p.id, answer=p.answer, acc=tuple(int(s.acc) for s in scores[part]),
-            tokens=tuple(len(r.token_ids) for r in results[part]),
-            finish=tuple(r.finish_reason for r in results[part]),
-            responses=tuple(texts[part]) if req.save_responses else ()))
-    return out
+    golds = [p.answer for _, p in chunk for _ in range(req.n)]
+    return Pending(chunk, results, texts, [scorer.submit(t, g) for t, g in zip(texts, golds)])
 
 
 def sample_seed(seed: int, benchmark: str, problem_id: str, k: int) -> int:

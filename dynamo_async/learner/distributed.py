@@ -151,6 +151,14 @@ def init_from_env(device: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
+def leave(info: DistInfo) -> None:
+    """Every rank, at the end: wait for the others, then take the process group down (a rank
+    that exits while gloo's threads still serve the group can abort on its way out)."""
+    if info.world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def follow(cfg, device: str, info: DistInfo, run_dir, resume: bool) -> int:
     """A learner rank other than 0: train on the batches rank 0 sends, join every gather."""
     from dynamo_async.learner.checkpoint import latest_checkpoint

@@ -32,7 +32,7 @@ def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise:
 
     if threads:
         torch.set_num_threads(threads)
-    from dynamo_async.learner.distributed import follow, init_from_env
+    from dynamo_async.learner.distributed import follow, init_from_env, leave
     from dynamo_async.models import resolve_model
 
     # Builtin models are built before the process group exists: transformers writes checkpoint
@@ -43,7 +43,9 @@ def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if info.rank > 0:
-        return follow(cfg, device, info, run_dir, resume)
+        code = follow(cfg, device, info, run_dir, resume)
+        leave(info)
+        return code
     check_run_dir(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
@@ -60,6 +62,7 @@ def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise:
         learner.run(stop=stop)
     finally:
         learner.close()
+    leave(info)
     print(f"learner stopped at step {learner.step}, version {learner.version}; checkpoint in "
           f"{run_dir / 'checkpoints'}", flush=True)
     return 0
