@@ -73,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _eval_parser(sub) -> None:
     ev = sub.add_parser("eval", help="pass@k of a model on benchmarks, laid out like the paper's Table 1")
     ev.add_argument("--model", required=True, metavar="NAME_OR_PATH",
-                    help="Hugging Face name, local folder (e.g. RUN_DIR/checkpoints/latest/model) or builtin")
+                    help="Hugging Face name, model folder, builtin, or a run directory (its newest "
+                         "checkpoint) or checkpoint directory (RUN_DIR/checkpoints/step-N)")
     ev.add_argument("--data", action="append", required=True, metavar="[LABEL=]FILE_OR_DATASET",
-                    help="JSONL/Parquet with fields problem and answer, or a Hugging Face dataset "
-                         "owner/name[:split]; repeat for several benchmarks")
+                    help="JSONL/Parquet with fields problem and answer, a Hugging Face dataset "
+                         "owner/name[:split], or 'synthetic' (the config's held-out sums); repeat for "
+                         "several benchmarks")
     ev.add_argument("--n", type=int, default=1, help="samples per problem")
     ev.add_argument("--k", default="1", help="pass@k values, comma-separated, each <= --n (e.g. 1,32)")
     ev.add_argument("--engine", choices=("hf", "vllm"), help="generation engine (default: the config's)")

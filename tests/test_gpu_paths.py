@@ -72,3 +72,19 @@ def test_hf_engine_generates_on_cuda():
             logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1:-1].float(), -1)
         ref = logp.gather(-1, ids[0, len(prompt):, None]).squeeze(-1).cpu().numpy()
         assert np.allclose(res.logprobs, ref, atol=0.1)  # bf16: incremental decode vs one forward
+
+
+def test_eval_command_on_cuda_with_the_hf_engine(tmp_path):
+    """``dynamo-async eval --device cuda``: the tiny model samples on the GPU, records and table."""
+    import json
+
+    from dynamo_async.cli import main
+
+    _cuda()
+    data = tmp_path / "sums.jsonl"
+    data.write_text("\n".join(json.dumps({"problem": f"{a} + {a}", "answer": str(2 * a)}) for a in range(4)))
+    out = tmp_path / "r.json"
+    assert main(["eval", "--model", "builtin:tiny-math", "--config", str(TINY), "--data", str(data), "--n", "4",
+                 "--k", "1,4", "--device", "cuda", "--out", str(out)]) == 0
+    (bench,) = json.loads(out.read_text())["benchmarks"]
+    assert bench["problems"] == 4 and 0.0 <= bench["pass@1"] <= bench["pass@4"] <= 100.0

@@ -115,3 +115,16 @@ def test_plot_renders_every_figure_from_a_recorded_tiny_run(live_run, capsys):
 def test_plot_of_a_directory_without_metrics_says_what_it_expected(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
     assert "without metrics.jsonl, expected the directory of a run" in capsys.readouterr().err
+
+
+def test_eval_of_a_run_directory_uses_its_newest_checkpoint_and_config(live_run, tmp_path):
+    run_dir, _ = live_run
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(run_dir), "--data", "synthetic", "--limit", "4", "--n", "2", "--k", "1,2",
+                 "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["model"] == str(run_dir)
+    assert res["settings"]["model"] == str(run_dir / "checkpoints" / f"step-{STEPS:06d}" / "model")
+    assert res["settings"]["max_new_tokens"] == 16  # configs/tiny.yaml, from RUN_DIR/config.yaml
+    (bench,) = res["benchmarks"]
+    assert bench["name"] == "synthetic" and bench["problems"] == 4

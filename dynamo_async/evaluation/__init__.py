@@ -7,8 +7,6 @@
     records.py     the resumable per-problem record file next to --out
     table.py       per-benchmark table with the average, and results.json
     runner.py      the command: model, engine, progress bar, resume
+
+Importing the package imports nothing heavy; ``sampling`` and ``runner`` import torch when used.
 """
-
-from dynamo_async.evaluation.sampling import EvalResult, sampled_accuracy
-
-__all__ = ["EvalResult", "sampled_accuracy"]

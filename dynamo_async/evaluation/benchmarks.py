@@ -3,7 +3,8 @@
 A spec is a JSONL/Parquet file with fields ``problem`` and ``answer`` (named after the file,
 e.g. ``aime24.jsonl`` -> ``AIME24``), a Hugging Face dataset ``owner/name[:split]``, or either
 prefixed with an explicit column label, ``LABEL=SPEC``. The six benchmarks of the paper get
-the paper's column names (AIME24, AIME25, AMC23, MATH500, Minerva, Olympiad).
+the paper's column names (AIME24, AIME25, AMC23, MATH500, Minerva, Olympiad). ``synthetic`` is
+the held-out split of the run config's synthetic task (what the learner's own evaluations use).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ class Benchmark:
     problems: tuple[Problem, ...]
 
 
-def load_benchmarks(specs: list[str], limit: int | None = None) -> list[Benchmark]:
-    """Load every ``--data`` spec; ``limit`` keeps the first problems of each."""
+def load_benchmarks(specs: list[str], limit: int | None = None, synthetic=None) -> list[Benchmark]:
+    """Load every ``--data`` spec; ``limit`` keeps the first problems of each; ``synthetic``
+    (a ``SyntheticConfig``) defines the ``synthetic`` spec."""
     if not specs:
         raise ValueError("--data: got nothing, expected at least one file or dataset")
     if limit is not None and limit < 1:
@@ -34,7 +36,7 @@ def load_benchmarks(specs: list[str], limit: int | None = None) -> list[Benchmar
     out: list[Benchmark] = []
     for spec in specs:
         label, path = _split_label(spec)
-        problems = load_spec(path, "--data")
+        problems = _synthetic(synthetic) if path == "synthetic" else load_spec(path, "--data")
         if not problems:
             raise ValueError(f"--data {spec!r}: got no problems, expected at least one row")
         out.append(Benchmark(label or default_name(path), path, tuple(problems[:limit])))
@@ -43,6 +45,13 @@ def load_benchmarks(specs: list[str], limit: int | None = None) -> list[Benchmar
         raise ValueError(f"--data: got benchmark names {names}, expected distinct names "
                          "(label them as NAME=FILE)")
     return out
+
+
+def _synthetic(cfg) -> list[Problem]:
+    from dynamo_async.config.schema import SyntheticConfig
+    from dynamo_async.data.synthetic import train_eval_split
+
+    return train_eval_split(cfg if cfg is not None else SyntheticConfig())[1]
 
 
 def default_name(spec: str) -> str:

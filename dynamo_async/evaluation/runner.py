@@ -3,7 +3,8 @@ pass@k per benchmark and the average (the paper's Table 1 layout), written to ``
 
 Prompts are rendered exactly as in training (``data.system_prompt``, ``data.few_shot``,
 the tokenizer's chat template), and sampling uses ``rollout`` (temperature, top-p, response
-length) from ``--config`` and overrides; with no config, the defaults of ``RunConfig``
+length) from ``--config`` (or, when ``--model`` is a run directory, its ``config.yaml``) and
+overrides; with neither, the defaults of ``RunConfig``
 (Table 3: temperature 1.0, top-p 1.0, 8192 new tokens). Per-problem records go to
 ``OUT.records.jsonl`` as they finish, so an interrupted evaluation resumes where it stopped.
 """
@@ -45,12 +46,31 @@ class EvalRequest:
 
 def eval_config(req: EvalRequest) -> RunConfig:
     """The run config (``--config`` or defaults) with ``--model`` and ``--engine`` applied."""
-    extra = [f"model.name={req.model}"] + ([f"rollout.engine={req.engine}"] if req.engine else [])
-    return load_config(req.config, [*req.overrides, *extra])
+    extra = [f"model.name={resolve_eval_model(req.model)}"] + ([f"rollout.engine={req.engine}"] if req.engine else [])
+    run_config = Path(req.model) / "config.yaml"  # a run directory: its prompt format and sampling
+    config = req.config or (str(run_config) if run_config.is_file() else None)
+    return load_config(config, [*req.overrides, *extra])
+
+
+def resolve_eval_model(spec: str) -> str:
+    """A run directory means its newest checkpoint's model, a checkpoint directory its
+    ``model/`` folder; anything else (a name, a model folder, a builtin) stays as it is."""
+    path = Path(spec)
+    if (path / "checkpoints" / "latest").is_file():
+        from dynamo_async.learner.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise ValueError(f"--model: got run directory {spec!r} whose checkpoints/latest names no checkpoint, "
+                             "expected RUN_DIR/checkpoints/step-N/ to exist")
+        path = ckpt
+    if (path / "model" / "config.json").is_file():
+        return str(path / "model")
+    return spec
 
 
 def settings_of(cfg: RunConfig, req: EvalRequest) -> EvalSettings:
-    return EvalSettings(model=req.model, engine=cfg.rollout.engine, n=req.n, seed=req.seed,
+    return EvalSettings(model=cfg.model.name, engine=cfg.rollout.engine, n=req.n, seed=req.seed,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                         max_new_tokens=cfg.rollout.max_new_tokens, max_prompt_tokens=cfg.data.max_prompt_tokens,
                         dtype=cfg.model.dtype, system_prompt=cfg.data.system_prompt,
@@ -71,7 +91,7 @@ def run_eval(req: EvalRequest) -> dict:
     """Sample what the record file lacks, then summarise everything into ``req.out``."""
     check_request(req)
     cfg = eval_config(req)
-    benchmarks = load_benchmarks(req.data, req.limit)
+    benchmarks = load_benchmarks(req.data, req.limit, cfg.data.synthetic)
     records = RecordFile(records_path(req.out), settings_of(cfg, req))
     try:
         todo = [(b.name, p) for b in benchmarks for p in b.problems if (b.name, p.id) not in records.done]
@@ -103,18 +123,18 @@ def _sample_all(cfg: RunConfig, req: EvalRequest, todo: list, records: RecordFil
             chunk = todo[start:start + per_batch]
             bar.set_postfix_str(chunk[0][0])
             current = generate_chunk(engine, tokenizer, scorer, chunk, cfg, req)
+            bar.update(len(chunk) * req.n)
             if pending is not None:
-                _finish(pending, records, bar, req)
+                _finish(pending, records, req)
             pending = current
         if pending is not None:
-            _finish(pending, records, bar, req)
+            _finish(pending, records, req)
     engine.close()
 
 
-def _finish(pending: "Pending", records: RecordFile, bar, req: EvalRequest) -> None:
+def _finish(pending: "Pending", records: RecordFile, req: EvalRequest) -> None:
     for record in pending.records(req.save_responses):
         records.add(record)
-    bar.update(len(pending.chunk) * req.n)
 
 
 @dataclass

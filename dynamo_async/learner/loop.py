@@ -123,7 +123,7 @@ class Learner:
         if not self.cfg.trainer.eval_samples:
             return {}
         from dynamo_async.data.prompts import eval_problems
-        from dynamo_async.evaluation import sampled_accuracy
+        from dynamo_async.evaluation.sampling import sampled_accuracy
         from dynamo_async.rewards import MathVerifyScorer
         from workers.hf_engine import HFEngine
 

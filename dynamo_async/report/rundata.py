@@ -76,14 +76,22 @@ def _config(run_dir: Path) -> dict:
 
 
 def _store_arrays(run_dir: Path) -> dict:
-    batches = read_table(run_dir, "batches", ["step", "group_id"]).to_pydict()
-    sizes: dict[int, dict[int, int]] = {}
-    for step, group in zip(batches["step"], batches["group_id"]):
-        per_group = sizes.setdefault(int(step) + 1, {})  # batch k trains learner step k + 1
-        per_group[group] = per_group.get(group, 0) + 1
-    steps = read_table(run_dir, "steps", ["step", "staleness", "dropped_stale", "dropped_zero_variance"]).to_pydict()
-    staleness = {int(s) + 1: np.asarray(v, dtype=float) for s, v in zip(steps["step"], steps["staleness"])}
-    dropped = {int(s) + 1: (int(a), int(b)) for s, a, b in
-               zip(steps["step"], steps["dropped_stale"], steps["dropped_zero_variance"])}
-    return {"group_sizes": {s: np.asarray(list(g.values())) for s, g in sizes.items()},
-            "staleness": staleness, "dropped": dropped}
+    """Per learner step: group sizes, staleness, dropped groups. Each learner batch wrote
+    ``num_samples`` rows to ``batches`` and one row to ``steps``, in the same order, so the
+    steps rows partition the batches rows; a step written again after a resume replaces the
+    earlier one. Batch k trains learner step k + 1."""
+    steps = read_table(run_dir, "steps", ["step", "num_samples", "staleness", "dropped_stale",
+                                          "dropped_zero_variance"]).to_pydict()
+    groups = read_table(run_dir, "batches", ["group_id"]).column("group_id").to_numpy()
+    sizes, staleness, dropped = {}, {}, {}
+    start = 0
+    for i, step in enumerate(steps["step"]):
+        count = int(steps["num_samples"][i])
+        if start + count > len(groups):
+            break  # the store was cut short inside this batch
+        _, per_group = np.unique(groups[start:start + count], return_counts=True)
+        start += count
+        sizes[int(step) + 1] = per_group
+        staleness[int(step) + 1] = np.asarray(steps["staleness"][i], dtype=float)
+        dropped[int(step) + 1] = (int(steps["dropped_stale"][i]), int(steps["dropped_zero_variance"][i]))
+    return {"group_sizes": sizes, "staleness": staleness, "dropped": dropped}

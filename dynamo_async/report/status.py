@@ -42,7 +42,7 @@ def render(st: Status, address: str, prev: tuple[float, Status] | None, now: flo
     gate = "open" if st.gate_room > 0 else "closed (waiting for the learner)"
     lines = [
         f"dynamo-async status {address}   {time.strftime('%Y-%m-%d %H:%M:%S')}   protocol v{PROTOCOL_VERSION}",
-        f"learner     version {st.policy_version}   step {st.step}   up {_duration(st.uptime_s)}",
+        f"learner     version {st.policy_version}   batches handed out {st.step}   up {_duration(st.uptime_s)}",
         f"groups      {groups}",
         f"staleness   limit {st.max_staleness} versions   gate {gate}, admits {st.gate_room} more groups"
         + (f"   last batch: mean {_fmt(st.last_step['staleness_mean'])}, max {_fmt(st.last_step['staleness_max'])}"
