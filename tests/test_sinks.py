@@ -1,5 +1,6 @@
-"""Metric sinks behind one interface: metrics.jsonl, TensorBoard (for real), W&B (against a
-stand-in module: the tests make no network calls), and the status endpoint."""
+"""Metric sinks behind one interface: metrics.jsonl, TensorBoard (for real), W&B (the real
+package in offline mode, and a stand-in module that records the calls), and the status
+endpoint. No test makes a network call."""
 
 from __future__ import annotations
 
@@ -107,6 +108,25 @@ def test_wandb_sink_logs_steps_and_a_resumed_run_continues_the_same_wandb_run(tm
     assert calls[2] == ("log", {"eval/synthetic": 0.5}, 3) and calls[3] == ("finish",)
     WandbSink(cfg, tmp_path, {}).close()  # the resumed learner
     assert calls[4][1]["id"] == init["id"]
+
+
+def test_wandb_sink_runs_offline_with_the_real_package_and_resumes_the_same_run(tmp_path):
+    import wandb
+
+    cfg = MetricsConfig(wandb=True, wandb_mode="offline")
+    for step in (3, 4):  # a run, then the resumed run
+        sinks = make_sinks(cfg, tmp_path, {"method": "dynamo"})
+        sinks[-1].write({**ROW, "step": step})
+        sinks[-1].write_eval({"step": step, "eval/synthetic": 0.5})
+        for sink in sinks:
+            sink.close()
+    wandb.teardown()  # stops the W&B service process this test started
+    run_id = (tmp_path / "wandb_run_id").read_text().strip()
+    runs = sorted((tmp_path / "wandb").glob(f"offline-run-*-{run_id}*"))
+    assert len(runs) == 2, runs
+    for run in runs:
+        data = (run / f"run-{run_id}.wandb").read_bytes()
+        assert b"train/accuracy" in data and b"train/allocation_group_size" in data and b"eval/synthetic" in data
 
 
 @pytest.mark.parametrize("field, module", [("wandb", "wandb"), ("tensorboard", "torch.utils.tensorboard")])
