@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from buffer.batch import ReadyGroup, Sample
 from buffer.lifecycle import GroupState, check_transition
 from dynamo_async.protocol import Completion
 
@@ -71,3 +72,12 @@ class Group:
     @property
     def correct(self) -> int:
         return sum(c.acc for c in self.received.values())
+
+    def ready(self, prompt) -> ReadyGroup:
+        """The group as the learner gets it (samples in index order); ``prompt`` is its PoolPrompt."""
+        samples = []
+        for index in sorted(self.received):
+            c = self.received[index]
+            tokens, logprobs, versions = c.arrays()
+            samples.append(Sample(index, tokens, logprobs, versions, c.acc, c.reward, c.finish_reason, c.worker_id))
+        return ReadyGroup(self.group_id, self.prompt_id, prompt.token_ids, prompt.answer, tuple(samples))

@@ -23,30 +23,19 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import msgspec
 import numpy as np
-import pyarrow.parquet as pq
 
-from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from buffer.batch import LearnerBatch
 from buffer.gate import admission_room, too_stale
 from buffer.groups import Group
 from buffer.leases import LeaseTable
 from buffer.lifecycle import GroupState, check_transition
+from buffer.persist import restore_state, save_state
 from buffer.pool import PoolPrompt, PromptPool
 from buffer.status import build_status, numeric
 from dynamo_async.algo.allocation import water_fill
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.protocol import Completion, NoWork, Status, WorkItem, pack_i32
-
-
-class _SavedState(msgspec.Struct, frozen=True):
-    step: int
-    version: int
-    consumed: int
-    epoch: int
-    position: int
-    next_group: int
-    requeue: tuple[str, ...]
 
 
 class BufferService:
@@ -224,28 +213,13 @@ class BufferService:
     # ------------------------------------------------------------------ checkpoints
 
     def save_state(self, directory: str | Path) -> None:
-        """Statistics (Parquet) and counters; prompts of groups not yet consumed are drawn
-        first after a restore (their groups are generated again)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        """Statistics, counters and the prompts to generate again (``buffer/persist.py``)."""
         with self._cond:
-            pq.write_table(self.pool.stats_table(), directory / "prompt_stats.parquet")
-            live = tuple(g.prompt_id for g in self.groups.values())  # not consumed: generate again
-            state = _SavedState(self.step, self.version, self.counts["consumed"], *self.pool.position,
-                                self._next_group, live)
-        (directory / "buffer_state.json").write_bytes(msgspec.json.encode(state))
+            save_state(self, Path(directory))
 
     def restore_state(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        state = msgspec.json.decode((directory / "buffer_state.json").read_bytes(), type=_SavedState)
-        table = pq.read_table(directory / "prompt_stats.parquet")
         with self._cond:
-            self.pool.restore_stats(table)
-            self.step, self.version = state.step, state.version
-            self.counts["consumed"] = state.consumed
-            self.pool.seek(state.epoch, state.position)
-            self.pool.requeue_first(state.requeue)
-            self._next_group = state.next_group
+            restore_state(self, Path(directory))
 
     # ------------------------------------------------------------------ internals
 
@@ -342,7 +316,7 @@ class BufferService:
 
     def _hand_out(self, need: int) -> LearnerBatch:
         chosen, self._assembling = self._assembling[:need], self._assembling[need:]
-        groups = tuple(self._ready_group(g) for g in chosen)
+        groups = tuple(g.ready(self.pool.prompts[g.prompt_idx]) for g in chosen)
         for g in chosen:
             g.state = check_transition(g.state, GroupState.CONSUMED)
             del self.groups[g.group_id]
@@ -356,12 +330,3 @@ class BufferService:
         if self.store is not None:
             self.store.append_batch(batch)
         return batch
-
-    def _ready_group(self, g: Group) -> ReadyGroup:
-        prompt = self.pool.prompts[g.prompt_idx]
-        samples = []
-        for index in sorted(g.received):
-            c = g.received[index]
-            tokens, logprobs, versions = c.arrays()
-            samples.append(Sample(index, tokens, logprobs, versions, c.acc, c.reward, c.finish_reason, c.worker_id))
-        return ReadyGroup(g.group_id, g.prompt_id, prompt.token_ids, prompt.answer, tuple(samples))
