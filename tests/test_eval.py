@@ -99,6 +99,10 @@ def test_record_file_resumes_cuts_a_torn_line_and_refuses_other_settings(tmp_pat
     assert path.read_bytes().endswith(b"\n")
     with pytest.raises(ValueError, match=r"n=4 \(now 8\).*pass another --out"):
         RecordFile(path, _settings(n=8))
+    empty = records_path(tmp_path / "empty.json")
+    RecordFile(empty, _settings()).close()  # failed before its first problem
+    RecordFile(empty, _settings(n=8)).close()  # so other settings may start over
+    assert b'"n":8' in empty.read_bytes()
 
 
 def test_benchmarks_get_paper_names_labels_and_limits(tmp_path):
@@ -201,3 +205,12 @@ def test_eval_rejects_k_above_n_before_loading_anything(tmp_path, capsys):
                  "--out", str(tmp_path / "r.json")])
     assert code == 2
     assert "expected every k <= --n 4" in capsys.readouterr().err
+
+
+@needs_data
+def test_eval_with_vllm_missing_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import raises ImportError
+    code = main(["eval", "--model", "builtin:tiny", "--data", str(AIME24), "--limit", "1", "--engine", "vllm",
+                 "--out", str(tmp_path / "r.json")])
+    assert code == 2
+    assert "expected vLLM 0.33.0 (on a GPU node: pip install -e '.[vllm]'), or use the hf engine" in capsys.readouterr().err

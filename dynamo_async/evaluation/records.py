@@ -6,7 +6,8 @@ and flushed as soon as the problem's samples are scored. A rerun with the same `
 reads the file back, skips the problems it holds and samples the rest; a torn last line
 (the process died while writing it) is cut off. Sampling seeds depend only on the seed, the
 benchmark, the problem id and the sample index, so a resumed evaluation draws exactly the
-samples an uninterrupted one would have.
+samples an uninterrupted one would have. A file with a header and no records yet (the
+evaluation failed before its first problem) is started over with the new settings.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ class RecordFile:
         except msgspec.DecodeError as err:
             raise ValueError(f"{self.path}: got an unreadable header ({err}), expected the record file of "
                              "an earlier `dynamo-async eval`; delete it or pass another --out") from None
+        if header != settings and len(lines) <= 1:  # nothing sampled yet: start over
+            self.path.write_bytes(msgspec.json.encode(_Line(header=settings)) + b"\n")
+            return
         if header != settings:
             raise ValueError(f"{self.path}: got records sampled with {_diff(header, settings)}; expected the "
                              "same settings to resume; pass another --out or delete the file to start over")
