@@ -190,7 +190,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     results = [read_results(Path(p)) for p in args.results]
     ks = {tuple(r["k"]) for r in results}
     if len(ks) != 1:
-        raise ValueError(f"got results with k values {sorted(ks)}, expected the same k in every file")
+        raise ValueError(f"table: got results with k values {sorted(ks)}, expected the same k in every file")
     sys.stdout.write(format_table(results))
     return 0
 
@@ -206,6 +206,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from dynamo_async.report.status import status_main
 
     host, port = parse_address(args.address)
+    if port + 2 > 65535:
+        raise ValueError(f"HOST:PORT: got work port {port}, expected at most 65533 (the status port is PORT + 2)")
     if args.interval <= 0 or args.timeout <= 0:
         raise ValueError(f"got --interval {args.interval}, --timeout {args.timeout}, expected both > 0")
     return status_main(host, port, args.interval, args.once, args.timeout)

@@ -25,7 +25,7 @@ from typing import Literal, Union
 import msgspec
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Status carries workers, throughput counters and the last step's figures
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_TOKENS = 1 << 20
 MAX_GROUP = 4096

@@ -16,7 +16,8 @@ from dynamo_async.cli import main
 from dynamo_async.evaluation import runner
 from dynamo_async.evaluation.benchmarks import load_benchmarks
 from dynamo_async.evaluation.pass_at_k import mean_pass_at_k, parse_ks, pass_at_k
-from dynamo_async.evaluation.records import EvalSettings, ProblemRecord, RecordFile, records_path
+from dynamo_async.evaluation.records import (EvalSettings, ProblemRecord, RecordFile, problem_digest,
+                                              records_path)
 from dynamo_async.evaluation.table import format_table, summarize
 from workers.engine import GenResult
 
@@ -64,7 +65,8 @@ def _settings(n: int = 4) -> EvalSettings:
 
 
 def _record(bench: str, pid: str, acc: list[int]) -> ProblemRecord:
-    return ProblemRecord(benchmark=bench, id=pid, answer="1", acc=tuple(acc), tokens=(3,) * len(acc),
+    return ProblemRecord(benchmark=bench, id=pid, answer="1", digest=problem_digest(f"q{pid}", "1"),
+                         acc=tuple(acc), tokens=(3,) * len(acc),
                          finish=("stop",) * (len(acc) - 1) + ("length",))
 
 
@@ -95,6 +97,9 @@ def test_record_file_resumes_cuts_a_torn_line_and_refuses_other_settings(tmp_pat
         raw.write(b'{"record": {"benchmark": "AIME24", "id": "2"')  # died mid-line
     again = RecordFile(path, _settings())
     assert list(again.done) == [("AIME24", "1")]
+    assert again.check("AIME24", "1", problem_digest("q1", "1")) and not again.check("AIME24", "2", "x")
+    with pytest.raises(ValueError, match="problem '1' for another problem text or answer"):
+        again.check("AIME24", "1", problem_digest("q1", "2"))  # the same id, a corrected answer
     again.close()
     assert path.read_bytes().endswith(b"\n")
     with pytest.raises(ValueError, match=r"n=4 \(now 8\).*pass another --out"):

@@ -206,7 +206,7 @@ def test_oversized_message_rejected_before_decoding():
         decode(garbage)
 
 
-@pytest.mark.parametrize("version", [0, 2, PROTOCOL_VERSION + 100, -1])
+@pytest.mark.parametrize("version", [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 100, -1])
 @pytest.mark.parametrize("msg", [completion(), Hello(worker_id="w", host="h", pid=1, engine="hf", capacity=1),
                                  StatusRequest()], ids=lambda m: type(m).__name__)
 def test_other_protocol_version_rejected(msg, version):
@@ -215,9 +215,9 @@ def test_other_protocol_version_rejected(msg, version):
 
 
 @pytest.mark.parametrize("obj", [
-    {"type": "no_such_message", "v": 1},
-    {"type": 7, "v": 1},
-    {"v": 1, "worker_id": "w"},                                     # no tag
+    {"type": "no_such_message", "v": PROTOCOL_VERSION},
+    {"type": 7, "v": PROTOCOL_VERSION},
+    {"v": PROTOCOL_VERSION, "worker_id": "w"},                      # no tag
     raw(Goodbye(worker_id="w"), worker_id=5),                        # wrong type: int for str
     raw(completion(), token_ids="abcdabcdabcd"),                    # str for bytes
     raw(completion(), token_ids=[1, 2, 3], logprobs=[0.0, 0.0, 0.0], versions=[1, 1, 1]),  # lists, not packed

@@ -128,3 +128,33 @@ def test_eval_of_a_run_directory_uses_its_newest_checkpoint_and_config(live_run,
     assert res["settings"]["max_new_tokens"] == 16  # configs/tiny.yaml, from RUN_DIR/config.yaml
     (bench,) = res["benchmarks"]
     assert bench["name"] == "synthetic" and bench["problems"] == 4
+
+
+def test_plot_skips_what_a_run_lacks_and_says_why(tmp_path, capsys):
+    """A baseline run (no beta factors) whose store was deleted, with a gap in its steps."""
+    rows = [{"step": s, "accuracy": 0.1 * s, "reward": 0.0, "entropy": 1.0, "grad_norm": 0.5, "tokens_per_s": 9.0}
+            for s in (1, 2, 5)]
+    rows.append({"eval": True, "step": 5, "label": "after", "eval/synthetic": None})
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "config.yaml").write_text("method: grpo\nmodel: null\n")
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "figs")]) == 0
+    out = capsys.readouterr().out
+    assert "skipped beta.png: no beta factor histograms in metrics.jsonl (method grpo" in out
+    assert "skipped allocation.png: no groups in the Arrow store" in out
+    assert "skipped staleness.png: no steps in the Arrow store" in out
+    drawn = sorted(p.stem for p in (tmp_path / "figs").glob("*.png"))
+    assert drawn == ["accuracy_reward", "entropy", "grad_norm", "throughput"]
+
+
+def test_status_view_of_an_idle_buffer_and_after_a_restart():
+    from dynamo_async.protocol import Status
+
+    before = Status(policy_version=3, groups={"ready": 2}, workers=0, rejected={}, completions=500,
+                    dropped_groups=4, uptime_s=100.0)
+    after = Status(policy_version=0, groups={}, workers=0, rejected={"malformed": 2}, completions=10,
+                   dropped_groups=0, uptime_s=5.0, completion_tokens=50)
+    text = render(before, "h:1", None, 0.0)
+    assert "ready 2" in text and "dropped 4" in text and "last step   none yet" in text
+    text = render(after, "h:1", (0.0, before), 10.0)  # fewer completions than before: another buffer
+    assert "(2.00/s)" in text and "(10.0/s)" in text  # rates over its own uptime, never negative
+    assert "malformed 2" in text

@@ -49,14 +49,16 @@ def test_metrics_log_hands_every_row_to_every_sink(tmp_path):
 
 
 def test_default_sinks_are_metrics_jsonl_only(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "accu')  # a learner killed mid-line
     sinks = make_sinks(MetricsConfig(), tmp_path, {})
     assert [type(s) for s in sinks] == [JsonlSink]
     sinks[0].write(ROW)
     sinks[0].write_eval({"step": 3, "eval/synthetic": 0.5})
     sinks[0].close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["allocation_hist"] == {"4": 2, "6": 1} and "time" in rows[0]
-    assert rows[1]["eval"] is True and rows[1]["eval/synthetic"] == 0.5
+    assert rows[0] == {"step": 1}  # the torn line was cut; the resumed learner starts a fresh one
+    assert rows[1]["allocation_hist"] == {"4": 2, "6": 1} and "time" in rows[1]
+    assert rows[2]["eval"] is True and rows[2]["eval/synthetic"] == 0.5
 
 
 def test_tensorboard_sink_writes_scalars_and_the_allocation_histogram(tmp_path):
@@ -65,12 +67,13 @@ def test_tensorboard_sink_writes_scalars_and_the_allocation_histogram(tmp_path):
     (sink,) = [s for s in make_sinks(MetricsConfig(tensorboard=True), tmp_path, {}) if isinstance(s, TensorBoardSink)]
     sink.write(ROW)
     sink.write({**ROW, "step": 4, "accuracy": 0.5})
-    sink.write_eval({"step": 4, "label": "after", "eval/synthetic": 0.75})
+    sink.write_eval({"step": 4, "version": 4, "label": "after", "eval/synthetic": 0.75})
     sink.close()
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"histograms": 0})
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/accuracy")] == [(3, 0.25), (4, 0.5)]
     assert [(e.step, e.value) for e in events.Scalars("eval/synthetic")] == [(4, 0.75)]
+    assert "eval/version" not in events.Tags()["scalars"]
     assert "train/version" in events.Tags()["scalars"] and "train/sync_error" not in events.Tags()["scalars"]
     (hist, _) = events.Histograms("train/allocation_group_size")
     assert hist.step == 3 and hist.histogram_value.num == 3 and hist.histogram_value.sum == 4 + 4 + 6
@@ -80,6 +83,9 @@ def _fake_wandb(calls: list):
     class Run:
         def log(self, data, step=None):
             calls.append(("log", data, step))
+
+        def define_metric(self, name, step_metric=None):
+            calls.append(("define_metric", name, step_metric))
 
         def finish(self):
             calls.append(("finish",))
@@ -102,12 +108,15 @@ def test_wandb_sink_logs_steps_and_a_resumed_run_continues_the_same_wandb_run(tm
     init = calls[0][1]
     assert init["project"] == "proj" and init["mode"] == "offline" and init["resume"] == "allow"
     assert init["name"] == tmp_path.name and init["config"] == {"method": "dynamo"} and init["entity"] is None
-    _, data, step = calls[1]
-    assert step == 3 and data["train/accuracy"] == 0.25 and "train/step" not in data
+    # plotted against train/step, which a resumed run may repeat (W&B's own step only grows)
+    assert calls[1:4] == [("define_metric", "train/step", None), ("define_metric", "train/*", "train/step"),
+                          ("define_metric", "eval/*", "train/step")]
+    _, data, step = calls[4]
+    assert step is None and data["train/step"] == 3 and data["train/accuracy"] == 0.25
     assert data["train/allocation_group_size"] == ("histogram", [4, 4, 6])
-    assert calls[2] == ("log", {"eval/synthetic": 0.5}, 3) and calls[3] == ("finish",)
+    assert calls[5] == ("log", {"eval/synthetic": 0.5, "train/step": 3}, None) and calls[6] == ("finish",)
     WandbSink(cfg, tmp_path, {}).close()  # the resumed learner
-    assert calls[4][1]["id"] == init["id"]
+    assert calls[7][1]["id"] == init["id"]
 
 
 def test_wandb_sink_runs_offline_with_the_real_package_and_resumes_the_same_run(tmp_path):

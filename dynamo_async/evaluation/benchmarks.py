@@ -41,6 +41,8 @@ def load_benchmarks(specs: list[str], limit: int | None = None, synthetic=None) 
             raise ValueError(f"--data {spec!r}: got no problems, expected at least one row")
         out.append(Benchmark(label or default_name(path), path, tuple(problems[:limit])))
     names = [b.name for b in out]
+    if "Avg." in names:
+        raise ValueError("--data: got a benchmark labelled 'Avg.', expected another label (the average's column)")
     if len(set(names)) != len(names):
         raise ValueError(f"--data: got benchmark names {names}, expected distinct names "
                          "(label them as NAME=FILE)")

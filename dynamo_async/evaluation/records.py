@@ -5,13 +5,15 @@ Line 1 is an ``EvalSettings`` header; every further line is one ``ProblemRecord`
 and flushed as soon as the problem's samples are scored. A rerun with the same ``--out``
 reads the file back, skips the problems it holds and samples the rest; a torn last line
 (the process died while writing it) is cut off. Sampling seeds depend only on the seed, the
-benchmark, the problem id and the sample index, so a resumed evaluation draws exactly the
-samples an uninterrupted one would have. A file with a header and no records yet (the
+benchmark, the problem id and the sample index, so a resumed evaluation draws the samples
+an uninterrupted one would have (exactly, with the same --batch-size: batch composition can
+move the last bits of the logits). A file with a header and no records yet (the
 evaluation failed before its first problem) is started over with the new settings.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import msgspec
@@ -31,6 +33,8 @@ class EvalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dtype: str
     system_prompt: str
     few_shot: tuple[tuple[str, str], ...] = ()
+    reward_timeout_s: float = 5.0      # math-verify's timeout and input cap can change scores
+    reward_max_chars: int = 50_000
 
 
 class ProblemRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -39,6 +43,7 @@ class ProblemRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     benchmark: str
     id: str
     answer: str
+    digest: str                         # of the problem text and gold answer (``problem_digest``)
     acc: tuple[int, ...]                # 1 = correct, per sample
     tokens: tuple[int, ...]             # response length, per sample
     finish: tuple[str, ...]             # "stop" | "length" | "abort", per sample
@@ -56,6 +61,12 @@ class ProblemRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class _Line(msgspec.Struct, frozen=True, omit_defaults=True):
     header: EvalSettings | None = None
     record: ProblemRecord | None = None
+
+
+def problem_digest(problem: str, answer: str) -> str:
+    """Identifies what a record was scored against: a resume refuses records of a problem
+    whose text or gold answer changed under the same benchmark name and id."""
+    return hashlib.sha256(f"{problem}\x00{answer}".encode()).hexdigest()[:16]
 
 
 def records_path(out: Path) -> Path:
@@ -109,8 +120,21 @@ class RecordFile:
             except msgspec.DecodeError as err:
                 raise ValueError(f"{self.path}, line {number}: got {err}, expected a problem record; "
                                  "delete the file to start over") from None
-            assert record is not None, f"{self.path}, line {number}: a second header"
+            if record is None:
+                raise ValueError(f"{self.path}, line {number}: got a second header, expected problem records; "
+                                 "delete the file to start over")
             self.done[(record.benchmark, record.id)] = record
+
+    def check(self, benchmark: str, problem_id: str, digest: str) -> bool:
+        """True if ``(benchmark, problem_id)`` is done; an error if it was done for another
+        problem text or answer."""
+        record = self.done.get((benchmark, problem_id))
+        if record is None:
+            return False
+        if record.digest != digest:
+            raise ValueError(f"{self.path}: got a record of {benchmark} problem {problem_id!r} for another problem "
+                             "text or answer, expected the same data as before; pass another --out for new data")
+        return True
 
 
 def _diff(old: EvalSettings | None, new: EvalSettings) -> str:

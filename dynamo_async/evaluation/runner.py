@@ -3,8 +3,8 @@ pass@k per benchmark and the average (the paper's Table 1 layout), written to ``
 
 Prompts are rendered exactly as in training (``data.system_prompt``, ``data.few_shot``,
 the tokenizer's chat template), and sampling uses ``rollout`` (temperature, top-p, response
-length) from ``--config`` (or, when ``--model`` is a run directory, its ``config.yaml``) and
-overrides; with neither, the defaults of ``RunConfig``
+length) from ``--config`` (or, when ``--model`` is a run or checkpoint directory, the run's
+``config.yaml``) and overrides; with neither, the defaults of ``RunConfig``
 (Table 3: temperature 1.0, top-p 1.0, 8192 new tokens). Per-problem records go to
 ``OUT.records.jsonl`` as they finish, so an interrupted evaluation resumes where it stopped.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 from dynamo_async.config import load_config
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.evaluation.benchmarks import load_benchmarks
-from dynamo_async.evaluation.records import EvalSettings, ProblemRecord, RecordFile, records_path
+from dynamo_async.evaluation.records import (EvalSettings, ProblemRecord, RecordFile, problem_digest,
+                                              records_path)
 from dynamo_async.evaluation.table import format_table, summarize, write_results
 
 
@@ -47,9 +48,18 @@ class EvalRequest:
 def eval_config(req: EvalRequest) -> RunConfig:
     """The run config (``--config`` or defaults) with ``--model`` and ``--engine`` applied."""
     extra = [f"model.name={resolve_eval_model(req.model)}"] + ([f"rollout.engine={req.engine}"] if req.engine else [])
-    run_config = Path(req.model) / "config.yaml"  # a run directory: its prompt format and sampling
-    config = req.config or (str(run_config) if run_config.is_file() else None)
-    return load_config(config, [*req.overrides, *extra])
+    return load_config(req.config or run_config_of(req.model), [*req.overrides, *extra])
+
+
+def run_config_of(model: str) -> str | None:
+    """The config.yaml of the run that ``model`` (a run or checkpoint directory) belongs to."""
+    path = Path(model)
+    if (path / "checkpoints").is_dir() and (path / "config.yaml").is_file():
+        return str(path / "config.yaml")  # a run directory
+    run = path.parent.parent  # RUN_DIR/checkpoints/step-N
+    if (path / "model").is_dir() and (run / "config.yaml").is_file():
+        return str(run / "config.yaml")
+    return None
 
 
 def resolve_eval_model(spec: str) -> str:
@@ -74,7 +84,8 @@ def settings_of(cfg: RunConfig, req: EvalRequest) -> EvalSettings:
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                         max_new_tokens=cfg.rollout.max_new_tokens, max_prompt_tokens=cfg.data.max_prompt_tokens,
                         dtype=cfg.model.dtype, system_prompt=cfg.data.system_prompt,
-                        few_shot=tuple((e.problem, e.answer) for e in cfg.data.few_shot))
+                        few_shot=tuple((e.problem, e.answer) for e in cfg.data.few_shot),
+                        reward_timeout_s=cfg.rewards.timeout_s, reward_max_chars=cfg.rewards.max_chars)
 
 
 def check_request(req: EvalRequest) -> None:
@@ -94,9 +105,10 @@ def run_eval(req: EvalRequest) -> dict:
     benchmarks = load_benchmarks(req.data, req.limit, cfg.data.synthetic)
     records = RecordFile(records_path(req.out), settings_of(cfg, req))
     try:
-        todo = [(b.name, p) for b in benchmarks for p in b.problems if (b.name, p.id) not in records.done]
+        todo = [(b.name, p) for b in benchmarks for p in b.problems
+                if not records.check(b.name, p.id, problem_digest(p.problem, p.answer))]
         if todo:
-            _sample_all(cfg, req, todo, records)
+            _sample_all(cfg, req, todo, records, [(b.name, p.id) for b in benchmarks for p in b.problems])
     finally:
         records.close()
     results = summarize(req.label or req.model, settings_of(cfg, req), req.ks, [
@@ -105,7 +117,7 @@ def run_eval(req: EvalRequest) -> dict:
     return results
 
 
-def _sample_all(cfg: RunConfig, req: EvalRequest, todo: list, records: RecordFile) -> None:
+def _sample_all(cfg: RunConfig, req: EvalRequest, todo: list, records: RecordFile, selected: list) -> None:
     """Generate chunk after chunk; a chunk is scored (math-verify processes) while the next
     one generates, and its records are written once its scores are in."""
     from tqdm import tqdm
@@ -114,7 +126,7 @@ def _sample_all(cfg: RunConfig, req: EvalRequest, todo: list, records: RecordFil
 
     engine, tokenizer = make_engine(cfg, req.device)
     per_batch = max(1, req.batch_size // req.n)
-    done = sum(len(r.acc) for r in records.done.values())
+    done = sum(len(records.done[key].acc) for key in selected if key in records.done)
     pending: Pending | None = None
     with MathVerifyScorer.from_config(cfg.rewards) as scorer, tqdm(
             total=done + len(todo) * req.n, initial=done, desc="eval", unit="sample", disable=not req.show_progress,
@@ -154,7 +166,7 @@ class Pending:
         for i, (bench, p) in enumerate(self.chunk):
             part = slice(i * n, (i + 1) * n)
             out.append(ProblemRecord(
-                benchmark=bench, id=p.id, answer=p.answer, acc=tuple(int(s.acc) for s in scores[part]),
+                benchmark=bench, id=p.id, answer=p.answer, digest=problem_digest(p.problem, p.answer), acc=tuple(int(s.acc) for s in scores[part]),
                 tokens=tuple(len(r.token_ids) for r in self.results[part]),
                 finish=tuple(r.finish_reason for r in self.results[part]),
                 responses=tuple(self.texts[part]) if save_responses else ()))
@@ -171,7 +183,7 @@ def generate_chunk(engine, tokenizer, scorer, chunk: list, cfg: RunConfig, req: 
         ids = render_prompt(tokenizer, cfg.data.system_prompt, p.problem, cfg.data.max_prompt_tokens,
                             cfg.data.few_shot)
         reqs += [GenRequest(ids, sample_seed(req.seed, bench, p.id, k)) for k in range(req.n)]
-    results = engine.generate(reqs)
+    results = [r for i in range(0, len(reqs), req.batch_size) for r in engine.generate(reqs[i:i + req.batch_size])]
     texts = [tokenizer.decode(r.token_ids.tolist(), skip_special_tokens=True) for r in results]
     golds = [p.answer for _, p in chunk for _ in range(req.n)]
     return Pending(chunk, results, texts, [scorer.submit(t, g) for t, g in zip(texts, golds)])

@@ -73,8 +73,8 @@ def read_results(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"--table: got {str(path)!r} ({err}), expected a results.json of dynamo-async eval") from None
-    if not isinstance(data, dict) or not {"model", "k", "benchmarks", "average"} <= set(data):
-        raise ValueError(f"--table: got {str(path)!r} without model/k/benchmarks/average, "
+        raise ValueError(f"table: got {str(path)!r} ({err}), expected a results.json of dynamo-async eval") from None
+    if not isinstance(data, dict) or not {"model", "k", "benchmarks", "average"} <= set(data) or not data["k"]:
+        raise ValueError(f"table: got {str(path)!r} without model, k, benchmarks and average, "
                          "expected a results.json of dynamo-async eval")
     return data

@@ -43,6 +43,7 @@ class JsonlSink:
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        _cut_torn_tail(path)  # a learner killed mid-line; the resumed one starts on a fresh line
         self._file = path.open("a")
 
     def write(self, row: dict) -> None:
@@ -59,6 +60,15 @@ class JsonlSink:
         self._file.flush()
 
 
+def _cut_torn_tail(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def scalars(row: dict, prefix: str) -> dict[str, float]:
     """Numeric entries of ``row`` under ``prefix/`` (keys that already have a ``/`` keep theirs)."""
     out = {}
@@ -66,6 +76,11 @@ def scalars(row: dict, prefix: str) -> dict[str, float]:
         if isinstance(value, (int, float)) and key not in ("step", "time"):
             out[key if "/" in key else f"{prefix}/{key}"] = float(value)
     return out
+
+
+def eval_scalars(row: dict) -> dict[str, float]:
+    """The held-out figures of an evaluation row (``eval/<set>``), without its step or version."""
+    return {k: float(v) for k, v in row.items() if k.startswith("eval/") and isinstance(v, (int, float))}
 
 
 def group_sizes(row: dict) -> list[int]:
@@ -93,7 +108,7 @@ class TensorBoardSink:
         self.writer.flush()
 
     def write_eval(self, row: dict) -> None:
-        for tag, value in scalars(row, "eval").items():
+        for tag, value in eval_scalars(row).items():
             self.writer.add_scalar(tag, value, int(row["step"]))
         self.writer.flush()
 
@@ -103,7 +118,9 @@ class TensorBoardSink:
 
 class WandbSink:
     """``wandb.init`` once per run directory: a resumed run continues the same W&B run
-    (its id is kept in RUN_DIR/wandb_run_id)."""
+    (its id is kept in RUN_DIR/wandb_run_id). Rows are plotted against ``train/step``
+    (a defined step metric), not W&B's own step, which only grows: a step trained again
+    after a resume would otherwise be dropped."""
 
     def __init__(self, cfg: MetricsConfig, run_dir: Path, config: dict):
         try:
@@ -118,16 +135,19 @@ class WandbSink:
         self.run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity or None,
                               name=cfg.wandb_name or run_dir.resolve().name, dir=str(run_dir), mode=cfg.wandb_mode,
                               config=config, id=run_id, resume="allow")
+        self.run.define_metric("train/step")
+        for pattern in ("train/*", "eval/*"):
+            self.run.define_metric(pattern, step_metric="train/step")
 
     def write(self, row: dict) -> None:
-        data: dict = scalars(row, "train")
+        data: dict = {**scalars(row, "train"), "train/step": int(row["step"])}
         sizes = group_sizes(row)
         if sizes:
             data["train/allocation_group_size"] = self.wandb.Histogram(sizes)
-        self.run.log(data, step=int(row["step"]))
+        self.run.log(data)
 
     def write_eval(self, row: dict) -> None:
-        self.run.log(scalars(row, "eval"), step=int(row["step"]))
+        self.run.log({**eval_scalars(row), "train/step": int(row["step"])})
 
     def close(self) -> None:
         self.run.finish()
@@ -154,9 +174,14 @@ def make_sinks(cfg: MetricsConfig, run_dir: Path, config: dict) -> list[MetricSi
     """metrics.jsonl, plus the optional sinks ``cfg`` turns on (``config``: the run config as
     a plain mapping, for W&B)."""
     sinks: list[MetricSink] = [JsonlSink(run_dir / "metrics.jsonl")]
-    if cfg.tensorboard:
-        sinks.append(TensorBoardSink(run_dir / "tensorboard"))
-    if cfg.wandb:
-        os.environ.setdefault("WANDB_SILENT", "true")
-        sinks.append(WandbSink(cfg, run_dir, config))
+    try:
+        if cfg.tensorboard:
+            sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+        if cfg.wandb:
+            os.environ.setdefault("WANDB_SILENT", "true")
+            sinks.append(WandbSink(cfg, run_dir, config))
+    except Exception:
+        for sink in sinks:  # close what was opened, then report why the next one failed
+            sink.close()
+        raise
     return sinks

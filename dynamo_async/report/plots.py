@@ -34,8 +34,22 @@ def _pyplot():
 
 def _title(run: RunData, what: str) -> str:
     method = run.config.get("method", "?")
-    model = run.config.get("model", {}).get("name", "?")
+    model = _section(run, "model").get("name", "?")
     return f"{what}\n{run.run_dir.resolve().name}: {method}, {model}"
+
+
+def _section(run: RunData, name: str) -> dict:
+    return run.config.get(name) or {}
+
+
+def _columns(per_step: dict[int, np.ndarray], rows: int, column) -> tuple[np.ndarray, tuple]:
+    """A [rows, steps] grid over every step from the first to the last (steps the run did
+    not record stay blank), and the extent that puts column j at its step."""
+    first, last = min(per_step), max(per_step)
+    grid = np.full((rows, last - first + 1), np.nan)
+    for step, values in per_step.items():
+        grid[:, step - first] = column(values)
+    return np.ma.masked_invalid(grid), (first - 0.5, last + 0.5)
 
 
 def _steps_axis(ax) -> None:
@@ -48,7 +62,9 @@ def accuracy_reward(plt, run: RunData):
     x, acc = run.series("accuracy")
     ax.plot(x, 100 * acc, marker="o", ms=3, label="training accuracy (batch)")
     for key in sorted({k for r in run.evals for k in r if k.startswith("eval/")}):
-        pts = [(r["step"], r[key]) for r in run.evals if key in r]
+        pts = [(r["step"], r[key]) for r in run.evals if isinstance(r.get(key), (int, float)) and "step" in r]
+        if not pts:
+            continue
         ax.plot(*zip(*[(s, 100 * v) for s, v in pts]), marker="s", ls="--", label=f"held-out accuracy ({key[5:]})")
     ax.set_ylabel("accuracy (% of sampled responses)")
     ax.set_ylim(bottom=0)
@@ -79,7 +95,7 @@ def grad_norm(plt, run: RunData):
     ax.plot(*run.series("grad_norm"), marker="o", ms=3, label="mean over the step's mini-batches")
     if run.has("grad_norm_max"):
         ax.plot(*run.series("grad_norm_max"), ls=":", label="largest mini-batch")
-    clip = run.config.get("optim", {}).get("grad_clip")
+    clip = _section(run, "optim").get("grad_clip")
     if clip:
         ax.axhline(clip, color="gray", ls="--", lw=1, label=f"clipped to {clip}")
     ax.set_ylabel("gradient L2 norm before clipping")
@@ -93,13 +109,14 @@ def grad_norm(plt, run: RunData):
 def allocation(plt, run: RunData):
     if not run.group_sizes:
         return "no groups in the Arrow store (RUN_DIR/store/batches)"
-    steps = sorted(run.group_sizes)
-    every = np.concatenate([run.group_sizes[s] for s in steps])
+    every = np.concatenate(list(run.group_sizes.values()))
+    if every.size == 0:
+        return "the Arrow store's batches hold no groups"
     sizes = np.arange(every.min(), every.max() + 1)
-    grid = np.array([[np.sum(run.group_sizes[s] == k) for s in steps] for k in sizes])
+    grid, (x0, x1) = _columns(run.group_sizes, len(sizes), lambda g: [np.sum(g == k) for k in sizes])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
-    im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis",
-                   extent=(steps[0] - 0.5, steps[-1] + 0.5, sizes[0] - 0.5, sizes[-1] + 0.5))
+    im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", interpolation="nearest",
+                   extent=(x0, x1, sizes[0] - 0.5, sizes[-1] + 0.5))
     fig.colorbar(im, ax=ax, label="prompts in the batch")
     ax.set_ylabel("rollouts per prompt (group size)")
     _steps_axis(ax)
@@ -119,22 +136,23 @@ def beta(plt, run: RunData):
     if not keys:
         return (f"no beta factor histograms in metrics.jsonl (method {run.config.get('method', '?')} "
                 "without modulation, or a run recorded before they were logged)")
-    mod = run.config.get("modulation", {})
+    mod = _section(run, "modulation")
     ranges = {"beta_comp_hist": (1.0, 1.0 + mod.get("alpha", 1.0), "beta_comp (tokens with A > 0)"),
               "beta_stab_hist": (mod.get("lambda_min", 0.0), 1.0, "beta_stab (every response token)")}
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         low, high, label = ranges[key]
-        rows = [(r["step"], np.asarray(r[key], dtype=float)) for r in run.steps if key in r]
-        steps = [s for s, _ in rows]
-        hist = np.stack([h / max(h.sum(), 1) for _, h in rows], axis=1)
-        im = ax.imshow(hist, origin="lower", aspect="auto", cmap="magma",
-                       extent=(steps[0] - 0.5, steps[-1] + 0.5, low, high))
+        per_step = {r["step"]: np.asarray(r[key], dtype=float) for r in run.steps if key in r}
+        bins = len(next(iter(per_step.values())))
+        hist, (x0, x1) = _columns(per_step, bins, lambda h: h / max(h.sum(), 1))
+        im = ax.imshow(hist, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
+                       extent=(x0, x1, low, high))
         fig.colorbar(im, ax=ax, label="fraction of tokens")
-        mean_key = key.replace("_hist", "_mean")
-        if run.has(mean_key):
-            ax.plot(*run.series(mean_key), color="cyan", lw=1.5, label="mean")
-            ax.legend(fontsize=8, loc="lower right")
+        centers = low + (high - low) * (np.arange(bins) + 0.5) / bins
+        steps = sorted(per_step)
+        means = [float(centers @ per_step[t] / per_step[t].sum()) if per_step[t].sum() else np.nan for t in steps]
+        ax.plot(steps, means, color="cyan", lw=1.5, label="mean of these tokens")
+        ax.legend(fontsize=8, loc="lower right")
         ax.set_ylabel(label)
         ax.grid(False)
         _steps_axis(ax)
@@ -152,7 +170,7 @@ def staleness(plt, run: RunData):
     high = [run.staleness[s].max() if run.staleness[s].size else 0.0 for s in steps]
     ax.plot(steps, mean, marker="o", ms=3, label="mean over the batch's groups")
     ax.plot(steps, high, ls=":", label="oldest group")
-    limit = run.config.get("buffer", {}).get("max_staleness")
+    limit = _section(run, "buffer").get("max_staleness")
     if limit is not None:
         ax.axhline(limit, color="gray", ls="--", lw=1, label=f"max_staleness = {limit}")
     ax.set_ylabel("staleness (policy versions)")
@@ -184,7 +202,8 @@ def throughput(plt, run: RunData):
             ax2.plot(*run.series(key), marker=".", label=label)
     ax2.set_ylabel("seconds per step")
     ax2.set_ylim(bottom=0)
-    ax2.legend(fontsize=8)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=8)
     _steps_axis(ax2)
     fig.suptitle(_title(run, "Throughput and idle time"))
     fig.tight_layout()

@@ -3,7 +3,7 @@
 From ``metrics.jsonl``: the learner's rows (one per step; after a resume the last row of a
 step wins) and its held-out evaluations (rows with ``"eval": true``). From the Arrow store
 (``buffer/store.py``): rollouts per prompt of every group the learner trained on (table
-``batches``) and the staleness of every sample and the dropped groups (table ``steps``).
+``batches``) and the staleness of every group and the dropped groups (table ``steps``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class RunData:
     evals: list[dict]            # held-out evaluation rows, in order
     config: dict                 # the resolved config (RUN_DIR/config.yaml), {} if absent
     group_sizes: dict[int, np.ndarray] | None = None   # step -> rollouts per prompt (store)
-    staleness: dict[int, np.ndarray] | None = None     # step -> staleness per sample (store)
+    staleness: dict[int, np.ndarray] | None = None     # step -> staleness per group (store)
     dropped: dict[int, tuple[int, int]] | None = None  # step -> (stale, zero-variance) groups (store)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -77,21 +77,21 @@ def _config(run_dir: Path) -> dict:
 
 def _store_arrays(run_dir: Path) -> dict:
     """Per learner step: group sizes, staleness, dropped groups. Each learner batch wrote
-    ``num_samples`` rows to ``batches`` and one row to ``steps``, in the same order, so the
-    steps rows partition the batches rows; a step written again after a resume replaces the
-    earlier one. Batch k trains learner step k + 1."""
+    ``num_samples`` rows to ``batches`` (column ``step``) and then one row to ``steps``. A step
+    written again after a resume replaces the earlier write: its rows are the last
+    ``num_samples`` rows of that step (rows left by a crash before the steps row are ignored
+    the same way). Batch k trains learner step k + 1."""
     steps = read_table(run_dir, "steps", ["step", "num_samples", "staleness", "dropped_stale",
                                           "dropped_zero_variance"]).to_pydict()
-    groups = read_table(run_dir, "batches", ["group_id"]).column("group_id").to_numpy()
+    table = read_table(run_dir, "batches", ["step", "group_id"])
+    step_col, groups = table.column("step").to_numpy(), table.column("group_id").to_numpy()
+    last = {int(step): i for i, step in enumerate(steps["step"])}  # the final write of each step
     sizes, staleness, dropped = {}, {}, {}
-    start = 0
-    for i, step in enumerate(steps["step"]):
-        count = int(steps["num_samples"][i])
-        if start + count > len(groups):
-            break  # the store was cut short inside this batch
-        _, per_group = np.unique(groups[start:start + count], return_counts=True)
-        start += count
-        sizes[int(step) + 1] = per_group
-        staleness[int(step) + 1] = np.asarray(steps["staleness"][i], dtype=float)
-        dropped[int(step) + 1] = (int(steps["dropped_stale"][i]), int(steps["dropped_zero_variance"][i]))
+    for step, i in sorted(last.items()):
+        rows = np.flatnonzero(step_col == step)
+        rows = rows[max(0, len(rows) - int(steps["num_samples"][i])):]
+        _, per_group = np.unique(groups[rows], return_counts=True)
+        sizes[step + 1] = per_group
+        staleness[step + 1] = np.asarray(steps["staleness"][i], dtype=float)
+        dropped[step + 1] = (int(steps["dropped_stale"][i]), int(steps["dropped_zero_variance"][i]))
     return {"group_sizes": sizes, "staleness": staleness, "dropped": dropped}

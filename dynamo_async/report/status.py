@@ -13,7 +13,7 @@ import time
 
 from dynamo_async.protocol import PROTOCOL_VERSION, Status
 
-STATES = ("waiting", "in_flight", "ready", "consumed", "dropped")
+STATES = ("waiting", "in_flight", "ready", "consumed")
 STEP_KEYS = ("accuracy", "reward", "entropy", "loss", "grad_norm", "clip_frac", "beta_comp_mean",
              "beta_stab_mean", "zero_variance_frac", "staleness_mean", "staleness_max", "step_s",
              "tokens_per_s", "learner_idle_s", "worker_idle_s", "sync_s", "lr")
@@ -32,13 +32,14 @@ def _fmt(value: float) -> str:
 
 def render(st: Status, address: str, prev: tuple[float, Status] | None, now: float) -> str:
     """The view of one snapshot; rates use the previous snapshot (else the whole uptime)."""
-    if prev is not None and now > prev[0]:
+    restarted = prev is not None and st.completions < prev[1].completions  # another buffer since
+    if prev is not None and now > prev[0] and not restarted:
         span, base_c, base_t = now - prev[0], prev[1].completions, prev[1].completion_tokens
     else:
         span, base_c, base_t = max(st.uptime_s, 1e-9), 0, 0
     groups = "  ".join(f"{name} {st.groups.get(name, 0)}" for name in STATES)
     extra = sorted(set(st.groups) - set(STATES))
-    groups += "".join(f"  {name} {st.groups[name]}" for name in extra)
+    groups += "".join(f"  {name} {st.groups[name]}" for name in extra) + f"  dropped {st.dropped_groups}"
     gate = "open" if st.gate_room > 0 else "closed (waiting for the learner)"
     lines = [
         f"dynamo-async status {address}   {time.strftime('%Y-%m-%d %H:%M:%S')}   protocol v{PROTOCOL_VERSION}",
@@ -58,14 +59,14 @@ def render(st: Status, address: str, prev: tuple[float, Status] | None, now: flo
                      f"leased {w.samples_leased:<4} completions {w.completions}")
     shown = [k for k in STEP_KEYS if k in st.last_step]
     if shown:
-        lines.append(f"last step   (step {int(st.last_step.get('step', st.step))})")
+        lines.append(f"last step   (step {_fmt(st.last_step.get('step', st.step))})")
         for i in range(0, len(shown), 4):
             lines.append("  " + "   ".join(f"{k} {_fmt(st.last_step[k])}" for k in shown[i:i + 4]))
     else:
         lines.append("last step   none yet")
     evals = {k: v for k, v in st.last_eval.items() if k.startswith("eval/")}
     if evals:
-        lines.append(f"last eval   (step {int(st.last_eval.get('step', 0))})   "
+        lines.append(f"last eval   (step {_fmt(st.last_eval.get('step', 0))})   "
                      + "   ".join(f"{k[5:]} {100 * v:.1f}%" for k, v in sorted(evals.items())))
     return "\n".join(lines) + "\n"
 
@@ -81,9 +82,9 @@ def status_main(host: str, port: int, interval: float, once: bool, timeout_s: fl
         while True:
             try:
                 st = query_status(host, port + 2, timeout_s)
-            except TimeoutError:
-                message = (f"no answer from {host}:{port + 2} (the status port of work port {port}) within "
-                           f"{timeout_s:g} s; check that the learner runs and that {port} is its work port")
+            except (TimeoutError, ConnectionError) as err:
+                message = (f"{err} (the status port of work port {port}); check that the learner runs "
+                           f"and that {port} is its work port")
                 if once:
                     print(f"dynamo-async status: error: {message}", file=sys.stderr)
                     return 1
