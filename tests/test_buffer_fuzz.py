@@ -19,8 +19,8 @@ from buffer.server import BufferServer
 from buffer.service import BufferService
 from dynamo_async.config import load_config
 from dynamo_async.protocol import (
-    Completion, Goodbye, Heartbeat, Hello, NoWork, ProtocolError, Status, StatusRequest, VersionNotice,
-    Welcome, WorkGrant, WorkItem, WorkRequest, decode, encode, pack_f32, pack_i32,
+    PROTOCOL_VERSION, Completion, Goodbye, Heartbeat, Hello, NoWork, ProtocolError, Status, StatusRequest,
+    VersionNotice, Welcome, WorkGrant, WorkItem, WorkRequest, decode, encode, pack_f32, pack_i32,
 )
 
 MAX_BYTES = 4096
@@ -187,7 +187,8 @@ def test_fuzz_all_sockets_then_serve_a_normal_worker():
             for data in WRONG_SHAPES * 6:
                 g.add("pull", [data], 1, "malformed")
             for k in range(40):
-                g.add("pull", [as_raw(fuzz_completion(0x7FFF0000 + k), v=2 + k % 3)], 1, "version")
+                other = PROTOCOL_VERSION + 1 + k % 3
+                g.add("pull", [as_raw(fuzz_completion(0x7FFF0000 + k), v=other)], 1, "version")
                 g.add("pull", [as_raw(OTHER_TYPES["heartbeat"], v=0)], 1, "version")
             for k in range(30):
                 size = rng.randint(MAX_BYTES + 1, 4 * MAX_BYTES)
@@ -220,7 +221,7 @@ def test_fuzz_all_sockets_then_serve_a_normal_worker():
             for data in WRONG_SHAPES * 3:
                 g.add("work", [data], 1, "malformed")
             for k in range(30):
-                g.add("work", [as_raw(OTHER_TYPES["hello"], v=7)], 1, "version")
+                g.add("work", [as_raw(OTHER_TYPES["hello"], v=PROTOCOL_VERSION + 5)], 1, "version")
                 g.add("work", [as_raw(WorkRequest(worker_id="zz-fuzz", capacity=4, policy_version=0), v=0)], 1,
                       "version")
                 g.add("work", [rng.randbytes(rng.randint(MAX_BYTES + 1, 4 * MAX_BYTES))], 1, "oversized")
@@ -243,7 +244,7 @@ def test_fuzz_all_sockets_then_serve_a_normal_worker():
             for data in WRONG_SHAPES * 2:
                 g.add("status", [data], 1, "malformed")
             for _ in range(20):
-                g.add("status", [as_raw(StatusRequest(), v=3)], 1, "version")
+                g.add("status", [as_raw(StatusRequest(), v=PROTOCOL_VERSION + 1)], 1, "version")
                 g.add("status", [rng.randbytes(rng.randint(MAX_BYTES + 1, 4 * MAX_BYTES))], 1, "oversized")
             for tag, msg in OTHER_TYPES.items():
                 if tag not in ACCEPTED["status"]:
