@@ -55,7 +55,8 @@ def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise:
     where = {"host": learner._advertised(), "work": e.work, "completions": e.completions, "status": e.status,
              "sync": learner.sender.port, "step": learner.step, "version": learner.version}
     print(f"learner ready at step {learner.step}: workers connect with "
-          f"--connect {where['host']}:{e.work} (status port {e.status})", flush=True)
+          f"--connect {where['host']}:{e.work} (status port {e.status}; watch with "
+          f"`dynamo-async status {where['host']}:{e.work}`)", flush=True)
     if ready_file:
         Path(ready_file).write_text(json.dumps(where))
     try:
@@ -64,5 +65,5 @@ def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise:
         learner.close()
     leave(info)
     print(f"learner stopped at step {learner.step}, version {learner.version}; checkpoint in "
-          f"{run_dir / 'checkpoints'}", flush=True)
+          f"{run_dir / 'checkpoints'}; figures: `dynamo-async plot {run_dir}`", flush=True)
     return 0
