@@ -174,14 +174,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from dynamo_async.evaluation.pass_at_k import parse_ks
-    from dynamo_async.evaluation.runner import EvalRequest, check_request, eval_main
+    from dynamo_async.evaluation.runner import EvalRequest, eval_main
 
     req = EvalRequest(model=args.model, data=args.data, out=Path(args.out), n=args.n, ks=parse_ks(args.k),
                       engine=args.engine, config=args.config, overrides=args.overrides, device=args.device,
                       batch_size=args.batch_size, limit=args.limit, seed=args.seed, label=args.label,
                       save_responses=args.save_responses)
-    check_request(req)
-    return eval_main(req)
+    return eval_main(req)  # checks the request before loading anything
 
 
 def cmd_table(args: argparse.Namespace) -> int:

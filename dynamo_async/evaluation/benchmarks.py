@@ -58,7 +58,7 @@ def _synthetic(cfg) -> list[Problem]:
 
 def default_name(spec: str) -> str:
     """Column name of a file or dataset: the paper's name for the six benchmarks, else its stem."""
-    stem = Path(spec.partition(":")[0]).stem if not Path(spec).exists() else Path(spec).stem
+    stem = Path(spec if Path(spec).exists() else spec.partition(":")[0]).stem  # owner/name:split -> name
     return PAPER_NAMES.get(stem.lower(), stem)
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import msgspec
 
+from dynamo_async.lines import cut_torn_tail
+
 
 class EvalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything that decides the samples; a resume must match it exactly."""
@@ -96,12 +98,7 @@ class RecordFile:
         self._file.close()
 
     def _read_back(self, settings: EvalSettings) -> None:
-        data = self.path.read_bytes()
-        complete = data[:data.rfind(b"\n") + 1]
-        if len(complete) < len(data):  # a torn last line: drop it
-            with self.path.open("r+b") as f:
-                f.truncate(len(complete))
-        lines = complete.splitlines()
+        lines = cut_torn_tail(self.path).splitlines()
         decoder = msgspec.json.Decoder(_Line)
         try:
             header = decoder.decode(lines[0]).header if lines else None

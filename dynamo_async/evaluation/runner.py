@@ -102,8 +102,9 @@ def run_eval(req: EvalRequest) -> dict:
     """Sample what the record file lacks, then summarise everything into ``req.out``."""
     check_request(req)
     cfg = eval_config(req)
+    settings = settings_of(cfg, req)
     benchmarks = load_benchmarks(req.data, req.limit, cfg.data.synthetic)
-    records = RecordFile(records_path(req.out), settings_of(cfg, req))
+    records = RecordFile(records_path(req.out), settings)
     try:
         todo = [(b.name, p) for b in benchmarks for p in b.problems
                 if not records.check(b.name, p.id, problem_digest(p.problem, p.answer))]
@@ -111,7 +112,7 @@ def run_eval(req: EvalRequest) -> dict:
             _sample_all(cfg, req, todo, records, [(b.name, p.id) for b in benchmarks for p in b.problems])
     finally:
         records.close()
-    results = summarize(req.label or req.model, settings_of(cfg, req), req.ks, [
+    results = summarize(req.label or req.model, settings, req.ks, [
         (b.name, b.spec, [records.done[(b.name, p.id)] for p in b.problems]) for b in benchmarks])
     write_results(req.out, results)
     return results
@@ -166,7 +167,8 @@ class Pending:
         for i, (bench, p) in enumerate(self.chunk):
             part = slice(i * n, (i + 1) * n)
             out.append(ProblemRecord(
-                benchmark=bench, id=p.id, answer=p.answer, digest=problem_digest(p.problem, p.answer), acc=tuple(int(s.acc) for s in scores[part]),
+                benchmark=bench, id=p.id, answer=p.answer, digest=problem_digest(p.problem, p.answer),
+                acc=tuple(int(s.acc) for s in scores[part]),
                 tokens=tuple(len(r.token_ids) for r in self.results[part]),
                 finish=tuple(r.finish_reason for r in self.results[part]),
                 responses=tuple(self.texts[part]) if save_responses else ()))

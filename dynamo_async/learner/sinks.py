@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from dynamo_async.config.schema import MetricsConfig
+from dynamo_async.lines import cut_torn_tail
 
 
 class MetricSink(Protocol):
@@ -43,7 +44,7 @@ class JsonlSink:
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        _cut_torn_tail(path)  # a learner killed mid-line; the resumed one starts on a fresh line
+        cut_torn_tail(path)  # a learner killed mid-line; the resumed one starts on a fresh line
         self._file = path.open("a")
 
     def write(self, row: dict) -> None:
@@ -58,15 +59,6 @@ class JsonlSink:
     def _line(self, row: dict) -> None:
         self._file.write(json.dumps(row, default=float) + "\n")
         self._file.flush()
-
-
-def _cut_torn_tail(path: Path) -> None:
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
 
 
 def scalars(row: dict, prefix: str) -> dict[str, float]:
