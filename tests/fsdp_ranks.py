@@ -41,7 +41,7 @@ def config(method: str):
 def main(out: str, method: str) -> None:
     from safetensors.torch import save_file
 
-    from dynamo_async.learner.distributed import DistInfo
+    from dynamo_async.learner.distributed import DistInfo, leave
     from dynamo_async.learner.trainer import Trainer
 
     from dynamo_async.models import resolve_model
@@ -56,8 +56,7 @@ def main(out: str, method: str) -> None:
     assert np.isfinite(metrics["loss"])
     if info.rank == 0:
         save_file({n: t.contiguous() for n, t in weights.items()}, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave(info, 0)  # ends the process (see leave)
 
 
 if __name__ == "__main__":

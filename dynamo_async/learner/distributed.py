@@ -13,6 +13,8 @@ weight broadcast, all ranks gather the full tensors in the same fixed order
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from dataclasses import dataclass
 
 import msgspec
@@ -151,12 +153,19 @@ def init_from_env(device: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
-def leave(info: DistInfo) -> None:
-    """Every rank, at the end: wait for the others, then take the process group down (a rank
-    that exits while gloo's threads still serve the group can abort on its way out)."""
+def leave(info: DistInfo, code: int) -> int:
+    """Every rank, at the end: wait for the others, take the process group down and, with
+    several ranks, end the process now. Interpreter finalization can destroy gloo objects
+    whose worker threads still run, which aborts the rank ("terminate called without an
+    active exception", seen here about once in ten test runs; pytorch/pytorch#179291 describes
+    the mechanism). Everything is written and flushed before this point."""
     if info.world > 1 and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def follow(cfg, device: str, info: DistInfo, run_dir, resume: bool) -> int:

@@ -43,9 +43,7 @@ def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if info.rank > 0:
-        code = follow(cfg, device, info, run_dir, resume)
-        leave(info)
-        return code
+        return leave(info, follow(cfg, device, info, run_dir, resume))
     check_run_dir(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
@@ -63,7 +61,6 @@ def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise:
         learner.run(stop=stop)
     finally:
         learner.close()
-    leave(info)
     print(f"learner stopped at step {learner.step}, version {learner.version}; checkpoint in "
           f"{run_dir / 'checkpoints'}; figures: `dynamo-async plot {run_dir}`", flush=True)
-    return 0
+    return leave(info, 0)
