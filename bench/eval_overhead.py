@@ -41,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from dynamo_async.evaluation.benchmarks import load_benchmarks
     from dynamo_async.evaluation.runner import EvalRequest, eval_config, make_engine, run_eval, sample_seed
-    from dynamo_async.data.prompts import render_prompt
+    from dynamo_async.data.prompts import prompt_ids
     from workers.engine import GenRequest
 
     tmp = Path(tempfile.mkdtemp(prefix="eval-bench-"))
@@ -61,8 +61,7 @@ def main() -> None:
         for start in range(0, len(bench.problems), per_batch):
             reqs = []
             for p in bench.problems[start:start + per_batch]:
-                ids = render_prompt(tokenizer, cfg.data.system_prompt, p.problem, cfg.data.max_prompt_tokens,
-                                    cfg.data.few_shot)
+                ids = prompt_ids(tokenizer, p.problem, cfg)
                 reqs += [GenRequest(ids, sample_seed(0, bench.name, p.id, k)) for k in range(args.n)]
             results = engine.generate(reqs)
             [tokenizer.decode(r.token_ids.tolist(), skip_special_tokens=True) for r in results]

@@ -74,7 +74,7 @@ def main() -> None:
                              f"rollout.temperature={args.temperature}", f"rollout.top_p={args.top_p}"])
     tokenizer = load_tokenizer(cfg.model.name)
     model = load_model(cfg.model.name, cfg.model.dtype, "cpu").eval()
-    prompts = [p.token_ids for p in pool_prompts(training_problems(cfg.data), tokenizer, cfg.data)[:args.batch]]
+    prompts = [p.token_ids for p in pool_prompts(training_problems(cfg.data), tokenizer, cfg)[:args.batch]]
     if len(prompts) < args.batch:
         raise SystemExit(f"--batch {args.batch}: only {len(prompts)} prompts in the synthetic task")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -9,9 +9,10 @@ A learner process (this one) and 2 worker processes, on loopback with gloo:
   already packed, into a preallocated buffer; the worker acknowledges on receipt.
 
 Rounds alternate; each time runs from the start of the send until both workers acknowledged.
-Prints per-round figures and, as its last line, ``weight_sync ratio=<float> seconds=<float>``
-(median project time over median baseline time; the project's median seconds). Target: ratio
-at most 1.25.
+``--dtype`` is ``model.compute_dtype``, the dtype workers receive (bfloat16 for the presets:
+half the bytes of float32). Prints per-round figures and, as its last line, ``weight_sync
+dtype=<dtype> bytes=<int> ratio=<float> seconds=<float>`` (median project time over median
+baseline time; the project's median seconds). Target: ratio at most 1.25.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import statistics
 import time
 
 
-def worker_main(index: int, model_name: str, sync_port: int, plain_port: int, total_bytes: int, conn) -> None:
+def worker_main(index: int, model_name: str, dtype: str, sync_port: int, plain_port: int, total_bytes: int,
+                conn) -> None:
     import datetime
 
     import torch
@@ -32,7 +34,7 @@ def worker_main(index: int, model_name: str, sync_port: int, plain_port: int, to
     from workers.receiver import WeightReceiver, load_staged
 
     torch.set_num_threads(1)
-    model = load_model(model_name)
+    model = load_model(model_name, dtype)  # workers generate in the compute dtype
     receiver = WeightReceiver(f"bench-{index}", "127.0.0.1", sync_port, timeout_s=120)
     receiver.start()
     store = dist.TCPStore("127.0.0.1", plain_port, is_master=False, timeout=datetime.timedelta(seconds=120))
@@ -58,6 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="model.compute_dtype: the dtype of the broadcast buckets (the presets': bfloat16)")
     args = parser.parse_args()
 
     import datetime
@@ -70,7 +74,7 @@ def main() -> None:
 
     resolve_model(args.model)  # build the cache once, before the workers load it
     torch.set_num_threads(1)
-    model = load_model(args.model)
+    model = load_model(args.model, args.dtype)  # the learner's compute copy, which it broadcasts
     tensors = {n: p.detach() for n, p in model.named_parameters()}
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     sender = WeightSender("127.0.0.1", 0, timeout_s=120)
@@ -82,7 +86,7 @@ def main() -> None:
     pipes, procs = [], []
     for i in range(2):
         parent, child = ctx.Pipe()
-        procs.append(ctx.Process(target=worker_main, args=(i, args.model, sender.port, plain_store.port, total, child)))
+        procs.append(ctx.Process(target=worker_main, args=(i, args.model, args.dtype, sender.port, plain_store.port, total, child)))
         pipes.append(parent)
         procs[-1].start()
     plain = dist.ProcessGroupGloo(dist.PrefixStore("plain/", plain_store), 0, 3, datetime.timedelta(seconds=120))
@@ -118,7 +122,7 @@ def main() -> None:
             proc.join(60)
     project, base = statistics.median(times["project"]), statistics.median(times["plain"])
     print(f"median: project {project:.3f} s, plain broadcast {base:.3f} s")
-    print(f"weight_sync ratio={project / base:.4f} seconds={project:.4f}")
+    print(f"weight_sync dtype={args.dtype} bytes={total} ratio={project / base:.4f} seconds={project:.4f}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def serve(cfg: RunConfig, run_dir: Path, host: str, port: int) -> int:
     from dynamo_async.data.prompts import pool_prompts, training_problems
     from dynamo_async.models import load_tokenizer
 
-    prompts = pool_prompts(training_problems(cfg.data), load_tokenizer(cfg.model.name), cfg.data)
+    prompts = pool_prompts(training_problems(cfg.data), load_tokenizer(cfg.model.name), cfg)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with RunStore(run_dir, cfg.buffer.segment_bytes, cfg.buffer.flush_rows) as store:

@@ -34,7 +34,7 @@ def run_local(cfg: RunConfig, run_dir: Path, num_workers: int, capacity: int, de
     cli = [sys.executable, "-m", "dynamo_async.cli"]
     learner_threads, worker_threads = _split_cores(num_workers, device)
     learner = subprocess.Popen(cli + ["learner", "--config", str(config), "--run-dir", str(run_dir),
-                                      "--port", str(port or _free_base_port()), "--device", device,
+                                      "--port", str(port), "--device", device,
                                       "--ready-file", str(ready), "--threads", str(learner_threads)]
                                + (["--resume"] if resume else []))
     workers = None
@@ -101,23 +101,3 @@ def _stop(learner: subprocess.Popen | None, workers: subprocess.Popen | None, gr
         # a child ended by the SIGTERM we just sent (before its handler was installed) stopped cleanly
         code = code or (0 if proc.returncode == -signal.SIGTERM else proc.returncode)
     return code
-
-
-def _free_base_port() -> int:
-    """A port p with p, p+1 and p+2 free on 127.0.0.1."""
-    import socket
-
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base < 65000 and all(_free(base + i) for i in (1, 2)):
-            return base
-    raise RuntimeError("no three consecutive free ports on 127.0.0.1")
-
-
-def _free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0

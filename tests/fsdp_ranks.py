@@ -1,7 +1,8 @@
 """Run by tests/test_fsdp.py under torchrun: one sharded learner step on a fixed batch.
 
 Each rank trains its share of the batch with FSDP2 over gloo; then every rank gathers the
-full weights and rank 0 writes them (safetensors) to the path given on the command line.
+float32 master weights and rank 0 writes them (safetensors) to the path given on the command
+line. Further arguments are config overrides (e.g. ``model.compute_dtype=bfloat16``).
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ def fixed_batch(vocab: int, groups: int = 4) -> LearnerBatch:
     return LearnerBatch(step=0, policy_version=0, groups=tuple(out), staleness=(0,) * groups)
 
 
-def config(method: str):
+def config(method: str, *extra: str):
     return load_config(TINY, [f"method={method}", "model.name=builtin:tiny", "optim.mini_batch_prompts=4",
-                              "optim.micro_batch_tokens=64", "trainer.seed=3"])
+                              "optim.micro_batch_tokens=64", "trainer.seed=3", *extra])
 
 
-def main(out: str, method: str) -> None:
+def main(out: str, method: str, *extra: str) -> None:
     from safetensors.torch import save_file
 
     from dynamo_async.learner.distributed import DistInfo, leave
@@ -46,13 +47,15 @@ def main(out: str, method: str) -> None:
 
     from dynamo_async.models import resolve_model
 
-    resolve_model(config(method).model.name)  # build builtins before torch.distributed exists
+    cfg = config(method, *extra)
+    resolve_model(cfg.model.name)  # build builtins before torch.distributed exists
     dist.init_process_group("gloo")
     info = DistInfo(dist.get_rank(), dist.get_world_size())
     torch.manual_seed(0)
-    trainer = Trainer(config(method), "cpu", dist_info=info)
+    trainer = Trainer(cfg, "cpu", dist_info=info)
     metrics = trainer.train_on(fixed_batch(trainer.model.config.vocab_size))
-    weights = trainer.named_weights()  # collective: every rank
+    weights = trainer.full_state().weights  # the float32 masters; a collective: every rank
+    trainer.named_weights()  # the broadcast's gather in the compute dtype runs on every rank too
     assert np.isfinite(metrics["loss"])
     if info.rank == 0:
         save_file({n: t.contiguous() for n, t in weights.items()}, out)
@@ -60,4 +63,4 @@ def main(out: str, method: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], *sys.argv[3:])

@@ -30,23 +30,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _sharded_step(tmp_path: Path, method: str) -> dict[str, torch.Tensor]:
+def _sharded_step(tmp_path: Path, method: str, *extra: str) -> dict[str, torch.Tensor]:
     out = tmp_path / f"{method}.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), str(HERE / "fsdp_ranks.py"), str(out), method]
+           "--master-port", str(_free_port()), str(HERE / "fsdp_ranks.py"), str(out), method, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return load_file(str(out))
 
 
-def _single_step(method: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _single_step(method: str, *extra: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     from dynamo_async.learner.trainer import Trainer
 
     torch.manual_seed(0)
-    trainer = Trainer(fsdp_ranks.config(method), "cpu")
-    before = {n: t.clone() for n, t in trainer.named_weights().items()}
+    trainer = Trainer(fsdp_ranks.config(method, *extra), "cpu")
+    before = {n: t.detach().clone() for n, t in trainer.masters.named.items()}
     trainer.train_on(fsdp_ranks.fixed_batch(trainer.model.config.vocab_size))
-    return before, trainer.named_weights()
+    return before, {n: t.detach().clone() for n, t in trainer.masters.named.items()}
 
 
 def test_two_sharded_ranks_give_the_single_process_update(tmp_path):
@@ -63,6 +63,21 @@ def test_sharded_dynamo_step_runs_and_moves_the_weights(tmp_path):
     before, _ = _single_step("dynamo")
     assert all(torch.isfinite(t).all() for t in sharded.values())
     assert any(not torch.equal(before[n], sharded[n]) for n in sharded)
+
+
+def test_sharded_bf16_compute_moves_the_float32_masters_at_lr_1e_6(tmp_path):
+    """FSDP2 with MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=float32) over float32
+    shards: the gathered masters stay float32 and move like the single-process float32 run's."""
+    bf16 = ("model.compute_dtype=bfloat16", "optim.lr=1e-6", "optim.warmup_steps=0")
+    sharded = _sharded_step(tmp_path, "grpo", *bf16)
+    before, single32 = _single_step("grpo", "optim.lr=1e-6", "optim.warmup_steps=0")
+    assert all(t.dtype == torch.float32 for t in sharded.values())
+    total = sum(t.numel() for t in before.values())
+    moved32 = sum(int((before[n] != single32[n]).sum()) for n in before) / total
+    moved16 = sum(int((before[n] != sharded[n]).sum()) for n in before) / total
+    assert moved32 > 0.9 and moved16 / moved32 >= 0.9, (moved16, moved32)
+    for name in before:  # Adam's first step is about lr * sign(grad): within 2 lr of float32's
+        torch.testing.assert_close(sharded[name], single32[name], rtol=0, atol=2.5e-6)
 
 
 def test_mini_batch_must_split_evenly_across_ranks():

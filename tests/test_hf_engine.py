@@ -40,7 +40,7 @@ def model():
 @pytest.fixture(scope="module")
 def prompts(tokenizer):
     cfg = config()
-    pool = pool_prompts(training_problems(cfg.data), tokenizer, cfg.data)
+    pool = pool_prompts(training_problems(cfg.data), tokenizer, cfg)
     # prompts of different lengths, so the batch is left-padded
     chosen = sorted(pool, key=lambda p: len(p.token_ids))
     chosen = [chosen[0], chosen[len(chosen) // 2], chosen[-1]]

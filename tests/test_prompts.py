@@ -23,7 +23,7 @@ def tokenizer():
 def test_synthetic_prompts_carry_system_prompt_problem_and_answer(tokenizer):
     cfg = load_config(ROOT / "configs" / "tiny.yaml")
     problems = training_problems(cfg.data)
-    prompts = pool_prompts(problems, tokenizer, cfg.data)
+    prompts = pool_prompts(problems, tokenizer, cfg)
     assert len(prompts) == cfg.data.synthetic.num_train
     first = prompts[0]
     text = tokenizer.decode(first.token_ids.tolist())
@@ -42,7 +42,7 @@ def test_long_prompts_are_left_truncated(tokenizer):
 @pytest.mark.skipif(not AIME24.exists(), reason="needs ../shared/data")
 def test_jsonl_training_file_is_loaded(tokenizer):
     cfg = load_config(None, ["model.name=builtin:tiny", f"data.train={AIME24}", "data.max_prompt_tokens=64"])
-    prompts = pool_prompts(training_problems(cfg.data), tokenizer, cfg.data)
+    prompts = pool_prompts(training_problems(cfg.data), tokenizer, cfg)
     assert len(prompts) == 30 and prompts[0].answer == "204" and len(prompts[0].token_ids) == 64
     assert eval_problems(cfg.data) == {}
 

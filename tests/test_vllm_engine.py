@@ -371,7 +371,7 @@ def test_real_vllm_generates_through_build_vllm_parts():
     parts = build_vllm_parts(cfg, "gpu-test", welcome, "cuda", NoScorer())
     try:
         tok = load_tokenizer(cfg.model.name)
-        prompts = pool_prompts(training_problems(cfg.data), tok, cfg.data)[:3]
+        prompts = pool_prompts(training_problems(cfg.data), tok, cfg)[:3]
         results = parts.engine.generate([GenRequest(p.token_ids, seed=i) for i, p in enumerate(prompts)])
         assert len(results) == 3
         for res in results:

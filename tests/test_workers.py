@@ -53,7 +53,7 @@ class Learner:
         # builtin:tiny (built in seconds) rather than tiny.yaml's builtin:tiny-math (a 25 s warm-up)
         self.cfg = load_config(TINY, ["model.name=builtin:tiny", "buffer.worker_timeout_s=2", *overrides])
         self.tokenizer = load_tokenizer(self.cfg.model.name)
-        self.prompts = pool_prompts(training_problems(self.cfg.data), self.tokenizer, self.cfg.data)
+        self.prompts = pool_prompts(training_problems(self.cfg.data), self.tokenizer, self.cfg)
         self.svc = BufferService(self.cfg, self.prompts)
         self.sender = WeightSender("127.0.0.1", 0, timeout_s=20)
         self.completions = []

@@ -55,7 +55,7 @@ def _build_hf_parts(cfg: RunConfig, worker_id: str, welcome: Welcome, device: st
     from workers.receiver import WeightReceiver
 
     tokenizer = load_tokenizer(cfg.model.name)
-    model = load_model(cfg.model.name, cfg.model.dtype, device)
+    model = load_model(cfg.model.name, cfg.model.compute_dtype, device)
     receivers = []
     source = None
     if welcome.sync_port:

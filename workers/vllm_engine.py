@@ -159,7 +159,7 @@ def start_vllm_engine(cfg: RunConfig) -> VLLMEngine:
 
     if vllm.__version__ != VLLM_VERSION:
         raise ValueError(f"vllm: got {vllm.__version__}, expected {VLLM_VERSION} (pip install -e '.[vllm]')")
-    args = AsyncEngineArgs(model=resolve_model(cfg.model.name), dtype=cfg.model.dtype,
+    args = AsyncEngineArgs(model=resolve_model(cfg.model.name), dtype=cfg.model.compute_dtype,
                            tensor_parallel_size=cfg.rollout.tensor_parallel, seed=cfg.rollout.seed,
                            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                            logprobs_mode="processed_logprobs", worker_extension_cls="workers.vllm_ext.DynamoWorkerExtension")

@@ -23,11 +23,10 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-import yaml
 import zmq
 
 from buffer.client import BufferClient, parse_address
-from dynamo_async.config import config_from_dict
+from dynamo_async.config import config_from_dict, parse_yaml
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.protocol import Completion, Heartbeat, NoWork, WorkItem, encode, pack_f32, pack_i32
 from workers.engine import GenRequest, GenResult
@@ -144,7 +143,7 @@ def run_worker(connect: str, index: int = 0, device: str = "cpu", capacity: int 
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{index}"
     client = BufferClient(host, port, None, worker_id)
     welcome = client.hello("pending", capacity)
-    cfg = config_from_dict(yaml.safe_load(welcome.config_yaml))
+    cfg = config_from_dict(parse_yaml(welcome.config_yaml))
     from workers.factory import build_worker_parts
 
     parts = build_worker_parts(cfg, worker_id, welcome, device)

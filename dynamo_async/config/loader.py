@@ -17,6 +17,25 @@ import yaml
 from dynamo_async.config.schema import RunConfig
 
 _TOKEN_RE = re.compile(r"\.(\w+)|\[(\d+)\]")
+# Fields renamed since an earlier release: the old key's error says what it became.
+RENAMED = {"model.dtype": "model.compute_dtype (the learner always keeps float32 master weights and "
+                          "computes in this dtype)"}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that ``1e-6`` is a float, as a user types it (plain
+    PyYAML needs ``1.0e-6``; it reads ``1e-6`` as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
+    list("-+0123456789"))
+
+
+def parse_yaml(text: str):
+    """YAML text as Python values (safe; ``1e-6`` is a float)."""
+    return yaml.load(text, Loader=_Loader)
 _PATH_RE = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$")
 
 
@@ -27,7 +46,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file: got {str(path)!r}, expected an existing YAML file")
-        loaded = yaml.safe_load(path.read_text())
+        loaded = parse_yaml(path.read_text())
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"config file {path}: got a {type(loaded).__name__}, expected a mapping")
         raw = loaded or {}
@@ -57,7 +76,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ValueError(f"override {item!r}: {part} is a value, expected a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+    node[parts[-1]] = parse_yaml(text) if text.strip() else ""
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> Path:
@@ -102,6 +121,8 @@ def _check_key(parts: list[str]) -> None:
     cls: Any = RunConfig
     for i, part in enumerate(parts):
         names = {f.name: f for f in msgspec.structs.fields(cls)}
+        if ".".join(parts[:i + 1]) in RENAMED:
+            raise ValueError(f"override key {'.'.join(parts)!r}: renamed to {RENAMED['.'.join(parts[:i + 1])]}")
         if part not in names:
             where = ".".join(parts[:i]) or "the top level"
             raise ValueError(f"override key {'.'.join(parts)!r}: got {part!r} in {where}, "
@@ -130,6 +151,8 @@ def _explain(message: str, raw: dict[str, Any]) -> str:
     field = path.lstrip(".") or "(top level)"
     if msg.startswith("Object contains unknown field"):
         name = msg.split("`")[1]
+        if ".".join(keys + [name]) in RENAMED:
+            return f"config field {'.'.join(keys + [name])}: renamed to {RENAMED['.'.join(keys + [name])]}"
         section = _section(keys)
         valid = sorted(f.name for f in msgspec.structs.fields(section))
         return f"config field {'.'.join(keys + [name])}: got an unknown key, expected one of {valid}"

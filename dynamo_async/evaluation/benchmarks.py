@@ -1,6 +1,7 @@
 """``--data`` specs of ``dynamo-async eval`` -> named benchmarks.
 
-A spec is a JSONL/Parquet file with fields ``problem`` and ``answer`` (named after the file,
+A spec is a JSONL/Parquet file with fields ``problem`` and ``answer``, or in verl's layout
+(named after the file,
 e.g. ``aime24.jsonl`` -> ``AIME24``), a Hugging Face dataset ``owner/name[:split]``, or either
 prefixed with an explicit column label, ``LABEL=SPEC``. The six benchmarks of the paper get
 the paper's column names (AIME24, AIME25, AMC23, MATH500, Minerva, Olympiad). ``synthetic`` is
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynamo_async.data.problems import Problem, load_spec
+from dynamo_async.data.problems import Problem, ReadOptions, load_spec
 
 PAPER_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23", "math500": "MATH500",
                "math-500": "MATH500", "minerva": "Minerva", "minerva_math": "Minerva",
@@ -26,9 +27,11 @@ class Benchmark:
     problems: tuple[Problem, ...]
 
 
-def load_benchmarks(specs: list[str], limit: int | None = None, synthetic=None) -> list[Benchmark]:
+def load_benchmarks(specs: list[str], limit: int | None = None, synthetic=None,
+                    opts: ReadOptions = ReadOptions()) -> list[Benchmark]:
     """Load every ``--data`` spec; ``limit`` keeps the first problems of each; ``synthetic``
-    (a ``SyntheticConfig``) defines the ``synthetic`` spec."""
+    (a ``SyntheticConfig``) defines the ``synthetic`` spec; ``opts`` how rows are read (the
+    run's ``data.strip_template``)."""
     if not specs:
         raise ValueError("--data: got nothing, expected at least one file or dataset")
     if limit is not None and limit < 1:
@@ -36,7 +39,7 @@ def load_benchmarks(specs: list[str], limit: int | None = None, synthetic=None) 
     out: list[Benchmark] = []
     for spec in specs:
         label, path = _split_label(spec)
-        problems = _synthetic(synthetic) if path == "synthetic" else load_spec(path, "--data")
+        problems = _synthetic(synthetic) if path == "synthetic" else load_spec(path, "--data", opts)
         if not problems:
             raise ValueError(f"--data {spec!r}: got no problems, expected at least one row")
         out.append(Benchmark(label or default_name(path), path, tuple(problems[:limit])))

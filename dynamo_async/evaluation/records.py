@@ -37,6 +37,8 @@ class EvalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     few_shot: tuple[tuple[str, str], ...] = ()
     reward_timeout_s: float = 5.0      # math-verify's timeout and input cap can change scores
     reward_max_chars: int = 50_000
+    user_template: str = "{problem}"
+    answer_format: str = "boxed"
 
 
 class ProblemRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dynamo_async.config import load_config
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.data.prompts import read_options
 from dynamo_async.evaluation.benchmarks import load_benchmarks
 from dynamo_async.evaluation.records import (EvalSettings, ProblemRecord, RecordFile, problem_digest,
                                               records_path)
@@ -83,9 +84,10 @@ def settings_of(cfg: RunConfig, req: EvalRequest) -> EvalSettings:
     return EvalSettings(model=cfg.model.name, engine=cfg.rollout.engine, n=req.n, seed=req.seed,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                         max_new_tokens=cfg.rollout.max_new_tokens, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                        dtype=cfg.model.dtype, system_prompt=cfg.data.system_prompt,
+                        dtype=cfg.model.compute_dtype, system_prompt=cfg.data.system_prompt,
                         few_shot=tuple((e.problem, e.answer) for e in cfg.data.few_shot),
-                        reward_timeout_s=cfg.rewards.timeout_s, reward_max_chars=cfg.rewards.max_chars)
+                        reward_timeout_s=cfg.rewards.timeout_s, reward_max_chars=cfg.rewards.max_chars,
+                        user_template=cfg.data.user_template, answer_format=cfg.rewards.answer_format)
 
 
 def check_request(req: EvalRequest) -> None:
@@ -103,7 +105,7 @@ def run_eval(req: EvalRequest) -> dict:
     check_request(req)
     cfg = eval_config(req)
     settings = settings_of(cfg, req)
-    benchmarks = load_benchmarks(req.data, req.limit, cfg.data.synthetic)
+    benchmarks = load_benchmarks(req.data, req.limit, cfg.data.synthetic, read_options(cfg.data, train=False))
     records = RecordFile(records_path(req.out), settings)
     try:
         todo = [(b.name, p) for b in benchmarks for p in b.problems
@@ -177,13 +179,12 @@ class Pending:
 
 def generate_chunk(engine, tokenizer, scorer, chunk: list, cfg: RunConfig, req: EvalRequest) -> Pending:
     """``req.n`` samples for each ``(benchmark, problem)`` of ``chunk``, handed to the scorer."""
-    from dynamo_async.data.prompts import render_prompt
+    from dynamo_async.data.prompts import prompt_ids
     from workers.engine import GenRequest
 
     reqs = []
     for bench, p in chunk:
-        ids = render_prompt(tokenizer, cfg.data.system_prompt, p.problem, cfg.data.max_prompt_tokens,
-                            cfg.data.few_shot)
+        ids = prompt_ids(tokenizer, p.problem, cfg)
         reqs += [GenRequest(ids, sample_seed(req.seed, bench, p.id, k)) for k in range(req.n)]
     results = [r for i in range(0, len(reqs), req.batch_size) for r in engine.generate(reqs[i:i + req.batch_size])]
     texts = [tokenizer.decode(r.token_ids.tolist(), skip_special_tokens=True) for r in results]
@@ -208,7 +209,7 @@ def make_engine(cfg: RunConfig, device: str):
         return start_vllm_engine(cfg), tokenizer
     from workers.hf_engine import HFEngine
 
-    return HFEngine(load_model(cfg.model.name, cfg.model.dtype, device), tokenizer, cfg, device), tokenizer
+    return HFEngine(load_model(cfg.model.name, cfg.model.compute_dtype, device), tokenizer, cfg, device), tokenizer
 
 
 def eval_main(req: EvalRequest) -> int:

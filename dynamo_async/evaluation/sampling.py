@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynamo_async.data.prompts import render_prompt
+from dynamo_async.data.prompts import prompt_ids
 from dynamo_async.data.problems import Problem
 from workers.engine import GenRequest
 
@@ -34,8 +34,7 @@ def sampled_accuracy(engine, tokenizer, scorer, problems: list[Problem], cfg, sa
     correct = 0
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        reqs = [GenRequest(render_prompt(tokenizer, cfg.data.system_prompt, p.problem, cfg.data.max_prompt_tokens,
-                                         cfg.data.few_shot), seed + 1000 * i + k) for i, (p, k) in enumerate(chunk, start)]
+        reqs = [GenRequest(prompt_ids(tokenizer, p.problem, cfg), seed + 1000 * i + k) for i, (p, k) in enumerate(chunk, start)]
         results = engine.generate(reqs)
         texts = [tokenizer.decode(r.token_ids.tolist(), skip_special_tokens=True) for r in results]
         scores = scorer.score(texts, [p.answer for p, _ in chunk])

@@ -1,7 +1,8 @@
 """Checkpoints: model in Hugging Face format, optimizer as safetensors, state as JSON.
 
     RUN_DIR/checkpoints/step-000012/
-        model/                 save_pretrained (safetensors) + tokenizer: loadable by transformers and vLLM
+        model/                 save_pretrained (safetensors, the float32 masters) + tokenizer: loadable by
+                               transformers and vLLM (which cast to their dtype at load)
         optimizer.safetensors  AdamW moments per parameter name ("<name>/exp_avg", "<name>/exp_avg_sq")
         torch_rng.safetensors  the torch CPU generator state
         trainer_state.json     step, version, optimizer step counts and hyper-parameters, scheduler
@@ -13,6 +14,7 @@ Nothing is pickled. A checkpoint is written into a temporary folder and renamed 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -31,26 +33,38 @@ class TrainerState(msgspec.Struct):
 
 
 def save_checkpoint(run_dir: Path, step: int, version: int, model, tokenizer, opt, sched, service,
-                    full: "FullState | None" = None) -> Path:
-    """Write a checkpoint; with several learner ranks, ``full`` holds the gathered weights and
-    optimizer moments (``Trainer.full_state``), and the model and optimizer are saved from it."""
+                    full: "FullState") -> Path:
+    """Write a checkpoint; ``full`` holds the float32 master weights and the optimizer moments
+    (``Trainer.full_state``, gathered from every rank when sharded): the model is saved from it."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "model", state_dict=full.weights if full else None)
+    model.save_pretrained(tmp / "model", state_dict=full.weights)
+    _record_dtype(tmp / "model", full.weights)
     tokenizer.save_pretrained(tmp / "model")
-    moments, steps = (full.moments, full.steps) if full else optimizer_moments(model, opt)
-    save_file(moments, str(tmp / "optimizer.safetensors"))
+    save_file(full.moments, str(tmp / "optimizer.safetensors"))
     save_file({"state": torch.get_rng_state()}, str(tmp / "torch_rng.safetensors"))
-    state = TrainerState(step, version, sched.last_epoch, steps, [g["lr"] for g in opt.param_groups])
+    state = TrainerState(step, version, sched.last_epoch, full.steps, [g["lr"] for g in opt.param_groups])
     (tmp / "trainer_state.json").write_bytes(msgspec.json.encode(state))
     service.save_state(tmp / "buffer")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     (root / "latest").write_text(final.name)
     return final
+
+
+def _record_dtype(model_dir: Path, weights: dict) -> None:
+    """config.json names the dtype of the saved weights (the float32 masters), not the compute
+    copy's that ``save_pretrained`` read off the model, so that loads with ``dtype="auto"`` keep
+    the masters exact."""
+    dtypes = {str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()}
+    assert len(dtypes) == 1, dtypes
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    config["dtype"] = dtypes.pop()
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 class FullState(msgspec.Struct):
@@ -61,10 +75,11 @@ class FullState(msgspec.Struct):
     steps: dict
 
 
-def optimizer_moments(model, opt, gather=lambda t: t) -> tuple[dict, dict]:
-    """AdamW moments by "<param name>/exp_avg" / "/exp_avg_sq", and steps by name (fixed order)."""
+def optimizer_moments(named: dict, opt, gather=lambda t: t) -> tuple[dict, dict]:
+    """AdamW moments by "<param name>/exp_avg" / "/exp_avg_sq", and steps by name (fixed order);
+    ``named`` maps names to the tensors the optimizer updates (the float32 masters)."""
     moments, steps = {}, {}
-    for name, p in model.named_parameters():
+    for name, p in named.items():
         st = opt.state.get(p)
         if not st:
             continue
@@ -82,12 +97,13 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_trainer_state(ckpt: Path, model, opt, sched) -> TrainerState:
-    """Restore optimizer moments, scheduler and RNG into objects built from ``ckpt/model`` (a
-    sharded parameter gets its shard of each full moment)."""
+def load_trainer_state(ckpt: Path, named: dict, opt, sched) -> TrainerState:
+    """Restore optimizer moments, scheduler and RNG into objects built from ``ckpt/model``;
+    ``named`` maps names to the masters the optimizer updates (a sharded parameter gets its
+    shard of each full moment)."""
     state = msgspec.json.decode((ckpt / "trainer_state.json").read_bytes(), type=TrainerState)
     moments = load_file(str(ckpt / "optimizer.safetensors"))
-    for name, p in model.named_parameters():
+    for name, p in named.items():
         if name in state.param_steps:
             opt.state[p] = {"step": torch.tensor(state.param_steps[name]),
                             "exp_avg": _like(p, moments[f"{name}/exp_avg"]),

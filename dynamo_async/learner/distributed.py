@@ -35,22 +35,32 @@ class DistInfo:
         return self.world > 1
 
 
-def shard_model(model: torch.nn.Module) -> None:
-    """FSDP2 over the default process group: each decoder layer, then the whole model."""
+def shard_model(model: torch.nn.Module, compute: torch.dtype = torch.float32) -> None:
+    """FSDP2 over the default process group: each decoder layer, then the whole model; the
+    float32 shards are the masters, compute runs in ``compute`` (``precision.fsdp_policy``)."""
     from torch.distributed.fsdp import fully_shard
+
+    from dynamo_async.learner.precision import fsdp_policy
+
+    policy = fsdp_policy(compute)
 
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
         raise ValueError(f"FSDP sharding: got a {type(model).__name__} without model.layers, expected a "
                          "decoder-only transformers model (Llama, Qwen2, ...)")
     for layer in layers:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
 
 
-def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Full tensors of every parameter, gathered on every rank in ``named_parameters`` order."""
-    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach() for n, p in model.named_parameters()}
+def full_weights(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Full tensors of every parameter in ``dtype``, gathered on every rank in ``named_parameters``
+    order (each shard is cast first, so a bf16 gather moves half of float32's bytes)."""
+    out = {}
+    for n, p in model.named_parameters():
+        local = p.detach().to(dtype)
+        out[n] = local.full_tensor() if hasattr(local, "full_tensor") else local
+    return out
 
 
 def equalize(minis: list[list], info: DistInfo) -> list[list]:

@@ -48,7 +48,7 @@ class LearnerContext:
 
 class Learner:
     def __init__(self, cfg: RunConfig, ctx: LearnerContext, resume: bool = False, dist_info: DistInfo = DistInfo()):
-        from dynamo_async.data.prompts import pool_prompts, training_problems
+        from dynamo_async.data.prompts import load_training_set, pool_prompts
 
         self.cfg, self.ctx = cfg, ctx
         ckpt = checkpoint.latest_checkpoint(ctx.run_dir) if resume else None
@@ -58,7 +58,9 @@ class Learner:
         self.dist = dist_info
         self.trainer = Trainer(cfg, ctx.device, ckpt, dist_info)
         self.store = RunStore(ctx.run_dir, cfg.buffer.segment_bytes, cfg.buffer.flush_rows)
-        prompts = pool_prompts(training_problems(cfg.data), self.trainer.tokenizer, cfg.data)
+        problems, self.data_report = load_training_set(cfg.data)
+        write_data_summary(ctx.run_dir, cfg.data.train, len(problems), self.data_report)
+        prompts = pool_prompts(problems, self.trainer.tokenizer, cfg)
         self.service = BufferService(cfg, prompts, self.store)
         if ckpt is not None:
             self.service.restore_state(ckpt / "buffer")
@@ -151,7 +153,7 @@ class Learner:
 
     def save(self) -> Path:
         t = self.trainer
-        full = t.full_state() if self.dist.sharded else None  # a collective with the other ranks
+        full = t.full_state()  # a collective with the other ranks when sharded
         return checkpoint.save_checkpoint(self.ctx.run_dir, t.step, t.version, t.model, t.tokenizer, t.opt,
                                           t.sched, self.service, full)
 
@@ -239,3 +241,9 @@ class Learner:
         if self.ctx.host not in ("0.0.0.0", ""):
             return self.ctx.host
         return socket.gethostbyname(socket.gethostname())
+
+
+def write_data_summary(run_dir: Path, train: str, prompts: int, report) -> None:
+    """``RUN_DIR/data.json``: the training set's source, its prompt count and what dedup did."""
+    summary = {"train": train, "prompts": prompts, "dedup": msgspec.to_builtins(report) if report else None}
+    (Path(run_dir) / "data.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))

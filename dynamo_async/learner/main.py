@@ -49,6 +49,8 @@ def learner_main(cfg: RunConfig, run_dir: Path, host: str, port: int, advertise:
     dump_config(cfg, run_dir / "config.yaml")
     learner = Learner(cfg, LearnerContext(run_dir, host, port, advertise, device), resume=resume,
                       dist_info=info).start()
+    if learner.data_report is not None:
+        print(f"training data {cfg.data.train}: {learner.data_report.line()} (RUN_DIR/data.json)", flush=True)
     e = learner.endpoints
     where = {"host": learner._advertised(), "work": e.work, "completions": e.completions, "status": e.status,
              "sync": learner.sender.port, "step": learner.step, "version": learner.version}

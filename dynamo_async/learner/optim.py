@@ -8,17 +8,17 @@ import torch
 from dynamo_async.config.schema import OptimConfig
 
 
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(params: list[torch.Tensor], cfg: OptimConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``params`` (the float32 masters) and its warm-up schedule."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
     return opt, sched
 
 
-def clip_and_step(model: torch.nn.Module, opt: torch.optim.Optimizer, max_norm: float) -> float:
-    """Clip the gradient norm, step, zero the gradients; returns the norm before clipping."""
-    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+def clip_and_step(params: list[torch.Tensor], opt: torch.optim.Optimizer, max_norm: float) -> float:
+    """Clip the gradient norm of ``params``, step, zero the gradients; returns the norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return float(norm)

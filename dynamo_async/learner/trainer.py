@@ -20,10 +20,13 @@ from dynamo_async.learner import checkpoint
 from dynamo_async.learner.batching import MicroBatch, mini_batches
 from dynamo_async.learner.distributed import DistInfo, equalize, full_weights, shard_model
 from dynamo_async.learner.optim import clip_and_step, make_optimizer
+from dynamo_async.learner.precision import MasterWeights, compute_dtype
 
 
 class Trainer:
-    """Model, tokenizer, optimizer and schedule; ``source`` is a model name or checkpoint folder."""
+    """Model, tokenizer, float32 masters, optimizer and schedule; the model is loaded from
+    ``cfg.model.name`` or from ``checkpoint_dir``. The model computes in ``model.compute_dtype``
+    while the optimizer updates float32 masters (``precision.py``)."""
 
     def __init__(self, cfg: RunConfig, device: str = "cpu", checkpoint_dir: Path | None = None,
                  dist_info: DistInfo = DistInfo()):
@@ -32,19 +35,21 @@ class Trainer:
         self.cfg, self.device, self.dist = cfg, device, dist_info
         source = str(checkpoint_dir / "model") if checkpoint_dir else cfg.model.name
         self.tokenizer = load_tokenizer(source)
-        self.model = load_model(source, cfg.model.dtype, device).train()
+        self.model = load_model(source, "float32", device).train()  # the float32 masters
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        self.compute_dtype = compute_dtype(cfg.model.compute_dtype)
         if dist_info.sharded:
             if checkpoint_dir is not None:
                 raise ValueError("--resume with several learner ranks: got a checkpoint, expected a fresh run "
                                  "(resuming a sharded run is not supported yet)")
-            shard_model(self.model)
-        self.opt, self.sched = make_optimizer(self.model, cfg.optim)
+            shard_model(self.model, self.compute_dtype)
+        self.masters = MasterWeights(self.model, self.compute_dtype, sharded=dist_info.sharded)
+        self.opt, self.sched = make_optimizer(self.masters.parameters(), cfg.optim)
         self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
         self.step, self.version = 0, 0
         if checkpoint_dir is not None:
-            state = checkpoint.load_trainer_state(checkpoint_dir, self.model, self.opt, self.sched)
+            state = checkpoint.load_trainer_state(checkpoint_dir, self.masters.named, self.opt, self.sched)
             self.step, self.version = state.step, state.version
             self.generator.manual_seed(cfg.trainer.seed + state.step)
 
@@ -88,7 +93,8 @@ class Trainer:
                             continue
                         sums[k] += v
                         counts[k] += 1
-                norms.append(clip_and_step(self.model, self.opt, self.cfg.optim.grad_clip))
+                norms.append(clip_and_step(self.masters.parameters(), self.opt, self.cfg.optim.grad_clip))
+                self.masters.push()
         self.sched.step()
         out: dict = {k: sums[k] / counts[k] for k in sums}
         out.update({k: h.tolist() for k, h in hists.items()})
@@ -97,15 +103,18 @@ class Trainer:
         return out
 
     def full_state(self) -> checkpoint.FullState:
-        """Full weights and optimizer moments (a collective on every rank when sharded)."""
+        """Full float32 master weights and optimizer moments (a collective on every rank when
+        sharded): what a checkpoint holds."""
         gather = (lambda t: t.full_tensor()) if self.dist.sharded else (lambda t: t)
-        moments, steps = checkpoint.optimizer_moments(self.model, self.opt, gather)
-        return checkpoint.FullState(self.named_weights(), moments, steps)
+        moments, steps = checkpoint.optimizer_moments(self.masters.named, self.opt, gather)
+        weights = {n: gather(t).detach() for n, t in self.masters.named.items()}
+        return checkpoint.FullState(weights, moments, steps)
 
     def named_weights(self) -> dict[str, torch.Tensor]:
-        """Full weights in a fixed order (a collective on every rank when sharded)."""
+        """Full weights in the compute dtype, in a fixed order, as workers receive them (a
+        collective on every rank when sharded)."""
         if self.dist.sharded:
-            return full_weights(self.model)
+            return full_weights(self.model, self.compute_dtype)
         return {n: p.detach() for n, p in self.model.named_parameters()}
 
     def _logits(self, mb: MicroBatch) -> torch.Tensor:

@@ -1,10 +1,15 @@
-"""Extract the final answer of a response: the content of its last ``\\boxed{...}``.
+"""Extract the final answer of a response: its last ``\\boxed{...}``, or its last ``Answer:`` line.
 
 DESIGN section 4.5: the prediction is taken from the last ``\\boxed{}`` of the response (the
 convention of verl's ``last_boxed_only_string`` and of prime-rl/verifiers'
 ``extract_boxed_answer``; notes/algorithms.md section 5.3). Braces are matched with nesting;
 an escaped brace (``\\{``, ``\\}``) does not count. ``\\boxed 5`` (a space, then one token) and
 ``\\fbox{...}`` are accepted too.
+
+``rewards.answer_format: answer_line`` reads DAPO's form instead: the last ``Answer: X`` (case
+insensitive, up to the end of its line; verl's ``math_dapo`` uses the same rule), with ``$...$``
+around it and a final full stop taken off, and a ``\\boxed{}`` inside it unwrapped. ``auto``
+takes whichever of the two comes last in the response.
 """
 
 from __future__ import annotations
@@ -15,17 +20,64 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)")
 _TOKEN_END = re.compile(r"[\s$]")
 
 
+_ANSWER_LINE_RE = re.compile(r"(?i)answer\s*:\s*([^\n]+)")
+FORMATS = ("boxed", "answer_line", "auto")
+
+
+def final_answer(text: str, answer_format: str) -> str | None:
+    """The response's final answer in ``answer_format`` (see the module docstring); None if none."""
+    if answer_format == "boxed":
+        return last_boxed(text)
+    if answer_format == "answer_line":
+        return last_answer_line(text)
+    assert answer_format == "auto", answer_format
+    found = [f for f in (_last_boxed_at(text), _last_answer_line_at(text)) if f is not None]
+    return max(found, key=lambda f: f[0])[1] if found else None
+
+
 def last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``.
 
     Returns None when there is no box or when the last box's braces are unbalanced. A
     ``\\boxed`` that is the prefix of a longer command name (``\\boxedfoo``) is not a box.
     """
+    found = _last_boxed_at(text)
+    return found[1] if found else None
+
+
+def last_answer_line(text: str) -> str | None:
+    """The answer on the last ``Answer:`` line of ``text``, cleaned; None when there is none."""
+    found = _last_answer_line_at(text)
+    return found[1] if found else None
+
+
+def _last_boxed_at(text: str) -> tuple[int, str | None] | None:
     for match in reversed(list(_BOX_RE.finditer(text))):
         is_box, content = _box_content(text, match.end())
         if is_box:
-            return content
+            return match.start(), content
     return None
+
+
+def _last_answer_line_at(text: str) -> tuple[int, str | None] | None:
+    matches = list(_ANSWER_LINE_RE.finditer(text))
+    if not matches:
+        return None
+    return matches[-1].start(), _clean_answer(matches[-1].group(1))
+
+
+def _clean_answer(raw: str) -> str | None:
+    """``$42$.`` -> ``42``; ``\\boxed{42}`` -> ``42``; None when nothing is left."""
+    answer = raw.strip()
+    if _BOX_RE.search(answer):
+        answer = last_boxed(answer) or ""
+    answer = answer.strip().removesuffix(".").strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if len(answer) > len(left) + len(right) - 1 and answer.startswith(left) and answer.endswith(right):
+            answer = answer[len(left):len(answer) - len(right)].strip()
+            break
+    answer = answer.removesuffix(".").strip()
+    return answer or None
 
 
 def _box_content(text: str, pos: int) -> tuple[bool, str | None]:

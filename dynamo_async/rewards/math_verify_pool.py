@@ -25,6 +25,7 @@ from typing import Sequence
 import msgspec
 
 from dynamo_async.config.schema import RewardConfig
+from dynamo_async.rewards.extract import FORMATS
 from dynamo_async.rewards.handle import WorkerHandle
 from dynamo_async.rewards.messages import (SCORER_PROTOCOL_VERSION, ScoreJob, ScoreResult, Status,
                                            WorkerMessage, WorkerReady)
@@ -56,16 +57,19 @@ class MathVerifyScorer:
     """
 
     def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, hard_timeout_s: float = 30.0,
-                 max_chars: int = 50_000) -> None:
+                 max_chars: int = 50_000, answer_format: str = "boxed") -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers: got {num_workers}, expected >= 1")
         if max_chars < 1:
             raise ValueError(f"max_chars: got {max_chars}, expected >= 1")
+        if answer_format not in FORMATS:
+            raise ValueError(f"answer_format: got {answer_format!r}, expected one of {FORMATS}")
         alarm_seconds(timeout_s)  # validates timeout_s
         if not hard_timeout_s > timeout_s:
             raise ValueError(f"hard_timeout_s: got {hard_timeout_s} with timeout_s={timeout_s}, "
                              "expected the outer timeout to exceed the inner one")
         self._timeout_s, self._hard_timeout_s, self._max_chars = timeout_s, hard_timeout_s, max_chars
+        self._answer_format = answer_format
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Condition()
         self._queue: collections.deque[_Job] = collections.deque()
@@ -88,7 +92,7 @@ class MathVerifyScorer:
     @classmethod
     def from_config(cls, cfg: RewardConfig) -> MathVerifyScorer:
         return cls(num_workers=cfg.num_workers, timeout_s=cfg.timeout_s,
-                   hard_timeout_s=cfg.hard_timeout_s, max_chars=cfg.max_chars)
+                   hard_timeout_s=cfg.hard_timeout_s, max_chars=cfg.max_chars, answer_format=cfg.answer_format)
 
     def __enter__(self) -> MathVerifyScorer:
         return self
@@ -149,7 +153,7 @@ class MathVerifyScorer:
 
     def _new_worker(self, index: int) -> WorkerHandle:
         return WorkerHandle(self._ctx, f"math-verify-{index}", self._timeout_s, self._max_chars,
-                            _START_TIMEOUT_S)
+                            _START_TIMEOUT_S, self._answer_format)
 
     def _await_ready(self) -> None:
         with self._lock:

@@ -15,7 +15,8 @@ import msgspec
 SCORER_PROTOCOL_VERSION = 1
 
 Status = Literal["ok", "no_answer", "timeout", "error"]
-"""ok: math-verify ran (acc says whether it matched); no_answer: no ``\\boxed{}`` in the response;
+"""ok: math-verify ran (acc says whether it matched); no_answer: no final answer in the response's
+``rewards.answer_format`` (no ``\\boxed{}`` / ``Answer:`` line);
 timeout: math-verify's own or the pool's hard timeout fired; error: math-verify raised, the gold
 answer did not parse, or the worker died."""
 

@@ -1,7 +1,8 @@
 """The scoring rule and the main loop of one math-verify worker process (DESIGN section 4.5).
 
-Rule (notes/algorithms.md section 5.3, as prime-rl/verifiers ``verify_response``): keep the last
-``max_chars`` characters of the response, take its last ``\\boxed{}`` (none: "no_answer"), then
+Rule (as prime-rl/verifiers ``verify_response``): keep the last ``max_chars`` characters of the
+response, take its final answer in ``rewards.answer_format`` (its last ``\\boxed{}``, its last
+``Answer:`` line, or whichever comes last; none: "no_answer"; ``extract.py``), then
 ``verify(parse("\\boxed{gold}"), parse("\\boxed{pred}"))``. math-verify's own timeouts use
 SIGALRM, so they only work in a main thread: this module runs as the main thread of its own
 process. ``raise_on_error=True`` makes math-verify raise its timeouts instead of logging them,
@@ -19,7 +20,7 @@ from multiprocessing.connection import Connection
 
 import msgspec
 
-from dynamo_async.rewards.extract import last_boxed
+from dynamo_async.rewards.extract import final_answer
 from dynamo_async.rewards.messages import (SCORER_PROTOCOL_VERSION, ScoreJob, ScoreReply,
                                            ScoreResult, WorkerReady)
 
@@ -42,12 +43,13 @@ def _parse_gold(gold: str, timeout: int) -> list:
     return parse("\\boxed{" + gold + "}", parsing_timeout=timeout, raise_on_error=True)
 
 
-def score_response(response: str, gold: str, timeout_s: float, max_chars: int) -> ScoreResult:
+def score_response(response: str, gold: str, timeout_s: float, max_chars: int,
+                   answer_format: str = "boxed") -> ScoreResult:
     """Score one response; must run in a main thread (math-verify's SIGALRM timeouts)."""
     from math_verify import parse, verify
     from math_verify.errors import TimeoutException
 
-    pred = last_boxed(response[-max_chars:])
+    pred = final_answer(response[-max_chars:], answer_format)
     if pred is None or not pred.strip():
         return ScoreResult(acc=0, status="no_answer")
     timeout = alarm_seconds(timeout_s)
@@ -64,7 +66,7 @@ def score_response(response: str, gold: str, timeout_s: float, max_chars: int) -
     return ScoreResult(acc=int(bool(correct)), status="ok")
 
 
-def worker_main(conn: Connection, timeout_s: float, max_chars: int) -> None:
+def worker_main(conn: Connection, timeout_s: float, max_chars: int, answer_format: str = "boxed") -> None:
     """Process entry point: announce readiness, then score jobs until the parent hangs up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     import math_verify  # noqa: F401 - import before announcing readiness
@@ -76,7 +78,7 @@ def worker_main(conn: Connection, timeout_s: float, max_chars: int) -> None:
         while True:
             job = decoder.decode(conn.recv_bytes())
             assert job.v == SCORER_PROTOCOL_VERSION, job.v
-            result = score_response(job.response, job.gold, timeout_s, max_chars)
+            result = score_response(job.response, job.gold, timeout_s, max_chars, answer_format)
             conn.send_bytes(encoder.encode(ScoreReply(id=job.id, result=result)))
     except (EOFError, BrokenPipeError, ConnectionResetError):  # the parent hung up: shut down
         return
