@@ -41,7 +41,7 @@ def make_batch(vocab: int, groups: int, samples: int, prompt_len: int, response_
     return LearnerBatch(step=0, policy_version=0, groups=tuple(out), staleness=(0,) * groups)
 
 
-def make_trainer(model: str, arm: str):
+def make_trainer(model: str, arm: str, device: str):
     import torch
 
     from dynamo_async.config import load_config
@@ -53,7 +53,7 @@ def make_trainer(model: str, arm: str):
                                             "optim.warmup_steps=0", "optim.weight_decay=0.1", "method=dynamo",
                                             "optim.micro_batch_tokens=2048"])
     torch.manual_seed(0)
-    trainer = Trainer(cfg, "cpu")
+    trainer = Trainer(cfg, device)
     if arm == "pure bf16":  # parameters (still the optimizer's tensors) cast to bf16 in place
         trainer.model.to(torch.bfloat16)
         trainer.opt, trainer.sched = make_optimizer(trainer.masters.parameters(), cfg.optim)
@@ -64,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin:tiny-math")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--prompt-len", type=int, default=48)
@@ -76,7 +77,7 @@ def main() -> None:
 
     resolve_model(args.model)
     arms = ["fp32", "bf16+masters", "pure bf16"]
-    trainers = {arm: make_trainer(args.model, arm) for arm in arms}
+    trainers = {arm: make_trainer(args.model, arm, args.device) for arm in arms}
     vocab = trainers["fp32"].model.config.vocab_size
     batch = make_batch(vocab, args.groups, args.samples, args.prompt_len, args.response_len)
     before = {arm: {n: t.detach().float().clone() for n, t in tr.masters.named.items()} for arm, tr in trainers.items()}
@@ -85,6 +86,8 @@ def main() -> None:
         for arm, tr in trainers.items():
             t0 = time.perf_counter()
             metrics = tr.train_on(batch)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
             times[arm].append(time.perf_counter() - t0)
             print(f"step {step} {arm:>12}: {times[arm][-1]:.3f} s loss {metrics['loss']:+.6f} "
                   f"grad_norm {metrics['grad_norm']:.4f}")

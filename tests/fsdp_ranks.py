@@ -2,11 +2,13 @@
 
 Each rank trains its share of the batch with FSDP2 over gloo; then every rank gathers the
 float32 master weights and rank 0 writes them (safetensors) to the path given on the command
-line. Further arguments are config overrides (e.g. ``model.compute_dtype=bfloat16``).
+line. Further arguments are config overrides (e.g. ``model.compute_dtype=bfloat16``);
+``FSDP_DEVICE=cuda`` runs it on GPUs with NCCL (FSDP2 even with a single rank).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -49,16 +51,19 @@ def main(out: str, method: str, *extra: str) -> None:
 
     cfg = config(method, *extra)
     resolve_model(cfg.model.name)  # build builtins before torch.distributed exists
-    dist.init_process_group("gloo")
-    info = DistInfo(dist.get_rank(), dist.get_world_size())
+    device = os.environ.get("FSDP_DEVICE", "cpu")  # "cuda": NCCL, one GPU per rank
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), fsdp=True)  # sharded with one rank too
     torch.manual_seed(0)
-    trainer = Trainer(cfg, "cpu", dist_info=info)
+    trainer = Trainer(cfg, device, dist_info=info)
     metrics = trainer.train_on(fixed_batch(trainer.model.config.vocab_size))
     weights = trainer.full_state().weights  # the float32 masters; a collective: every rank
     trainer.named_weights()  # the broadcast's gather in the compute dtype runs on every rank too
     assert np.isfinite(metrics["loss"])
     if info.rank == 0:
-        save_file({n: t.contiguous() for n, t in weights.items()}, out)
+        save_file({n: t.contiguous().cpu() for n, t in weights.items()}, out)
     leave(info, 0)  # ends the process (see leave)
 
 

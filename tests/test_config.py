@@ -132,3 +132,24 @@ def test_readme_test_command_is_what_ci_runs():
     assert len(commands) == 2, "the README opens with the demo command and the test command"
     assert commands[1].endswith(".venv/bin/pytest") and commands[1] in ci.splitlines()
     assert commands[0].startswith(commands[1].removesuffix(".venv/bin/pytest"))  # same set-up
+
+
+def test_numbers_as_users_type_them_on_the_command_line_and_in_yaml(tmp_path):
+    cfg = load_config(None, ["model.name=builtin:tiny", "optim.lr=1e-6", "advantage.eps=1E-8",
+                             "loss.eps_high=2.8e-1", "baselines.clip_cov_ratio=+2e-4"])
+    assert cfg.optim.lr == 1e-6 and cfg.advantage.eps == 1e-8
+    assert cfg.loss.eps_high == 0.28 and cfg.baselines.clip_cov_ratio == 2e-4
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  name: builtin:tiny\noptim:\n  lr: 1e-6\n  warmup_steps: 10\n")
+    cfg = load_config(path)
+    assert cfg.optim.lr == 1e-6 and cfg.optim.warmup_steps == 10
+    assert load_config(dump_config(cfg, tmp_path / "again.yaml")) == cfg
+
+
+def test_model_dtype_was_renamed_compute_dtype(tmp_path):
+    with pytest.raises(ValueError, match="model.dtype'?: renamed to model.compute_dtype.*float32 master"):
+        load_config(None, ["model.name=builtin:tiny", "model.dtype=bfloat16"])
+    path = tmp_path / "old.yaml"
+    path.write_text("model:\n  name: builtin:tiny\n  dtype: bfloat16\n")
+    with pytest.raises(ValueError, match="config field model.dtype: renamed to model.compute_dtype"):
+        load_config(path)

@@ -1,8 +1,14 @@
-"""GPU paths (marked gpu; ``bench/gpu_check.sh`` runs them): the learner step in bf16 on CUDA
-and generation with the ``hf`` engine on CUDA, both with the builtin tiny-math model."""
+"""GPU paths (marked gpu; ``bench/gpu_check.sh`` runs them): the learner step in bf16 compute over
+float32 masters on CUDA at the presets' lr (one process, and FSDP2 with one rank), and
+generation with the ``hf`` engine on CUDA, with the builtin tiny-math model."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,20 +40,69 @@ def _batch(vocab: int) -> LearnerBatch:
     return LearnerBatch(step=0, policy_version=0, groups=tuple(groups), staleness=(0, 0, 0, 0))
 
 
+def _moved(trainer, steps: int = 3) -> float:
+    before = {n: t.detach().clone() for n, t in trainer.masters.named.items()}
+    for _ in range(steps):
+        metrics = trainer.train_on(_batch(trainer.model.config.vocab_size))
+        assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+    changed = sum(int((before[n] != t).sum()) for n, t in trainer.masters.named.items())
+    return changed / sum(t.numel() for t in before.values())
+
+
 @pytest.mark.parametrize("method", ["dynamo", "grpo"])
-def test_learner_step_in_bf16_on_cuda(method):
+def test_learner_step_in_bf16_on_cuda_moves_the_float32_masters_at_lr_1e_6(method):
+    """The presets' numeric path: bf16 compute, float32 masters, lr 1e-6; the masters move like
+    the float32 run's (pure bf16 weights would lose almost every update)."""
     _cuda()
     from dynamo_async.learner.trainer import Trainer
 
-    cfg = load_config(TINY, ["model.dtype=bfloat16", f"method={method}"])
-    trainer = Trainer(cfg, "cuda")
-    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    metrics = trainer.train_on(_batch(trainer.model.config.vocab_size))
+    lr = ["optim.lr=1e-6", "optim.warmup_steps=0", "optim.weight_decay=0.1", f"method={method}"]
+    torch.manual_seed(0)
+    fp32 = Trainer(load_config(TINY, ["model.compute_dtype=float32", *lr]), "cuda")
+    torch.manual_seed(0)
+    trainer = Trainer(load_config(TINY, ["model.compute_dtype=bfloat16", *lr]), "cuda")
     assert all(p.dtype == torch.bfloat16 and p.is_cuda for p in trainer.model.parameters())
-    assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
-    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    assert all(t.dtype == torch.float32 and t.is_cuda for t in trainer.masters.named.values())
+    moved32, moved16 = _moved(fp32), _moved(trainer)
+    assert moved32 > 0.9 and moved16 / moved32 >= 0.9, (moved16, moved32)
+    metrics = trainer.train_on(_batch(trainer.model.config.vocab_size))
     if method == "dynamo":
         assert 0.6 <= metrics["beta_stab_min"] <= 1.0 and metrics["beta_comp_mean"] >= 1.0
+
+
+def test_fsdp2_mixed_precision_with_one_rank_on_cuda(tmp_path):
+    """FSDP2 (NCCL, one GPU) with MixedPrecisionPolicy(bf16, reduce float32) over float32 shards:
+    the gathered masters stay float32 and move at lr 1e-6 like the float32 run's."""
+    _cuda()
+    from safetensors.torch import load_file
+
+    from dynamo_async.learner.trainer import Trainer
+
+    here = Path(__file__).resolve().parent
+    spec = importlib.util.spec_from_file_location("fsdp_ranks", here / "fsdp_ranks.py")
+    fsdp_ranks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fsdp_ranks)
+    lr = ("optim.lr=1e-6", "optim.warmup_steps=0")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "fsdp.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-addr",
+                           "127.0.0.1", "--master-port", str(port), str(here / "fsdp_ranks.py"), str(out), "grpo",
+                           "model.compute_dtype=bfloat16", *lr], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "FSDP_DEVICE": "cuda"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sharded = load_file(str(out))
+    torch.manual_seed(0)
+    single = Trainer(fsdp_ranks.config("grpo", *lr), "cuda")
+    before = {n: t.detach().cpu().clone() for n, t in single.masters.named.items()}
+    single.train_on(fsdp_ranks.fixed_batch(single.model.config.vocab_size))
+    after = {n: t.detach().cpu() for n, t in single.masters.named.items()}
+    assert all(t.dtype == torch.float32 for t in sharded.values())
+    total = sum(t.numel() for t in before.values())
+    moved32 = sum(int((before[n] != after[n]).sum()) for n in before) / total
+    moved16 = sum(int((before[n] != sharded[n]).sum()) for n in before) / total
+    assert moved32 > 0.9 and moved16 / moved32 >= 0.9, (moved16, moved32)
 
 
 def test_hf_engine_generates_on_cuda():

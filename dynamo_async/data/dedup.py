@@ -1,4 +1,4 @@
-"""Deduplicate training prompts by problem text (``data.dedup``, on by default).
+"""Deduplicate training prompts by problem text (``data.dedup``, on by default; docs/data.md).
 
 The hub's DAPO-Math-17k repeats each of its 17,917 prompts about 100 times (about 1.79M rows),
 and even its distinct prompts repeat 596 problem texts, 11 of them with different gold

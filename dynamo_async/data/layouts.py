@@ -1,4 +1,4 @@
-"""Where a data row keeps its problem, answer and id: the two published layouts and a mapping.
+"""Where a data row keeps its problem, answer and id: published layouts and mappings (docs/data.md).
 
 - ``plain``: fields ``problem`` and ``answer`` (optional ``id``, ``source``, ``level`` or
   ``meta.level``), as the evaluation benchmarks are published.

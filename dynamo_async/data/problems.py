@@ -1,4 +1,4 @@
-"""Math problems with verifiable gold answers, loaded from JSONL or Parquet (DESIGN section 10).
+"""Math problems with verifiable gold answers, loaded from JSONL or Parquet (docs/data.md).
 
 Rows are read in the layout they are published in (``layouts.py``): ``problem`` and ``answer``
 (the evaluation benchmarks), verl's RL layout (``prompt`` chat messages,

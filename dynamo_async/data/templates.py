@@ -1,4 +1,4 @@
-"""Prompt templates around a problem's text: the known ones by name, stripping and applying.
+"""Prompt templates around a problem: known ones by name, stripping and applying (docs/data.md).
 
 DAPO-Math-17k (BytedTsinghua-SIA) publishes every problem inside DAPO's instruction template,
 which asks for the answer on a last line ``Answer: X`` (verl's ``math_dapo`` reward reads it)::

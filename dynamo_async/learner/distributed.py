@@ -29,10 +29,11 @@ from buffer.batch import LearnerBatch, ReadyGroup, Sample
 class DistInfo:
     rank: int = 0
     world: int = 1
+    fsdp: bool | None = None  # None: shard when there are several ranks (True: also with one)
 
     @property
     def sharded(self) -> bool:
-        return self.world > 1
+        return self.world > 1 if self.fsdp is None else self.fsdp
 
 
 def shard_model(model: torch.nn.Module, compute: torch.dtype = torch.float32) -> None:

@@ -1,4 +1,4 @@
-"""Mixed precision: float32 master weights and AdamW state, compute in ``model.compute_dtype``.
+"""Mixed precision: float32 masters and AdamW state, compute in ``model.compute_dtype`` (docs/precision.md).
 
 Why: an AdamW step is about lr (1e-6 in Table 3) per element, and bf16 keeps 8 bits of
 mantissa, so a bf16 weight of size |w| moves only if the step exceeds |w| * 2^-9; for weights

@@ -1,8 +1,8 @@
 """Extract the final answer of a response: its last ``\\boxed{...}``, or its last ``Answer:`` line.
 
-DESIGN section 4.5: the prediction is taken from the last ``\\boxed{}`` of the response (the
-convention of verl's ``last_boxed_only_string`` and of prime-rl/verifiers'
-``extract_boxed_answer``; notes/algorithms.md section 5.3). Braces are matched with nesting;
+docs/data.md ("Answer formats"): by default the prediction is the last ``\\boxed{}`` of the
+response (the convention of verl's ``last_boxed_only_string`` and of prime-rl/verifiers'
+``extract_boxed_answer``). Braces are matched with nesting;
 an escaped brace (``\\{``, ``\\}``) does not count. ``\\boxed 5`` (a space, then one token) and
 ``\\fbox{...}`` are accepted too.
 
