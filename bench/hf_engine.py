@@ -73,7 +73,7 @@ def main() -> None:
     cfg = load_config(TINY, [f"model.name={args.model}", f"rollout.max_new_tokens={n}",
                              f"rollout.temperature={args.temperature}", f"rollout.top_p={args.top_p}"])
     tokenizer = load_tokenizer(cfg.model.name)
-    model = load_model(cfg.model.name, cfg.model.dtype, "cpu").eval()
+    model = load_model(cfg.model.name, cfg.model.compute_dtype, "cpu").eval()
     prompts = [p.token_ids for p in pool_prompts(training_problems(cfg.data), tokenizer, cfg)[:args.batch]]
     if len(prompts) < args.batch:
         raise SystemExit(f"--batch {args.batch}: only {len(prompts)} prompts in the synthetic task")

@@ -50,6 +50,19 @@ def test_answer_line_extraction_is_verls_rule():
     assert last_answer_line("Answer: $$") is None
     assert final_answer("Answer: 2\n\\boxed{3}", "auto") == "3"
     assert final_answer("\\boxed{3}\nAnswer: 2", "auto") == "2"
+    assert final_answer("\\boxed{3}\nAnswer:", "auto") == "3"  # an empty answer line does not win
+
+
+@pytest.mark.parametrize("response, answer", [
+    ("**Answer: 42**", "42"),
+    ("**Answer:** 42", "42"),
+    ("Answer:\n$$\n\\frac{1}{2}\n$$", "\\frac{1}{2}"),
+    ("Answer: \\[ 7 \\]", "7"),
+    ("answer: 3 is wrong. Final Answer: 5", "5"),
+    ("Answer: $x = 2$.", "x = 2"),
+])
+def test_answer_lines_as_models_format_them(response, answer):
+    assert last_answer_line(response) == answer
 
 
 def test_the_pool_scores_in_the_configured_format():

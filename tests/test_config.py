@@ -153,3 +153,10 @@ def test_model_dtype_was_renamed_compute_dtype(tmp_path):
     path.write_text("model:\n  name: builtin:tiny\n  dtype: bfloat16\n")
     with pytest.raises(ValueError, match="config field model.dtype: renamed to model.compute_dtype"):
         load_config(path)
+
+
+def test_strings_that_look_like_numbers_survive_the_resolved_config(tmp_path):
+    cfg = load_config(None, ["model.name=builtin:tiny", 'data.system_prompt="1e6"',
+                             "data.few_shot=[{problem: 'What is 10^6?', answer: '1e6'}]"])
+    assert cfg.data.system_prompt == "1e6" and cfg.data.few_shot[0].answer == "1e6"
+    assert load_config(dump_config(cfg, tmp_path / "resolved.yaml")) == cfg

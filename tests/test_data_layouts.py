@@ -76,8 +76,8 @@ def test_the_whole_dapo_file_dedups_by_problem_text():
 def test_dedup_merges_identical_copies_and_drops_disagreeing_ones():
     rows = [Problem("a", "1+1", "2", "s"), Problem("b", "2+2", "4", "s"), Problem("c", "1+1", "2", "s"),
             Problem("d", "3+3", "6", "s"), Problem("e", " 3+3 ", "7", "s")]
-    kept, report = dedup_problems(rows)
-    assert [p.id for p in kept] == ["a", "b"]
+    kept, report = dedup_problems((f"row {i}", p) for i, p in enumerate(rows))
+    assert [(where, p.id) for where, p in kept] == [("row 0", "a"), ("row 1", "b")]
     assert (report.rows, report.prompts, report.merged_copies, report.conflicting_texts, report.conflicting_rows) == (
         5, 2, 1, 1, 2)
 
@@ -135,6 +135,22 @@ def test_mapped_fields_with_dotted_paths(tmp_path):
                                                                ("q2", "What is 2 + 2?", "4")]
 
 
+def test_one_mapped_field_with_the_layouts_other_field(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question": "What is 1 + 2?", "answer": "3"}) + "\n")
+    problems, _ = load_training_set(_cfg(path, "data.problem_field=question").data)
+    assert [(p.problem, p.answer) for p in problems] == [("What is 1 + 2?", "3")]
+
+
+def test_distinct_problems_sharing_an_id_after_dedup_say_so(tmp_path):
+    path = tmp_path / "ids.jsonl"
+    path.write_text(json.dumps({"id": "x", "problem": "p", "answer": "1"}) + "\n"
+                    + json.dumps({"id": "x", "problem": "q", "answer": "2"}) + "\n")
+    with pytest.raises(ValueError, match=r"ids\.jsonl, line 2: got duplicate id 'x' \(first at .*line 1\).*"
+                                         "two different problems share this id"):
+        load_training_set(_cfg(path).data)
+
+
 def test_rows_matching_no_layout_name_their_fields_and_the_options(tmp_path):
     path = tmp_path / "odd.parquet"
     pq.write_table(pa.Table.from_pylist([{"question": "1+1", "solution": "2"}]), path)
@@ -183,3 +199,19 @@ def test_eval_sets_are_read_with_the_runs_template_stripping(tmp_path):
     cfg = _cfg("synthetic", f"data.eval=[{path}]", "data.strip_template=dapo")
     assert eval_problems(cfg.data)["aime-templated"][0].problem == "What is 1 + 1?"
     assert load_problems(path, ReadOptions())[0].problem.startswith("Solve the following")
+
+
+def test_missing_hub_dataset_says_to_check_the_name_or_pass_a_file(monkeypatch):
+    class DatasetNotFoundError(FileNotFoundError):
+        pass
+
+    def load_dataset(name, split):
+        raise DatasetNotFoundError(f"Dataset '{name}' doesn't exist on the Hub or cannot be accessed.")
+
+    fake = types.SimpleNamespace(load_dataset=load_dataset, get_dataset_split_names=lambda name: ["train"],
+                                 exceptions=types.SimpleNamespace(DatasetNotFoundError=DatasetNotFoundError))
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    with pytest.raises(ValueError) as err:
+        load_training_set(_cfg("someone/no-such-set").data)
+    assert "neither a local file nor a Hugging Face dataset" in str(err.value)
+    assert "check the name" in str(err.value) and "data.train=DIR/FILE.parquet" in str(err.value)

@@ -133,3 +133,19 @@ def test_checkpoint_model_loads_in_transformers_as_float32(tmp_path):
         if name in trainer.masters.named:
             assert torch.equal(p, trainer.masters.named[name]), name
 
+
+
+def test_resume_from_a_checkpoint_with_bf16_optimizer_moments(tmp_path):
+    """A run checkpointed before float32 masters kept bf16 AdamW moments: resuming casts them."""
+    from safetensors.torch import save_file
+
+    trainer = Trainer(_config("bfloat16"), "cpu")
+    _trained(trainer, 1)
+    ckpt = checkpoint.save_checkpoint(tmp_path, 1, 1, trainer.model, trainer.tokenizer, trainer.opt, trainer.sched,
+                                      _NoBuffer(), trainer.full_state())
+    moments = load_file(str(ckpt / "optimizer.safetensors"))
+    save_file({k: v.to(torch.bfloat16) for k, v in moments.items()}, str(ckpt / "optimizer.safetensors"))
+    resumed = Trainer(_config("bfloat16"), "cpu", checkpoint_dir=ckpt)
+    assert all(s["exp_avg"].dtype == torch.float32 for s in resumed.opt.state.values())
+    before, after = _trained(resumed, 1)
+    assert _moved(before, after) > 0.9

@@ -27,10 +27,14 @@ class _Loader(yaml.SafeLoader):
     PyYAML needs ``1.0e-6``; it reads ``1e-6`` as a string)."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
-    list("-+0123456789"))
+class _Dumper(yaml.SafeDumper):
+    """Quotes the strings that ``_Loader`` would read as numbers (``"1e6"``), so that a dumped
+    config reads back equal."""
+
+
+_EXP_FLOAT = re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$""")
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789"))
 
 
 def parse_yaml(text: str):
@@ -89,7 +93,7 @@ def dump_config(cfg: RunConfig, path: str | Path) -> Path:
 
 def config_to_yaml(cfg: RunConfig) -> str:
     """The resolved config as YAML text that ``load_config`` reads back to an equal config."""
-    return yaml.safe_dump(msgspec.to_builtins(cfg), sort_keys=False, default_flow_style=False)
+    return yaml.dump(msgspec.to_builtins(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -15,11 +15,12 @@ two correct-looking responses at random. So, by the problem's text (whitespace-s
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import msgspec
 
-from dynamo_async.data.problems import Problem
+from dynamo_async.data.problems import Located, Problem
 
 
 class DedupReport(msgspec.Struct, frozen=True):
@@ -39,25 +40,32 @@ class DedupReport(msgspec.Struct, frozen=True):
                 f"{self.conflicting_texts} problem texts with disagreeing answers dropped: {self.conflicting_rows} rows)")
 
 
-def dedup_problems(problems: list[Problem]) -> tuple[list[Problem], DedupReport]:
-    """Problems with duplicates merged and conflicting texts dropped; see the module docstring."""
-    answers: dict[str, set[str]] = defaultdict(set)
-    counts: dict[str, int] = defaultdict(int)
-    for p in problems:
+def dedup_problems(located: Iterable[Located]) -> tuple[list[Located], DedupReport]:
+    """Problems (with where each was read) with duplicates merged and conflicting texts dropped,
+    in first-seen order; see the module docstring. Reads ``located`` once, holding only the
+    distinct texts."""
+    groups: dict[str, _Group] = {}
+    rows = 0
+    for where, p in located:
+        rows += 1
         key = p.problem.strip()
-        answers[key].add(p.answer.strip())
-        counts[key] += 1
-    conflicting = {k for k, a in answers.items() if len(a) > 1}
-    kept: list[Problem] = []
-    seen: set[str] = set()
-    for p in problems:
-        key = p.problem.strip()
-        if key in conflicting or key in seen:
-            continue
-        seen.add(key)
-        kept.append(p)
-    conflicting_rows = sum(counts[k] for k in conflicting)
-    report = DedupReport(rows=len(problems), prompts=len(kept),
-                         merged_copies=len(problems) - conflicting_rows - len(kept),
+        group = groups.get(key)
+        if group is None:
+            groups[key] = _Group(where, p, {p.answer.strip()})
+        else:
+            group.answers.add(p.answer.strip())
+            group.copies += 1
+    kept = [(g.where, g.first) for g in groups.values() if len(g.answers) == 1]
+    conflicting = [g for g in groups.values() if len(g.answers) > 1]
+    conflicting_rows = sum(g.copies for g in conflicting)
+    report = DedupReport(rows=rows, prompts=len(kept), merged_copies=rows - conflicting_rows - len(kept),
                          conflicting_texts=len(conflicting), conflicting_rows=conflicting_rows)
     return kept, report
+
+
+@dataclass
+class _Group:
+    where: str
+    first: Problem
+    answers: set[str]
+    copies: int = 1

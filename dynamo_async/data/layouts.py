@@ -48,13 +48,13 @@ def detect(row: Any, fields: FieldMap, where: str) -> str:
     """``plain`` or ``verl`` from a row's keys (explicit fields count as present)."""
     if not isinstance(row, dict):
         raise ValueError(f"{where}: got {type(row).__name__}, expected a record (a JSON object / Parquet row)")
-    keys = set(row)
-    if {"problem", "answer"} <= keys or (fields.problem and fields.answer):
-        return "plain"
-    if {"prompt", "reward_model"} <= keys:
-        return "verl"
+    for layout in ("plain", "verl"):  # a mapped field stands in for the layout's own
+        defaults = _DEFAULTS[layout]
+        if all(lookup(row, mapped or defaults[key]) is not None
+               for key, mapped in (("problem", fields.problem), ("answer", fields.answer))):
+            return layout
     raise ValueError(
-        f"{where}: got a row with fields {sorted(keys)}, expected 'problem' and 'answer' (plain layout) or "
+        f"{where}: got a row with fields {sorted(row)}, expected 'problem' and 'answer' (plain layout) or "
         "'prompt' and 'reward_model.ground_truth' (verl's layout); map other fields with "
         "data.problem_field=..., data.answer_field=... (dotted paths into nested fields, e.g. "
         "reward_model.ground_truth) and optionally data.id_field=...")

@@ -15,6 +15,7 @@ optional ``datasets`` package and a reachable hub or a local ``datasets`` cache)
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +36,29 @@ class Problem(msgspec.Struct, frozen=True):
 
 
 class ReadOptions(msgspec.Struct, frozen=True):
-    """How a file's rows become problems: field mapping, template stripping, id check."""
+    """How a file's rows become problems: field mapping and template stripping."""
 
     fields: FieldMap = FieldMap()
     strip_template: str = ""
-    unique_ids: bool = True
+
+
+Located = tuple[str, Problem]
+"""A problem and where it was read ("FILE, line 3")."""
+
+_DUPLICATE_HINT = ("repeated copies of a prompt merge with data.dedup: true; or name another id field with "
+                   "data.id_field")
 
 
 def load_problems(path: str | os.PathLike[str], opts: ReadOptions = ReadOptions()) -> list[Problem]:
-    """Read problems from a ``.jsonl`` or ``.parquet`` file (ids unique unless told otherwise)."""
+    """Read problems from a ``.jsonl`` or ``.parquet`` file; ids must be unique."""
+    located = list(iter_problems(path, opts))
+    check_unique_ids(located)
+    return [p for _, p in located]
+
+
+def iter_problems(path: str | os.PathLike[str], opts: ReadOptions = ReadOptions()) -> Iterator[Located]:
+    """The problems of a ``.jsonl`` or ``.parquet`` file one at a time (a file of millions of
+    repeated rows is never held whole), ids unchecked."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"problems file: got {str(path)!r}, expected an existing file")
@@ -58,31 +73,27 @@ def load_problems(path: str | os.PathLike[str], opts: ReadOptions = ReadOptions(
     return convert_rows(rows, path.stem, str(path), opts)
 
 
-def convert_rows(rows: list[tuple[str, int, Any]], stem: str, name: str, opts: ReadOptions) -> list[Problem]:
-    """(where, index, row) triples as problems, in order."""
-    if not rows:
-        return []
-    paths = opts.fields.resolve(rows[0][2], f"{name}, {rows[0][0]}")
-    problems = [_to_problem(row, index, paths, stem, f"{name}, {where}", opts.strip_template)
-                for where, index, row in rows]
-    if opts.unique_ids:
-        check_unique_ids(problems, [f"{name}, {where}" for where, _, _ in rows])
-    return problems
+def convert_rows(rows: Iterable[tuple[str, int, Any]], stem: str, name: str, opts: ReadOptions) -> Iterator[Located]:
+    """(where, index, row) triples as located problems, in order; the first row fixes the layout."""
+    paths = None
+    for where, index, row in rows:
+        here = f"{name}, {where}"
+        if paths is None:
+            paths = opts.fields.resolve(row, here)
+        yield here, _to_problem(row, index, paths, stem, here, opts.strip_template)
 
 
-def check_unique_ids(problems: list[Problem], wheres: list[str] | None = None) -> None:
-    seen: dict[str, int] = {}
-    for i, p in enumerate(problems):
+def check_unique_ids(located: list[Located], hint: str = _DUPLICATE_HINT) -> None:
+    seen: dict[str, str] = {}
+    for where, p in located:
         if p.id in seen:
-            first, here = (wheres[seen[p.id]], wheres[i]) if wheres else (f"problem {seen[p.id]}", f"problem {i}")
-            raise ValueError(f"{here}: got duplicate id {p.id!r} (first at {first}), expected unique ids "
-                             "(repeated copies of a prompt merge with data.dedup: true; or name another id "
-                             "field with data.id_field)")
-        seen[p.id] = i
+            raise ValueError(f"{where}: got duplicate id {p.id!r} (first at {seen[p.id]}), expected unique ids "
+                             f"({hint})")
+        seen[p.id] = where
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, int, Any]]:
-    rows: list[tuple[str, int, Any]] = []
+def _read_jsonl(path: Path) -> Iterator[tuple[str, int, Any]]:
+    index = 0
     with path.open("rb") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -92,15 +103,18 @@ def _read_jsonl(path: Path) -> list[tuple[str, int, Any]]:
             except msgspec.DecodeError as e:
                 raise ValueError(f"{path}, line {line_no}: got invalid JSON ({e}), "
                                  "expected one JSON object per line") from e
-            rows.append((f"line {line_no}", len(rows), row))
-    return rows
+            yield f"line {line_no}", index, row
+            index += 1
 
 
-def _read_parquet(path: Path) -> list[tuple[str, int, Any]]:
+def _read_parquet(path: Path) -> Iterator[tuple[str, int, Any]]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    return [(f"row {i}", i, row) for i, row in enumerate(table.to_pylist())]
+    index = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+        for row in batch.to_pylist():
+            yield f"row {index}", index, row
+            index += 1
 
 
 def _to_problem(row: Any, index: int, paths: dict[str, str], stem: str, where: str, strip: str) -> Problem:
@@ -144,11 +158,18 @@ def _level(row: dict[str, Any]) -> int:
 
 
 def load_spec(spec: str, field: str, opts: ReadOptions = ReadOptions()) -> list[Problem]:
-    """A local JSONL/Parquet file, or a Hugging Face dataset ``owner/name[:split]``."""
+    """A local JSONL/Parquet file, or a Hugging Face dataset ``owner/name[:split]``; ids unique."""
+    located = list(iter_spec(spec, field, opts))
+    check_unique_ids(located)
+    return [p for _, p in located]
+
+
+def iter_spec(spec: str, field: str, opts: ReadOptions = ReadOptions()) -> Iterator[Located]:
+    """The problems of ``spec`` one at a time, ids unchecked (see ``load_spec``)."""
     if Path(spec).exists():
-        return load_problems(spec, opts)
+        return iter_problems(spec, opts)
     if spec.endswith((".jsonl", ".ndjson", ".parquet")):
         raise ValueError(f"{field}: got {spec!r}, expected an existing file (it does not exist)")
-    from dynamo_async.data.hub import load_hub_problems
+    from dynamo_async.data.hub import iter_hub_problems
 
-    return load_hub_problems(spec, field, opts)
+    return iter_hub_problems(spec, field, opts)

@@ -20,29 +20,31 @@ from dynamo_async.config.schema import DataConfig, RunConfig
 from dynamo_async.data import templates
 from dynamo_async.data.dedup import DedupReport, dedup_problems
 from dynamo_async.data.layouts import FieldMap
-from dynamo_async.data.problems import Problem, ReadOptions, check_unique_ids, load_spec
+from dynamo_async.data.problems import Problem, ReadOptions, check_unique_ids, iter_spec, load_spec
 from dynamo_async.data.synthetic import train_eval_split
 
 
 def read_options(cfg: DataConfig, train: bool) -> ReadOptions:
     """How ``cfg``'s files are read: the field mapping applies to the training data only."""
     fields = FieldMap(cfg.layout, cfg.problem_field, cfg.answer_field, cfg.id_field) if train else FieldMap()
-    return ReadOptions(fields, cfg.strip_template, unique_ids=not (train and cfg.dedup))
+    return ReadOptions(fields, cfg.strip_template)
 
 
 def load_training_set(cfg: DataConfig) -> tuple[list[Problem], DedupReport | None]:
     """The training set named by ``data.train`` and, when deduplicated, what dedup did."""
     if cfg.train == "synthetic":
         return train_eval_split(cfg.synthetic)[0], None
-    problems = load_spec(cfg.train, "data.train", read_options(cfg, train=True))
+    located = iter_spec(cfg.train, "data.train", read_options(cfg, train=True))
     if not cfg.dedup:
-        return problems, None
-    kept, report = dedup_problems(problems)
-    check_unique_ids(kept)
+        located = list(located)
+        check_unique_ids(located)
+        return [p for _, p in located], None
+    kept, report = dedup_problems(located)
+    check_unique_ids(kept, hint="two different problems share this id; name another id field with data.id_field")
     if not kept:
         raise ValueError(f"data.train: got {cfg.train!r} with no usable prompt ({report.line()}), expected at "
                          "least one problem with an answer")
-    return kept, report
+    return [p for _, p in kept], report
 
 
 def training_problems(cfg: DataConfig) -> list[Problem]:

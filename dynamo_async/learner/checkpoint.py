@@ -121,4 +121,4 @@ def _like(param, full: torch.Tensor) -> torch.Tensor:
         from torch.distributed.tensor import distribute_tensor
 
         return distribute_tensor(full.to(param.dtype), param.device_mesh, param.placements)
-    return full.to(device=param.device)
+    return full.to(device=param.device, dtype=param.dtype)  # e.g. bf16 moments of an older run

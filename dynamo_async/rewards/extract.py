@@ -6,9 +6,11 @@ response (the convention of verl's ``last_boxed_only_string`` and of prime-rl/ve
 an escaped brace (``\\{``, ``\\}``) does not count. ``\\boxed 5`` (a space, then one token) and
 ``\\fbox{...}`` are accepted too.
 
-``rewards.answer_format: answer_line`` reads DAPO's form instead: the last ``Answer: X`` (case
-insensitive, up to the end of its line; verl's ``math_dapo`` uses the same rule), with ``$...$``
-around it and a final full stop taken off, and a ``\\boxed{}`` inside it unwrapped. ``auto``
+``rewards.answer_format: answer_line`` reads DAPO's form instead: what follows the last
+``Answer:`` (case insensitive) up to the end of its line, or the next line when it ends its line
+(verl's ``math_dapo`` reads the same), with ``$...$`` or ``**...**`` around it and a final full
+stop taken off, a ``\\boxed{}`` inside it unwrapped, and a ``$$ ... $$`` block opened there read
+to its end. ``auto``
 takes whichever of the two comes last in the response.
 """
 
@@ -20,7 +22,8 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)")
 _TOKEN_END = re.compile(r"[\s$]")
 
 
-_ANSWER_LINE_RE = re.compile(r"(?i)answer\s*:\s*([^\n]+)")
+_ANSWER_RE = re.compile(r"(?i)answer\s*:")
+_DISPLAY = {"$$": "$$", "\\[": "\\]"}  # display math opened on the answer line, closed below
 FORMATS = ("boxed", "answer_line", "auto")
 
 
@@ -31,7 +34,7 @@ def final_answer(text: str, answer_format: str) -> str | None:
     if answer_format == "answer_line":
         return last_answer_line(text)
     assert answer_format == "auto", answer_format
-    found = [f for f in (_last_boxed_at(text), _last_answer_line_at(text)) if f is not None]
+    found = [f for f in (_last_boxed_at(text), _last_answer_line_at(text)) if f is not None and f[1]]
     return max(found, key=lambda f: f[0])[1] if found else None
 
 
@@ -60,15 +63,25 @@ def _last_boxed_at(text: str) -> tuple[int, str | None] | None:
 
 
 def _last_answer_line_at(text: str) -> tuple[int, str | None] | None:
-    matches = list(_ANSWER_LINE_RE.finditer(text))
-    if not matches:
+    """(position, answer) of the last ``Answer:`` marker: the rest of its line, or the next
+    non-empty line when the marker ends its line; a display-math block opened there is read to
+    its end."""
+    markers = list(_ANSWER_RE.finditer(text))
+    if not markers:
         return None
-    return matches[-1].start(), _clean_answer(matches[-1].group(1))
+    start = markers[-1].end()
+    rest = text[start:].lstrip()
+    line = rest.split("\n", 1)[0].strip()
+    closing = _DISPLAY.get(line.strip("*").strip())
+    if closing is not None:
+        body = rest.split("\n", 1)[1] if "\n" in rest else ""
+        line = body.split(closing, 1)[0] if closing in body else ""
+    return markers[-1].start(), _clean_answer(line)
 
 
 def _clean_answer(raw: str) -> str | None:
-    """``$42$.`` -> ``42``; ``\\boxed{42}`` -> ``42``; None when nothing is left."""
-    answer = raw.strip()
+    """``$42$.`` -> ``42``; ``\\boxed{42}`` -> ``42``; ``**42**`` -> ``42``; None when nothing is left."""
+    answer = raw.strip().strip("*").strip()
     if _BOX_RE.search(answer):
         answer = last_boxed(answer) or ""
     answer = answer.strip().removesuffix(".").strip()
