@@ -31,7 +31,7 @@ def main() -> None:
         counts = water_fill(priority, budget, 8, 24)
         times.append(time.perf_counter() - start)
     assert counts.sum() == budget
-    print(f"counts: min={counts.min()} max={counts.max()} mean={counts.mean():.2f}; runs={['%.3f' % t for t in times]}")
+    print(f"counts: min={counts.min()} max={counts.max()} mean={counts.mean():.2f}; runs={[f'{t:.3f}' for t in times]}")
     print(f"water_fill N={args.n} seconds={statistics.median(times):.3f}")
 
 

@@ -43,11 +43,27 @@ def sender_main(conn) -> None:
             bases = [rng.integers(0, 150_000, tokens).astype(np.int32) for _ in range(16)]
             logprobs = pack_f32(-rng.random(tokens))
             versions = pack_i32(np.full(tokens, version, np.int32))
-            frames = [encode(Completion(
-                worker_id="bench-sender", lease_id=lease_id, group_id=group_id, prompt_id=prompt_id,
-                sample_index=i, token_ids=pack_i32(bases[k % 16]), logprobs=logprobs, versions=versions,
-                finish_reason="stop", acc=int((k * 7) % 3 == 0), reward=1.0, score_status="ok", gen_seconds=1.0,
-                score_seconds=0.01)) for k, (group_id, lease_id, prompt_id, i) in enumerate(spec)]
+            frames = [
+                encode(
+                    Completion(
+                        worker_id="bench-sender",
+                        lease_id=lease_id,
+                        group_id=group_id,
+                        prompt_id=prompt_id,
+                        sample_index=i,
+                        token_ids=pack_i32(bases[k % 16]),
+                        logprobs=logprobs,
+                        versions=versions,
+                        finish_reason="stop",
+                        acc=int((k * 7) % 3 == 0),
+                        reward=1.0,
+                        score_status="ok",
+                        gen_seconds=1.0,
+                        score_seconds=0.01,
+                    )
+                )
+                for k, (group_id, lease_id, prompt_id, i) in enumerate(spec)
+            ]
             conn.send(("ready", len(frames), len(frames[0])))
         elif cmd[0] == "send":
             push = ctx.socket(zmq.PUSH)
@@ -162,11 +178,17 @@ def main() -> None:
 
     groups = -(-args.messages // args.group)
     n = groups * args.group
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", [
-        f"allocation.gen_batch_prompts={groups}", f"allocation.avg_rollouts={args.group}",
-        f"allocation.g_min={args.group}", f"allocation.g_max={args.group}", "buffer.max_staleness=1"])
-    prompts = [PoolPrompt(f"p{i}", f"prompt {i}", str(i), np.arange(64, dtype=np.int32) + i)
-               for i in range(2 * groups)]
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
+        [
+            f"allocation.gen_batch_prompts={groups}",
+            f"allocation.avg_rollouts={args.group}",
+            f"allocation.g_min={args.group}",
+            f"allocation.g_max={args.group}",
+            "buffer.max_staleness=1",
+        ],
+    )
+    prompts = [PoolPrompt(f"p{i}", f"prompt {i}", str(i), np.arange(64, dtype=np.int32) + i) for i in range(2 * groups)]
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     sender = ctx.Process(target=sender_main, args=(child,), name="bench-sender", daemon=True)
@@ -192,8 +214,10 @@ def main() -> None:
                         else:
                             rate = buffer_round(svc, server, parent, n, timeout_s=60)
                         rates[kind].append(rate)
-                        print(f"round {r} {kind:6s} messages={n} bytes_per_message={size} msgs_per_s={rate:.0f}",
-                              flush=True)
+                        print(
+                            f"round {r} {kind:6s} messages={n} bytes_per_message={size} msgs_per_s={rate:.0f}",
+                            flush=True,
+                        )
                     batch = svc.pull_batch(timeout=5)  # frees the round's groups (not timed)
                     assert batch is not None and batch.num_samples == n, f"no full batch: {svc.status()}"
                     svc.set_version(svc.version + 1)
@@ -211,8 +235,10 @@ def main() -> None:
         zctx.term()
     buffer_rate = statistics.median(rates["buffer"])
     plain_rate = statistics.median(rates["plain"])
-    print(f"stored {stored} completions; statistics updated for {completed} attempts; "
-          f"{time.monotonic() - t0:.1f} s in all")
+    print(
+        f"stored {stored} completions; statistics updated for {completed} attempts; "
+        f"{time.monotonic() - t0:.1f} s in all"
+    )
     print(f"buffer_ingest ratio={buffer_rate / plain_rate:.4f} msgs_per_s={buffer_rate:.1f}")
 
 

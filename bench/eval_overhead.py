@@ -39,17 +39,26 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from dynamo_async.data.prompts import prompt_ids
     from dynamo_async.evaluation.benchmarks import load_benchmarks
     from dynamo_async.evaluation.runner import EvalRequest, eval_config, make_engine, run_eval, sample_seed
-    from dynamo_async.data.prompts import prompt_ids
     from workers.engine import GenRequest
 
     tmp = Path(tempfile.mkdtemp(prefix="eval-bench-"))
     overrides = [f"rollout.max_new_tokens={args.max_new_tokens}"]
 
     def request(i: int) -> EvalRequest:
-        return EvalRequest(model=args.model, data=[args.data], out=tmp / f"r{i}.json", n=args.n, ks=(1,),
-                           overrides=overrides, batch_size=args.batch_size, limit=args.limit, show_progress=False)
+        return EvalRequest(
+            model=args.model,
+            data=[args.data],
+            out=tmp / f"r{i}.json",
+            n=args.n,
+            ks=(1,),
+            overrides=overrides,
+            batch_size=args.batch_size,
+            limit=args.limit,
+            show_progress=False,
+        )
 
     cfg = eval_config(request(0))
     (bench,) = load_benchmarks([args.data], args.limit)
@@ -60,7 +69,7 @@ def main() -> None:
         tokens = 0
         for start in range(0, len(bench.problems), per_batch):
             reqs = []
-            for p in bench.problems[start:start + per_batch]:
+            for p in bench.problems[start : start + per_batch]:
                 ids = prompt_ids(tokenizer, p.problem, cfg)
                 reqs += [GenRequest(ids, sample_seed(0, bench.name, p.id, k)) for k in range(args.n)]
             results = engine.generate(reqs)

@@ -46,8 +46,8 @@ def left_padded(prompts: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, t
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.as_tensor(np.asarray(p, dtype=np.int64))
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.as_tensor(np.asarray(p, dtype=np.int64))
+        mask[i, width - len(p) :] = 1
     return ids, mask
 
 
@@ -70,19 +70,29 @@ def main() -> None:
     from workers.hf_engine import HFEngine
 
     n = args.max_new_tokens
-    cfg = load_config(TINY, [f"model.name={args.model}", f"rollout.max_new_tokens={n}",
-                             f"rollout.temperature={args.temperature}", f"rollout.top_p={args.top_p}"])
+    cfg = load_config(
+        TINY,
+        [
+            f"model.name={args.model}",
+            f"rollout.max_new_tokens={n}",
+            f"rollout.temperature={args.temperature}",
+            f"rollout.top_p={args.top_p}",
+        ],
+    )
     tokenizer = load_tokenizer(cfg.model.name)
     model = load_model(cfg.model.name, cfg.model.compute_dtype, "cpu").eval()
-    prompts = [p.token_ids for p in pool_prompts(training_problems(cfg.data), tokenizer, cfg)[:args.batch]]
+    prompts = [p.token_ids for p in pool_prompts(training_problems(cfg.data), tokenizer, cfg)[: args.batch]]
     if len(prompts) < args.batch:
         raise SystemExit(f"--batch {args.batch}: only {len(prompts)} prompts in the synthetic task")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, mask = left_padded(prompts, pad_id)
     engine = HFEngine(model, _NoEosTokenizer(tokenizer), cfg, "cpu")
-    print(f"model {args.model}: batch {args.batch}, prompt lengths {min(map(len, prompts))}-{max(map(len, prompts))}, "
-          f"{n} new tokens per row, temperature {args.temperature}, top_p {args.top_p}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    print(
+        f"model {args.model}: batch {args.batch}, prompt lengths {min(map(len, prompts))}-{max(map(len, prompts))}, "
+        f"{n} new tokens per row, temperature {args.temperature}, top_p {args.top_p}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
 
     def run_engine(seed: int) -> int:
         results = engine.generate([GenRequest(p, seed * 1000 + i) for i, p in enumerate(prompts)])
@@ -91,9 +101,18 @@ def main() -> None:
     @torch.no_grad()
     def run_generate(seed: int) -> int:
         torch.manual_seed(seed)
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=args.temperature,
-                             top_p=args.top_p, top_k=0, max_new_tokens=n, min_new_tokens=n, pad_token_id=pad_id)
-        return int(out[:, ids.shape[1]:].numel())
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=0,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            pad_token_id=pad_id,
+        )
+        return int(out[:, ids.shape[1] :].numel())
 
     runs = {"engine": run_engine, "generate": run_generate}
     for fn in runs.values():  # warm-up: first-call allocations, kernel selection

@@ -37,9 +37,18 @@ def make_batch(vocab: int, groups: int, samples: int, prompt_len: int, response_
         items = []
         for i in range(samples):
             n = int(response_len * (0.5 + rng.random()))
-            items.append(Sample(i, rng.integers(5, vocab, n).astype(np.int32), (-0.5 - rng.random(n)).astype(np.float32),
-                                np.zeros(n, np.int32), acc=(i + g) % 2, reward=float(2 * ((i + g) % 2) - 1),
-                                finish_reason="stop", worker_id="bench"))
+            items.append(
+                Sample(
+                    i,
+                    rng.integers(5, vocab, n).astype(np.int32),
+                    (-0.5 - rng.random(n)).astype(np.float32),
+                    np.zeros(n, np.int32),
+                    acc=(i + g) % 2,
+                    reward=float(2 * ((i + g) % 2) - 1),
+                    finish_reason="stop",
+                    worker_id="bench",
+                )
+            )
         out.append(ReadyGroup(g, f"p{g}", prompt, "1", tuple(items)))
     return LearnerBatch(step=0, policy_version=0, groups=tuple(out), staleness=(0,) * groups)
 
@@ -52,9 +61,18 @@ def make_trainer(model: str, arm: str, device: str):
     from dynamo_async.learner.trainer import Trainer
 
     dtype = "bfloat16" if arm == "bf16+masters" else "float32"
-    cfg = load_config("configs/tiny.yaml", [f"model.name={model}", f"model.compute_dtype={dtype}", "optim.lr=1e-6",
-                                            "optim.warmup_steps=0", "optim.weight_decay=0.1", "method=dynamo",
-                                            "optim.micro_batch_tokens=2048"])
+    cfg = load_config(
+        "configs/tiny.yaml",
+        [
+            f"model.name={model}",
+            f"model.compute_dtype={dtype}",
+            "optim.lr=1e-6",
+            "optim.warmup_steps=0",
+            "optim.weight_decay=0.1",
+            "method=dynamo",
+            "optim.micro_batch_tokens=2048",
+        ],
+    )
     torch.manual_seed(0)
     trainer = Trainer(cfg, device)
     if arm == "pure bf16":  # parameters (still the optimizer's tensors) cast to bf16 in place
@@ -93,15 +111,19 @@ def main() -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             times[arm].append(time.perf_counter() - t0)
-            print(f"step {step} {arm:>13}: {times[arm][-1]:.3f} s loss {metrics['loss']:+.6f} "
-                  f"grad_norm {metrics['grad_norm']:.4f}")
+            print(
+                f"step {step} {arm:>13}: {times[arm][-1]:.3f} s loss {metrics['loss']:+.6f} "
+                f"grad_norm {metrics['grad_norm']:.4f}"
+            )
     moved = {}
     for arm, tr in trainers.items():
         total = sum(t.numel() for t in before[arm].values())
         changed = sum(int((before[arm][n] != t.detach().float()).sum()) for n, t in tr.masters.named.items())
         moved[arm] = changed / total
-        print(f"{arm:>13}: {100 * moved[arm]:.2f}% of {total} weight elements moved; "
-              f"median step {statistics.median(times[arm]):.3f} s")
+        print(
+            f"{arm:>13}: {100 * moved[arm]:.2f}% of {total} weight elements moved; "
+            f"median step {statistics.median(times[arm]):.3f} s"
+        )
     assert all(p.dtype == torch.bfloat16 for p in trainers["bf16+masters"].model.parameters())
     ratio = moved["bf16+masters"] / moved["fp32"]
     pure = moved["pure bf16"] / moved["fp32"]

@@ -28,17 +28,16 @@ def make_batch(model, args, torch):
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     seq = torch.randint(0, vocab, (args.batch, args.prompt + args.response), generator=gen).to(args.device)
-    tokens = seq[:, args.prompt:]
+    tokens = seq[:, args.prompt :]
     mask = torch.ones(tokens.shape, device=args.device)
     for i in range(args.batch):  # ragged responses: right padding
-        mask[i, args.response - 8 * i:] = 0
+        mask[i, args.response - 8 * i :] = 0
     with torch.no_grad():
-        logits = model(input_ids=seq).logits[:, args.prompt - 1:-1]
+        logits = model(input_ids=seq).logits[:, args.prompt - 1 : -1]
         logp = torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
     noise = 0.05 * torch.randn(logp.shape, generator=gen).to(args.device)
     adv = torch.tensor([1.0, -1.0] * (args.batch // 2), device=args.device)
-    return seq, PolicyBatch(tokens=tokens, mask=mask, advantages=adv, logp_old=logp + noise,
-                            logp_behavior=logp - noise)
+    return seq, PolicyBatch(tokens=tokens, mask=mask, advantages=adv, logp_old=logp + noise, logp_behavior=logp - noise)
 
 
 def load(args, torch):
@@ -68,10 +67,10 @@ def step(model, seq, batch, cfg, prompt, entropy_metric, proximal, torch) -> flo
     start = time.perf_counter()
     if proximal:
         with torch.no_grad():
-            logits = model(input_ids=seq).logits[:, prompt - 1:-1]
+            logits = model(input_ids=seq).logits[:, prompt - 1 : -1]
             stats = proximal_stats(logits, batch.tokens, cfg, entropy_metric=entropy_metric, mask=batch.mask)
         batch = dataclasses.replace(batch, logp_old=stats.logp, entropy=stats.entropy, vocab_sum=stats.vocab_sum)
-    logits = model(input_ids=seq).logits[:, prompt - 1:-1]
+    logits = model(input_ids=seq).logits[:, prompt - 1 : -1]
     loss, _ = policy_objective(logits, batch, cfg, entropy_metric=entropy_metric)
     loss.backward()
     sync(torch)
@@ -87,9 +86,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--config-only", metavar="DIR", help=(
-        "build a randomly initialised model from DIR/config.json instead of loading weights "
-        "(same shapes and cost; for machines without the weights)"))
+    parser.add_argument(
+        "--config-only",
+        metavar="DIR",
+        help=(
+            "build a randomly initialised model from DIR/config.json instead of loading weights "
+            "(same shapes and cost; for machines without the weights)"
+        ),
+    )
     args = parser.parse_args()
 
     from dynamo_async.config import load_config
@@ -101,8 +105,11 @@ def main() -> None:
 
     model = load(args, torch)
     seq, batch = make_batch(model, args, torch)
-    runs = [(m, cfg, m == "dynamo", placement) for placement in ("in_step", "proximal")
-            for m, cfg in (("grpo", grpo), ("dynamo", dynamo))]
+    runs = [
+        (m, cfg, m == "dynamo", placement)
+        for placement in ("in_step", "proximal")
+        for m, cfg in (("grpo", grpo), ("dynamo", dynamo))
+    ]
     times: dict[tuple[str, str], list[float]] = {(m, p): [] for m, _, _, p in runs}
     for r in range(args.rounds + 1):
         for name, cfg, ent, placement in runs if r % 2 == 0 else runs[::-1]:
@@ -114,8 +121,11 @@ def main() -> None:
     pg, pd = med[("grpo", "proximal")], med[("dynamo", "proximal")]
     print(f"proximal: grpo_median_s={pg:.3f} dynamo_median_s={pd:.3f} ratio={pd / pg:.4f}")
     g, d = med[("grpo", "in_step")], med[("dynamo", "in_step")]
-    print(f"in_step: device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} batch={args.batch}x{args.prompt + args.response} "
-          f"response_tokens={tokens} grpo_median_s={g:.3f} dynamo_median_s={d:.3f}")
+    print(
+        f"in_step: device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} "
+        f"batch={args.batch}x{args.prompt + args.response} "
+        f"response_tokens={tokens} grpo_median_s={g:.3f} dynamo_median_s={d:.3f}"
+    )
     print(f"modulation_overhead ratio={d / g:.4f}")
 
 

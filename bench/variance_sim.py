@@ -70,8 +70,10 @@ def main() -> None:
     lines = []
     for power in (0.5, 1.0):
         results = np.array([one_seed(s, args, power) for s in range(args.seeds)]).mean(axis=0)
-        lines.append(f"allocation_variance dra_vs_uniform={results[0]:.4f} dra_vs_oracle={results[1]:.4f} "
-                     f"effective_groups_gain={results[2]:.4f}")
+        lines.append(
+            f"allocation_variance dra_vs_uniform={results[0]:.4f} dra_vs_oracle={results[1]:.4f} "
+            f"effective_groups_gain={results[2]:.4f}"
+        )
         print(f"priority_power={power}: {lines[-1]}")
     print(lines[-1])
 

@@ -23,8 +23,9 @@ import statistics
 import time
 
 
-def worker_main(index: int, model_name: str, dtype: str, sync_port: int, plain_port: int, total_bytes: int,
-                conn) -> None:
+def worker_main(
+    index: int, model_name: str, dtype: str, sync_port: int, plain_port: int, total_bytes: int, conn
+) -> None:
     import datetime
 
     import torch
@@ -60,8 +61,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                        help="model.compute_dtype: the dtype of the broadcast buckets (the presets': bfloat16)")
+    parser.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=["bfloat16", "float32"],
+        help="model.compute_dtype: the dtype of the broadcast buckets (the presets': bfloat16)",
+    )
     args = parser.parse_args()
 
     import datetime
@@ -80,13 +85,18 @@ def main() -> None:
     sender = WeightSender("127.0.0.1", 0, timeout_s=120)
     sender.bind({n: p for n, p in model.named_parameters()})  # as the learner does
     tensors = {n: p.detach() for n, p in model.named_parameters()}
-    plain_store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                                timeout=datetime.timedelta(seconds=120))
+    plain_store = dist.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=120)
+    )
     ctx = mp.get_context("spawn")
     pipes, procs = [], []
     for i in range(2):
         parent, child = ctx.Pipe()
-        procs.append(ctx.Process(target=worker_main, args=(i, args.model, args.dtype, sender.port, plain_store.port, total, child)))
+        procs.append(
+            ctx.Process(
+                target=worker_main, args=(i, args.model, args.dtype, sender.port, plain_store.port, total, child)
+            )
+        )
         pipes.append(parent)
         procs[-1].start()
     plain = dist.ProcessGroupGloo(dist.PrefixStore("plain/", plain_store), 0, 3, datetime.timedelta(seconds=120))
@@ -96,7 +106,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"project": [], "plain": []}
     try:
         for r in range(args.rounds + 1):  # round 0 warms up
-            for kind in (("project", "plain") if r % 2 == 0 else ("plain", "project")):
+            for kind in ("project", "plain") if r % 2 == 0 else ("plain", "project"):
                 start = time.perf_counter()
                 for p in pipes:
                     p.send_bytes(kind.encode())

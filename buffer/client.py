@@ -14,16 +14,34 @@ import socket
 import zmq
 
 from dynamo_async.protocol import (
-    Completion, Goodbye, Heartbeat, Hello, Message, NoWork, Status, StatusRequest, Welcome, WorkGrant,
-    WorkRequest, decode, encode,
+    Completion,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    Message,
+    NoWork,
+    Status,
+    StatusRequest,
+    Welcome,
+    WorkGrant,
+    WorkRequest,
+    decode,
+    encode,
 )
 
 
 class BufferClient:
     """One worker's connection; ``timeout_s`` bounds every wait for an answer."""
 
-    def __init__(self, host: str, work_port: int, completions_port: int | None, worker_id: str,
-                 timeout_s: float = 30.0, connect_timeout_s: float = 600.0):
+    def __init__(
+        self,
+        host: str,
+        work_port: int,
+        completions_port: int | None,
+        worker_id: str,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 600.0,
+    ):
         """``completions_port`` None: learn it from the Welcome (``hello``). ``connect_timeout_s``
         bounds the wait for the first answer: workers may start before the learner is up."""
         self.worker_id = worker_id
@@ -41,9 +59,17 @@ class BufferClient:
             self._push.connect(f"tcp://{host}:{completions_port}")
 
     def hello(self, engine: str, capacity: int, receivers: tuple[str, ...] = ()) -> Welcome:
-        reply = self._ask(Hello(worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
-                                engine=engine, capacity=capacity, receivers=tuple(receivers)),
-                          self.connect_timeout_ms)
+        reply = self._ask(
+            Hello(
+                worker_id=self.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                engine=engine,
+                capacity=capacity,
+                receivers=tuple(receivers),
+            ),
+            self.connect_timeout_ms,
+        )
         if not isinstance(reply, Welcome):
             raise ConnectionError(f"hello: got {type(reply).__name__}, expected Welcome from the learner")
         if self.completions_port is None:
@@ -79,8 +105,10 @@ class BufferClient:
         timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
         self._dealer.send(encode(msg))  # queued by ZeroMQ until the learner is up
         if not self._dealer.poll(timeout_ms):
-            raise TimeoutError(f"no answer from the buffer within {timeout_ms / 1000:.0f} s; "
-                               "check that the learner is running and the address is right")
+            raise TimeoutError(
+                f"no answer from the buffer within {timeout_ms / 1000:.0f} s; "
+                "check that the learner is running and the address is right"
+            )
         return decode(self._dealer.recv())
 
 

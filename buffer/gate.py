@@ -15,8 +15,7 @@ importance-weight correction of the loss).
 from __future__ import annotations
 
 
-def admission_room(version: int, eta: int, groups_per_step: int, consumed: int, ready: int,
-                   in_flight: int) -> int:
+def admission_room(version: int, eta: int, groups_per_step: int, consumed: int, ready: int, in_flight: int) -> int:
     """How many new groups the gate admits now (0 when generation is far enough ahead)."""
     limit = (version + eta + 1) * groups_per_step
     return max(0, limit - consumed - ready - in_flight)

@@ -31,8 +31,9 @@ def save_state(service, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     pq.write_table(service.pool.stats_table(), directory / "prompt_stats.parquet")
     live = tuple(g.prompt_id for g in service.groups.values())  # not consumed: generate again
-    state = SavedState(service.step, service.version, service.counts["consumed"], *service.pool.position,
-                       service._next_group, live)
+    state = SavedState(
+        service.step, service.version, service.counts["consumed"], *service.pool.position, service._next_group, live
+    )
     (directory / "buffer_state.json").write_bytes(msgspec.json.encode(state))
 
 

@@ -17,8 +17,9 @@ import pyarrow as pa
 
 from dynamo_async.algo.allocation import allocation_priority
 
-STATS_SCHEMA = pa.schema([("prompt_id", pa.string()), ("successes", pa.int64()),
-                          ("attempts", pa.int64()), ("last_version", pa.int64())])
+STATS_SCHEMA = pa.schema(
+    [("prompt_id", pa.string()), ("successes", pa.int64()), ("attempts", pa.int64()), ("last_version", pa.int64())]
+)
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,15 @@ class PromptPool:
 
     def stats_table(self) -> pa.Table:
         """The statistics as an Arrow table (for checkpoints)."""
-        return pa.table([pa.array([p.prompt_id for p in self.prompts]), pa.array(self.successes),
-                         pa.array(self.attempts), pa.array(self.last_version)], schema=STATS_SCHEMA)
+        return pa.table(
+            [
+                pa.array([p.prompt_id for p in self.prompts]),
+                pa.array(self.successes),
+                pa.array(self.attempts),
+                pa.array(self.last_version),
+            ],
+            schema=STATS_SCHEMA,
+        )
 
     def restore_stats(self, table: pa.Table) -> int:
         """Load statistics saved by ``stats_table``; returns how many prompts matched."""

@@ -46,8 +46,9 @@ def _histogram(values: np.ndarray) -> dict[int, int]:
 
 def _first_arrivals(completions: pa.Table) -> pa.Table:
     """Completions without repeats of a (group_id, sample_index), keeping the first arrival."""
-    keys = np.stack([completions["group_id"].to_numpy(),
-                     completions["sample_index"].to_numpy().astype(np.int64)], axis=1)
+    keys = np.stack(
+        [completions["group_id"].to_numpy(), completions["sample_index"].to_numpy().astype(np.int64)], axis=1
+    )
     if len(keys) == 0:
         return completions
     _, first = np.unique(keys, axis=0, return_index=True)
@@ -110,8 +111,9 @@ def _format_table(headers: list[str], rows: list[list[Any]]) -> str:
     """Plain-text table: first column left-aligned, the others right-aligned."""
     cells = [headers] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -122,27 +124,44 @@ def _accuracy_section(accuracy: dict[str, tuple[int, int, float]]) -> str:
     headers = ["prompt", "correct", "attempts", "accuracy"]
     if len(rows) <= 2 * TOP_PROMPTS:
         return f"per-prompt accuracy ({len(rows)} prompts)\n" + _format_table(headers, rows)
-    return (f"per-prompt accuracy ({len(rows)} prompts): top {TOP_PROMPTS}\n"
-            + _format_table(headers, rows[:TOP_PROMPTS])
-            + f"\n... {len(rows) - 2 * TOP_PROMPTS} more ...\nbottom {TOP_PROMPTS}\n"
-            + _format_table(headers, rows[-TOP_PROMPTS:]))
+    return (
+        f"per-prompt accuracy ({len(rows)} prompts): top {TOP_PROMPTS}\n"
+        + _format_table(headers, rows[:TOP_PROMPTS])
+        + f"\n... {len(rows) - 2 * TOP_PROMPTS} more ...\nbottom {TOP_PROMPTS}\n"
+        + _format_table(headers, rows[-TOP_PROMPTS:])
+    )
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A readable plain-text report of ``summarize``'s dict."""
     s = summary
     fraction = "n/a" if s["zero_variance_fraction"] is None else f"{s['zero_variance_fraction']:.3f}"
-    overview = _format_table(["", "value"], [
-        ["completions", s["completions"]], ["duplicate completions", s["duplicate_completions"]],
-        ["groups", s["groups"]], ["learner steps", s["steps"]], ["groups trained", s["batch_groups"]],
-        ["zero-variance groups", f"{s['zero_variance_groups']} ({fraction})"],
-        ["dropped stale", s["dropped_stale"]], ["dropped zero-variance", s["dropped_zero_variance"]]])
+    overview = _format_table(
+        ["", "value"],
+        [
+            ["completions", s["completions"]],
+            ["duplicate completions", s["duplicate_completions"]],
+            ["groups", s["groups"]],
+            ["learner steps", s["steps"]],
+            ["groups trained", s["batch_groups"]],
+            ["zero-variance groups", f"{s['zero_variance_groups']} ({fraction})"],
+            ["dropped stale", s["dropped_stale"]],
+            ["dropped zero-variance", s["dropped_zero_variance"]],
+        ],
+    )
     allocation = _format_table(["group size", "groups"], [[n, c] for n, c in s["allocation"].items()])
     staleness = _format_table(["staleness", "samples"], [[d, c] for d, c in s["staleness"].items()])
-    return "\n\n".join([
-        "run summary\n" + overview, _accuracy_section(s["prompt_accuracy"]),
-        "allocation (samples received per group)\n" + allocation,
-        "staleness of trained samples (policy_version - oldest token version)\n" + staleness]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                "run summary\n" + overview,
+                _accuracy_section(s["prompt_accuracy"]),
+                "allocation (samples received per group)\n" + allocation,
+                "staleness of trained samples (policy_version - oldest token version)\n" + staleness,
+            ]
+        )
+        + "\n"
+    )
 
 
 def _filter_expression(table: str, filters: dict[str, Any]) -> pc.Expression | None:
@@ -168,14 +187,21 @@ def _filter_expression(table: str, filters: dict[str, Any]) -> pc.Expression | N
     return expr
 
 
-def export_rows(run_dir: str | Path, out_path: str | Path, table: str = "completions",
-                prompt_id: str | None = None, min_version: int | None = None,
-                max_version: int | None = None, step: int | None = None) -> int:
+def export_rows(
+    run_dir: str | Path,
+    out_path: str | Path,
+    table: str = "completions",
+    prompt_id: str | None = None,
+    min_version: int | None = None,
+    max_version: int | None = None,
+    step: int | None = None,
+) -> int:
     """Write the selected rows of ``table`` to ``out_path`` as JSONL; return how many."""
     if table not in FILTERS:
         raise ValueError(f"got table {table!r}, expected one of {list(FILTERS)}")
-    expr = _filter_expression(table, dict(prompt_id=prompt_id, min_version=min_version,
-                                          max_version=max_version, step=step))
+    expr = _filter_expression(
+        table, dict(prompt_id=prompt_id, min_version=min_version, max_version=max_version, step=step)
+    )
     rows = read_table(run_dir, table)
     if expr is not None:
         rows = rows.filter(expr)
@@ -197,8 +223,10 @@ def _list_rows(column: pa.ChunkedArray) -> list[np.ndarray]:
 
 def _groups(rows: pa.Table) -> tuple[ReadyGroup, ...]:
     """The groups of one step's sample rows, in recorded order, samples by sample_index."""
-    col = {name: rows[name].to_pylist() for name in
-           ("group_id", "prompt_id", "answer", "sample_index", "acc", "reward", "finish_reason", "worker_id")}
+    col = {
+        name: rows[name].to_pylist()
+        for name in ("group_id", "prompt_id", "answer", "sample_index", "acc", "reward", "finish_reason", "worker_id")
+    }
     arrays = {name: _list_rows(rows[name]) for name in ("prompt_token_ids", "token_ids", "logprobs", "versions")}
     members: dict[int, list[int]] = {}
     for i, group_id in enumerate(col["group_id"]):
@@ -206,15 +234,29 @@ def _groups(rows: pa.Table) -> tuple[ReadyGroup, ...]:
     groups = []
     for group_id, idx in members.items():
         idx.sort(key=lambda i: col["sample_index"][i])
-        samples = tuple(Sample(
-            sample_index=col["sample_index"][i], token_ids=arrays["token_ids"][i],
-            logprobs=arrays["logprobs"][i], versions=arrays["versions"][i], acc=col["acc"][i],
-            reward=col["reward"][i], finish_reason=col["finish_reason"][i],
-            worker_id=col["worker_id"][i]) for i in idx)
+        samples = tuple(
+            Sample(
+                sample_index=col["sample_index"][i],
+                token_ids=arrays["token_ids"][i],
+                logprobs=arrays["logprobs"][i],
+                versions=arrays["versions"][i],
+                acc=col["acc"][i],
+                reward=col["reward"][i],
+                finish_reason=col["finish_reason"][i],
+                worker_id=col["worker_id"][i],
+            )
+            for i in idx
+        )
         first = idx[0]
-        groups.append(ReadyGroup(group_id=group_id, prompt_id=col["prompt_id"][first],
-                                 prompt_token_ids=arrays["prompt_token_ids"][first],
-                                 answer=col["answer"][first], samples=samples))
+        groups.append(
+            ReadyGroup(
+                group_id=group_id,
+                prompt_id=col["prompt_id"][first],
+                prompt_token_ids=arrays["prompt_token_ids"][first],
+                answer=col["answer"][first],
+                samples=samples,
+            )
+        )
     return tuple(groups)
 
 
@@ -229,19 +271,26 @@ def iter_batches(run_dir: str | Path) -> Iterator[LearnerBatch]:
         lo, hi = np.searchsorted(sorted_steps, [row["step"], row["step"] + 1])
         groups = _groups(batches.take(order[lo:hi]))
         if sum(len(g.samples) for g in groups) != row["num_samples"]:
-            raise ValueError(f"got {hi - lo} sample rows for step {row['step']}, expected "
-                             f"{row['num_samples']}: the store's batches table is damaged")
-        yield LearnerBatch(step=row["step"], policy_version=row["policy_version"], groups=groups,
-                           dropped_stale=row["dropped_stale"],
-                           dropped_zero_variance=row["dropped_zero_variance"],
-                           staleness=tuple(row["staleness"]))
+            raise ValueError(
+                f"got {hi - lo} sample rows for step {row['step']}, expected "
+                f"{row['num_samples']}: the store's batches table is damaged"
+            )
+        yield LearnerBatch(
+            step=row["step"],
+            policy_version=row["policy_version"],
+            groups=groups,
+            dropped_stale=row["dropped_stale"],
+            dropped_zero_variance=row["dropped_zero_variance"],
+            staleness=tuple(row["staleness"]),
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory (holds store/)")
     parser.add_argument("--export", metavar="FILE", help="write the selected rows as JSONL")
-    parser.add_argument("--table", choices=list(FILTERS), default="completions",
-                        help="table to export (default: completions)")
+    parser.add_argument(
+        "--table", choices=list(FILTERS), default="completions", help="table to export (default: completions)"
+    )
     parser.add_argument("--prompt", help="only rows of this prompt id")
     parser.add_argument("--version", type=int, help="only rows with this policy_version")
     parser.add_argument("--min-version", type=int, help="only rows with policy_version >= V")
@@ -260,8 +309,10 @@ def run(args: argparse.Namespace) -> int:
     if args.export is None:
         given = sorted(k for k, v in filters.items() if v is not None)
         if given or args.table != "completions":
-            raise ValueError(f"got {given or ['--table']} without --export, expected --export FILE "
-                             "to select rows (without it the run is summarized)")
+            raise ValueError(
+                f"got {given or ['--table']} without --export, expected --export FILE "
+                "to select rows (without it the run is summarized)"
+            )
         sys.stdout.write(format_summary(summarize(args.run_dir)))
         return 0
     count = export_rows(args.run_dir, args.export, table=args.table, **filters)
@@ -271,7 +322,9 @@ def run(args: argparse.Namespace) -> int:
 
 def replay_main(argv: list[str] | None = None) -> int:
     """``dynamo-async replay RUN_DIR [--export FILE] [--table T] [--prompt ID] [--version V | ...]``."""
-    parser = argparse.ArgumentParser(prog="dynamo-async replay", description=(
-        "Summarize a recorded run, or export selected rows of its Arrow store as JSONL."))
+    parser = argparse.ArgumentParser(
+        prog="dynamo-async replay",
+        description=("Summarize a recorded run, or export selected rows of its Arrow store as JSONL."),
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))

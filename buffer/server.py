@@ -21,8 +21,20 @@ import zmq
 
 from buffer.service import BufferService
 from dynamo_async.protocol import (
-    Completion, Goodbye, Heartbeat, Hello, Message, NoWork, ProtocolError, Status, StatusRequest,
-    Welcome, WorkGrant, WorkRequest, decode, encode,
+    Completion,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    Message,
+    NoWork,
+    ProtocolError,
+    Status,
+    StatusRequest,
+    Welcome,
+    WorkGrant,
+    WorkRequest,
+    decode,
+    encode,
 )
 
 
@@ -43,8 +55,14 @@ class BufferServer:
     """Serves ``service`` on ``host``; ``port`` is the work port (completions +1, status +2),
     or 0 to bind three free ports (tests)."""
 
-    def __init__(self, service: BufferService, host: str = "127.0.0.1", port: int = 0,
-                 welcome: Callable[[Hello], Welcome] | None = None, expire_every_s: float = 0.5):
+    def __init__(
+        self,
+        service: BufferService,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        welcome: Callable[[Hello], Welcome] | None = None,
+        expire_every_s: float = 0.5,
+    ):
         self.service = service
         self.welcome = welcome
         self.expire_every_s = expire_every_s
@@ -188,8 +206,13 @@ class BufferServer:
         """Without a learner: the run config, and no weight-sync rendezvous (port 0)."""
         from dynamo_async.config import config_to_yaml
 
-        return Welcome(worker_id=hello.worker_id, config_yaml=config_to_yaml(self.service.cfg),
-                       sync_host="", sync_port=0, policy_version=self.service.version)
+        return Welcome(
+            worker_id=hello.worker_id,
+            config_yaml=config_to_yaml(self.service.cfg),
+            sync_host="",
+            sync_port=0,
+            policy_version=self.service.version,
+        )
 
     def _on_status(self) -> None:
         frames = self._status.recv_multipart()

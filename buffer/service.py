@@ -41,8 +41,9 @@ from dynamo_async.protocol import Completion, NoWork, Status, WorkItem, pack_i32
 class BufferService:
     """All buffer state behind one lock; see the module docstring for the data flow."""
 
-    def __init__(self, cfg: RunConfig, prompts: Sequence[PoolPrompt], store=None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, cfg: RunConfig, prompts: Sequence[PoolPrompt], store=None, clock: Callable[[], float] = time.monotonic
+    ):
         self.cfg = cfg
         self.pool = PromptPool(prompts, cfg.trainer.seed)
         self.store = store
@@ -233,8 +234,14 @@ class BufferService:
     def _gate_room(self) -> int:
         live = sum(1 for g in self.groups.values() if g.state in (GroupState.WAITING, GroupState.IN_FLIGHT))
         ready = sum(1 for g in self.groups.values() if g.state is GroupState.READY)
-        return admission_room(self.version, self.cfg.buffer.max_staleness, self.cfg.allocation.gen_batch_prompts,
-                              self.counts["consumed"], ready, live)
+        return admission_room(
+            self.version,
+            self.cfg.buffer.max_staleness,
+            self.cfg.allocation.gen_batch_prompts,
+            self.counts["consumed"],
+            ready,
+            live,
+        )
 
     def _admit(self) -> list[Group]:
         """A new generation batch within the gate's room, budgets water-filled."""
@@ -260,10 +267,17 @@ class BufferService:
         lease_s = self.cfg.buffer.lease_timeout_s
         lease = self.leases.grant(worker_id, group.group_id, samples, now + lease_s)
         prompt = self.pool.prompts[group.prompt_idx]
-        return WorkItem(lease_id=lease.lease_id, group_id=group.group_id, prompt_id=prompt.prompt_id,
-                        prompt=prompt.text, prompt_token_ids=pack_i32(prompt.token_ids), answer=prompt.answer,
-                        sample_indices=tuple(samples), seed=self.cfg.rollout.seed * 1_000_003 + group.group_id,
-                        lease_s=lease_s)
+        return WorkItem(
+            lease_id=lease.lease_id,
+            group_id=group.group_id,
+            prompt_id=prompt.prompt_id,
+            prompt=prompt.text,
+            prompt_token_ids=pack_i32(prompt.token_ids),
+            answer=prompt.answer,
+            sample_indices=tuple(samples),
+            seed=self.cfg.rollout.seed * 1_000_003 + group.group_id,
+            lease_s=lease_s,
+        )
 
     def _expire(self, now: float) -> int:
         return self._give_back(self.leases.revoke_expired(now, self.cfg.buffer.worker_timeout_s))
@@ -320,10 +334,14 @@ class BufferService:
         for g in chosen:
             g.state = check_transition(g.state, GroupState.CONSUMED)
             del self.groups[g.group_id]
-        batch = LearnerBatch(step=self.step, policy_version=self.version, groups=groups,
-                             dropped_stale=self._set_aside["dropped_stale"],
-                             dropped_zero_variance=self._set_aside["dropped_zero_variance"],
-                             staleness=tuple(self.version - g.oldest_version for g in groups))
+        batch = LearnerBatch(
+            step=self.step,
+            policy_version=self.version,
+            groups=groups,
+            dropped_stale=self._set_aside["dropped_stale"],
+            dropped_zero_variance=self._set_aside["dropped_zero_variance"],
+            staleness=tuple(self.version - g.oldest_version for g in groups),
+        )
         self._set_aside.clear()
         self.counts["consumed"] += len(groups)
         self.step += 1

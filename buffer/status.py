@@ -21,14 +21,26 @@ def build_status(service, now: float) -> Status:
     leased = Counter()
     for lease in service.leases.leases.values():
         leased[lease.worker_id] += len(lease.samples)
-    workers = [WorkerInfo(worker_id=w, last_seen_s=round(now - t, 3), samples_leased=leased[w],
-                          completions=service.by_worker[w])
-               for w, t in sorted(service.leases.last_seen.items())]
+    workers = [
+        WorkerInfo(
+            worker_id=w, last_seen_s=round(now - t, 3), samples_leased=leased[w], completions=service.by_worker[w]
+        )
+        for w, t in sorted(service.leases.last_seen.items())
+    ]
     counts = service.counts
-    return Status(policy_version=service.version, groups=dict(states), workers=service.leases.workers,
-                  rejected=dict(service.rejected), completions=counts["completions"],
-                  dropped_groups=counts["dropped_stale"] + counts["dropped_zero_variance"],
-                  step=service.step, max_staleness=service.cfg.buffer.max_staleness,
-                  gate_room=service._gate_room(), completion_tokens=counts["completion_tokens"],
-                  uptime_s=now - service.started, worker_list=workers,
-                  last_step=dict(service.last_step), last_eval=dict(service.last_eval))
+    return Status(
+        policy_version=service.version,
+        groups=dict(states),
+        workers=service.leases.workers,
+        rejected=dict(service.rejected),
+        completions=counts["completions"],
+        dropped_groups=counts["dropped_stale"] + counts["dropped_zero_variance"],
+        step=service.step,
+        max_staleness=service.cfg.buffer.max_staleness,
+        gate_room=service._gate_room(),
+        completion_tokens=counts["completion_tokens"],
+        uptime_s=now - service.started,
+        worker_list=workers,
+        last_step=dict(service.last_step),
+        last_eval=dict(service.last_eval),
+    )

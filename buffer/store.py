@@ -44,32 +44,53 @@ def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
 
 
 COMPLETIONS_SCHEMA = _schema(
-    ("group_id", pa.int64()), ("prompt_id", pa.string()), ("sample_index", pa.int32()),
-    ("lease_id", pa.int64()), ("worker_id", pa.string()), ("token_ids", _I32_LIST),
-    ("logprobs", _F32_LIST), ("versions", _I32_LIST), ("finish_reason", pa.string()),
-    ("acc", pa.int8()), ("reward", pa.float32()), ("score_status", pa.string()),
-    ("gen_seconds", pa.float32()), ("score_seconds", pa.float32()),
-    ("received_at", pa.float64()),      # unix time
-    ("policy_version", pa.int32()),     # learner version when the completion arrived
+    ("group_id", pa.int64()),
+    ("prompt_id", pa.string()),
+    ("sample_index", pa.int32()),
+    ("lease_id", pa.int64()),
+    ("worker_id", pa.string()),
+    ("token_ids", _I32_LIST),
+    ("logprobs", _F32_LIST),
+    ("versions", _I32_LIST),
+    ("finish_reason", pa.string()),
+    ("acc", pa.int8()),
+    ("reward", pa.float32()),
+    ("score_status", pa.string()),
+    ("gen_seconds", pa.float32()),
+    ("score_seconds", pa.float32()),
+    ("received_at", pa.float64()),  # unix time
+    ("policy_version", pa.int32()),  # learner version when the completion arrived
 )
 
 BATCHES_SCHEMA = _schema(
-    ("step", pa.int64()), ("policy_version", pa.int32()), ("group_id", pa.int64()),
-    ("prompt_id", pa.string()), ("prompt_token_ids", _I32_LIST), ("answer", pa.string()),
-    ("sample_index", pa.int32()), ("token_ids", _I32_LIST), ("logprobs", _F32_LIST),
-    ("versions", _I32_LIST), ("acc", pa.int8()), ("reward", pa.float32()),
-    ("finish_reason", pa.string()), ("worker_id", pa.string()),
+    ("step", pa.int64()),
+    ("policy_version", pa.int32()),
+    ("group_id", pa.int64()),
+    ("prompt_id", pa.string()),
+    ("prompt_token_ids", _I32_LIST),
+    ("answer", pa.string()),
+    ("sample_index", pa.int32()),
+    ("token_ids", _I32_LIST),
+    ("logprobs", _F32_LIST),
+    ("versions", _I32_LIST),
+    ("acc", pa.int8()),
+    ("reward", pa.float32()),
+    ("finish_reason", pa.string()),
+    ("worker_id", pa.string()),
 )
 
 STEPS_SCHEMA = _schema(
-    ("step", pa.int64()), ("policy_version", pa.int32()), ("num_groups", pa.int32()),
-    ("num_samples", pa.int32()), ("dropped_stale", pa.int32()), ("dropped_zero_variance", pa.int32()),
-    ("written_at", pa.float64()),       # unix time
-    ("staleness", _I32_LIST),           # LearnerBatch.staleness, kept so replay rebuilds it exactly
+    ("step", pa.int64()),
+    ("policy_version", pa.int32()),
+    ("num_groups", pa.int32()),
+    ("num_samples", pa.int32()),
+    ("dropped_stale", pa.int32()),
+    ("dropped_zero_variance", pa.int32()),
+    ("written_at", pa.float64()),  # unix time
+    ("staleness", _I32_LIST),  # LearnerBatch.staleness, kept so replay rebuilds it exactly
 )
 
-SCHEMAS: dict[str, pa.Schema] = {
-    "completions": COMPLETIONS_SCHEMA, "batches": BATCHES_SCHEMA, "steps": STEPS_SCHEMA}
+SCHEMAS: dict[str, pa.Schema] = {"completions": COMPLETIONS_SCHEMA, "batches": BATCHES_SCHEMA, "steps": STEPS_SCHEMA}
 
 _MAX_LIST_VALUES = 2**31 - 1  # int32 offsets of pa.list_
 _SEGMENT_RE = re.compile(r"-(\d+)\.arrows$")
@@ -107,11 +128,17 @@ def _column(values: list, type_: pa.DataType) -> pa.Array:
 class SegmentWriter:
     """Appends rows of one table to size-rotated Arrow IPC stream segments."""
 
-    def __init__(self, run_dir: str | Path, table: str, schema: pa.Schema, segment_bytes: int,
-                 flush_rows: int, max_delay_s: float | None = 1.0) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        table: str,
+        schema: pa.Schema,
+        segment_bytes: int,
+        flush_rows: int,
+        max_delay_s: float | None = 1.0,
+    ) -> None:
         if segment_bytes < 1 or flush_rows < 1:
-            raise ValueError(f"got segment_bytes={segment_bytes}, flush_rows={flush_rows}, "
-                             "expected both >= 1")
+            raise ValueError(f"got segment_bytes={segment_bytes}, flush_rows={flush_rows}, expected both >= 1")
         self.table, self.schema = table, schema
         self.segment_bytes, self.flush_rows, self.max_delay_s = segment_bytes, flush_rows, max_delay_s
         self.folder = store_dir(run_dir) / table
@@ -195,8 +222,9 @@ class SegmentWriter:
 class RunStore:
     """The three tables of one run behind one lock (network and learner threads both append)."""
 
-    def __init__(self, run_dir: str | Path, segment_bytes: int, flush_rows: int,
-                 max_delay_s: float | None = 1.0) -> None:
+    def __init__(
+        self, run_dir: str | Path, segment_bytes: int, flush_rows: int, max_delay_s: float | None = 1.0
+    ) -> None:
         self.run_dir = Path(run_dir)
         self._lock = threading.Lock()
         self.flush_rows, self.max_delay_s = flush_rows, max_delay_s
@@ -207,10 +235,10 @@ class RunStore:
         self._queue: queue.Queue[list | None] = queue.Queue(maxsize=64)
         self._writer_thread = threading.Thread(target=self._write_completions, name="store-writer", daemon=True)
         self._writer_thread.start()
-        self._completions = SegmentWriter(run_dir, "completions", COMPLETIONS_SCHEMA, segment_bytes,
-                                          flush_rows, max_delay_s)
-        self._batches = SegmentWriter(run_dir, "batches", BATCHES_SCHEMA, segment_bytes,
-                                      flush_rows, max_delay_s)
+        self._completions = SegmentWriter(
+            run_dir, "completions", COMPLETIONS_SCHEMA, segment_bytes, flush_rows, max_delay_s
+        )
+        self._batches = SegmentWriter(run_dir, "batches", BATCHES_SCHEMA, segment_bytes, flush_rows, max_delay_s)
         self._steps = SegmentWriter(run_dir, "steps", STEPS_SCHEMA, segment_bytes, flush_rows, max_delay_s)
 
     def append_completion(self, c: Completion, received_at: float, policy_version: int) -> None:
@@ -227,7 +255,7 @@ class RunStore:
             self._received.extend((c, received_at, policy_version) for c in cs)
             overdue = self.max_delay_s is not None and time.monotonic() - self._first_received >= self.max_delay_s
             while len(self._received) >= self.flush_rows:
-                rows, self._received = self._received[:self.flush_rows], self._received[self.flush_rows:]
+                rows, self._received = self._received[: self.flush_rows], self._received[self.flush_rows :]
                 self._queue.put(rows)
             if overdue:
                 self._flush_completions()
@@ -246,20 +274,37 @@ class RunStore:
 
     def append_batch(self, batch: LearnerBatch) -> None:
         """One row per sample plus the step's row; both flushed, so the batch is on disk now."""
-        step_row = dict(step=batch.step, policy_version=batch.policy_version,
-                        num_groups=len(batch.groups), num_samples=batch.num_samples,
-                        dropped_stale=batch.dropped_stale,
-                        dropped_zero_variance=batch.dropped_zero_variance, written_at=time.time(),
-                        staleness=np.asarray(batch.staleness, dtype=np.int32))
+        step_row = dict(
+            step=batch.step,
+            policy_version=batch.policy_version,
+            num_groups=len(batch.groups),
+            num_samples=batch.num_samples,
+            dropped_stale=batch.dropped_stale,
+            dropped_zero_variance=batch.dropped_zero_variance,
+            written_at=time.time(),
+            staleness=np.asarray(batch.staleness, dtype=np.int32),
+        )
         with self._lock:
             for group in batch.groups:
                 for s in group.samples:
-                    self._batches.append(dict(
-                        step=batch.step, policy_version=batch.policy_version, group_id=group.group_id,
-                        prompt_id=group.prompt_id, prompt_token_ids=group.prompt_token_ids,
-                        answer=group.answer, sample_index=s.sample_index, token_ids=s.token_ids,
-                        logprobs=s.logprobs, versions=s.versions, acc=s.acc, reward=s.reward,
-                        finish_reason=s.finish_reason, worker_id=s.worker_id))
+                    self._batches.append(
+                        dict(
+                            step=batch.step,
+                            policy_version=batch.policy_version,
+                            group_id=group.group_id,
+                            prompt_id=group.prompt_id,
+                            prompt_token_ids=group.prompt_token_ids,
+                            answer=group.answer,
+                            sample_index=s.sample_index,
+                            token_ids=s.token_ids,
+                            logprobs=s.logprobs,
+                            versions=s.versions,
+                            acc=s.acc,
+                            reward=s.reward,
+                            finish_reason=s.finish_reason,
+                            worker_id=s.worker_id,
+                        )
+                    )
             self._steps.append(step_row)
             self._batches.flush()
             self._steps.flush()
@@ -310,14 +355,22 @@ def completions_batch(rows: list[tuple[Completion, float, int]]) -> pa.RecordBat
         return pa.ListArray.from_arrays(offsets_array, pa.array(flat, type=type_))
 
     arrays = [
-        pa.array([c.group_id for c in cs], pa.int64()), pa.array([c.prompt_id for c in cs], pa.string()),
-        pa.array([c.sample_index for c in cs], pa.int32()), pa.array([c.lease_id for c in cs], pa.int64()),
-        pa.array([c.worker_id for c in cs], pa.string()), packed("token_ids", "<i4", pa.int32()),
-        packed("logprobs", "<f4", pa.float32()), packed("versions", "<i4", pa.int32()),
-        pa.array([c.finish_reason for c in cs], pa.string()), pa.array([c.acc for c in cs], pa.int8()),
-        pa.array([c.reward for c in cs], pa.float32()), pa.array([c.score_status for c in cs], pa.string()),
-        pa.array([c.gen_seconds for c in cs], pa.float32()), pa.array([c.score_seconds for c in cs], pa.float32()),
-        pa.array([r for _, r, _ in rows], pa.float64()), pa.array([v for _, _, v in rows], pa.int32()),
+        pa.array([c.group_id for c in cs], pa.int64()),
+        pa.array([c.prompt_id for c in cs], pa.string()),
+        pa.array([c.sample_index for c in cs], pa.int32()),
+        pa.array([c.lease_id for c in cs], pa.int64()),
+        pa.array([c.worker_id for c in cs], pa.string()),
+        packed("token_ids", "<i4", pa.int32()),
+        packed("logprobs", "<f4", pa.float32()),
+        packed("versions", "<i4", pa.int32()),
+        pa.array([c.finish_reason for c in cs], pa.string()),
+        pa.array([c.acc for c in cs], pa.int8()),
+        pa.array([c.reward for c in cs], pa.float32()),
+        pa.array([c.score_status for c in cs], pa.string()),
+        pa.array([c.gen_seconds for c in cs], pa.float32()),
+        pa.array([c.score_seconds for c in cs], pa.float32()),
+        pa.array([r for _, r, _ in rows], pa.float64()),
+        pa.array([v for _, _, v in rows], pa.int32()),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=COMPLETIONS_SCHEMA)
 
@@ -330,8 +383,11 @@ def _read_segment(path: Path, columns: list[str] | None) -> list[pa.RecordBatch]
         for batch in pa.ipc.open_stream(source):
             batches.append(batch.select(columns) if columns is not None else batch)
     except (OSError, pa.ArrowInvalid) as err:  # a crash mid-write cuts the file short
-        warnings.warn(f"{path}: damaged after {len(batches)} record batches ({err}); "
-                      "reading what came before", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{path}: damaged after {len(batches)} record batches ({err}); reading what came before",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return batches
 
 
@@ -340,8 +396,10 @@ def read_table(run_dir: str | Path, table: str, columns: list[str] | None = None
     if table not in SCHEMAS:
         raise ValueError(f"got table {table!r}, expected one of {sorted(SCHEMAS)}")
     if not store_dir(run_dir).is_dir():
-        raise ValueError(f"got run directory {str(run_dir)!r} without a store, expected a run "
-                         f"directory written by the buffer (one containing {store_dir(run_dir)})")
+        raise ValueError(
+            f"got run directory {str(run_dir)!r} without a store, expected a run "
+            f"directory written by the buffer (one containing {store_dir(run_dir)})"
+        )
     schema = SCHEMAS[table]
     if columns is not None:
         unknown = sorted(set(columns) - set(schema.names))

@@ -25,9 +25,10 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dynamo-async", description=(
-        "Asynchronous off-policy RLVR with DynaMO (dynamic rollout allocation and "
-        "advantage modulation)."))
+    parser = argparse.ArgumentParser(
+        prog="dynamo-async",
+        description=("Asynchronous off-policy RLVR with DynaMO (dynamic rollout allocation and advantage modulation)."),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     cfg = sub.add_parser("config", help="validate a config and print or write the resolved YAML")
     cfg.add_argument("--config", help="YAML run config (e.g. configs/tiny.yaml)")
@@ -36,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--describe", action="store_true", help="list every field, its default and meaning")
     _run_parser(sub, "buffer", "run the buffer service alone, without a learner", serve=True)
     lrn = _run_parser(sub, "learner", "run the learner (hosts the buffer and the weight sync)", serve=True)
-    lrn.add_argument("--advertise", help="address workers use to reach this node (default: --host, or this "
-                                         "host's address when binding 0.0.0.0)")
+    lrn.add_argument(
+        "--advertise",
+        help="address workers use to reach this node (default: --host, or this host's address when binding 0.0.0.0)",
+    )
     lrn.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     lrn.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
     lrn.add_argument("--threads", type=int, help="torch CPU threads of the learner (default: torch's)")
@@ -72,13 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _eval_parser(sub) -> None:
     ev = sub.add_parser("eval", help="pass@k of a model on benchmarks, laid out like the paper's Table 1")
-    ev.add_argument("--model", required=True, metavar="NAME_OR_PATH",
-                    help="Hugging Face name, model folder, builtin, or a run directory (its newest "
-                         "checkpoint) or checkpoint directory (RUN_DIR/checkpoints/step-N)")
-    ev.add_argument("--data", action="append", required=True, metavar="[LABEL=]FILE_OR_DATASET",
-                    help="JSONL/Parquet with fields problem and answer, a Hugging Face dataset "
-                         "owner/name[:split], or 'synthetic' (the config's held-out sums); repeat for "
-                         "several benchmarks")
+    ev.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME_OR_PATH",
+        help="Hugging Face name, model folder, builtin, or a run directory (its newest "
+        "checkpoint) or checkpoint directory (RUN_DIR/checkpoints/step-N)",
+    )
+    ev.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="[LABEL=]FILE_OR_DATASET",
+        help="JSONL/Parquet with fields problem and answer, a Hugging Face dataset "
+        "owner/name[:split], or 'synthetic' (the config's held-out sums); repeat for "
+        "several benchmarks",
+    )
     ev.add_argument("--n", type=int, default=1, help="samples per problem")
     ev.add_argument("--k", default="1", help="pass@k values, comma-separated, each <= --n (e.g. 1,32)")
     ev.add_argument("--engine", choices=("hf", "vllm"), help="generation engine (default: the config's)")
@@ -137,8 +149,17 @@ def cmd_learner(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from dynamo_async.learner.main import learner_main
 
-    return learner_main(cfg, Path(args.run_dir), args.host, args.port, args.advertise, args.resume,
-                        args.device, args.ready_file, args.threads)
+    return learner_main(
+        cfg,
+        Path(args.run_dir),
+        args.host,
+        args.port,
+        args.advertise,
+        args.resume,
+        args.device,
+        args.ready_file,
+        args.threads,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -176,10 +197,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dynamo_async.evaluation.pass_at_k import parse_ks
     from dynamo_async.evaluation.runner import EvalRequest, eval_main
 
-    req = EvalRequest(model=args.model, data=args.data, out=Path(args.out), n=args.n, ks=parse_ks(args.k),
-                      engine=args.engine, config=args.config, overrides=args.overrides, device=args.device,
-                      batch_size=args.batch_size, limit=args.limit, seed=args.seed, label=args.label,
-                      save_responses=args.save_responses)
+    req = EvalRequest(
+        model=args.model,
+        data=args.data,
+        out=Path(args.out),
+        n=args.n,
+        ks=parse_ks(args.k),
+        engine=args.engine,
+        config=args.config,
+        overrides=args.overrides,
+        device=args.device,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        seed=args.seed,
+        label=args.label,
+        save_responses=args.save_responses,
+    )
     return eval_main(req)  # checks the request before loading anything
 
 
@@ -212,9 +245,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status_main(host, port, args.interval, args.once, args.timeout)
 
 
-COMMANDS = {"config": cmd_config, "learner": cmd_learner, "run": cmd_run, "buffer": cmd_buffer,
-            "workers": cmd_workers, "replay": cmd_replay, "eval": cmd_eval, "table": cmd_table,
-            "plot": cmd_plot, "status": cmd_status}
+COMMANDS = {
+    "config": cmd_config,
+    "learner": cmd_learner,
+    "run": cmd_run,
+    "buffer": cmd_buffer,
+    "workers": cmd_workers,
+    "replay": cmd_replay,
+    "eval": cmd_eval,
+    "table": cmd_table,
+    "plot": cmd_plot,
+    "status": cmd_status,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

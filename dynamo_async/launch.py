@@ -22,8 +22,16 @@ from dynamo_async.config import dump_config
 from dynamo_async.config.schema import RunConfig
 
 
-def run_local(cfg: RunConfig, run_dir: Path, num_workers: int, capacity: int, device: str, port: int,
-              resume: bool, grace_s: float = 120.0) -> int:
+def run_local(
+    cfg: RunConfig,
+    run_dir: Path,
+    num_workers: int,
+    capacity: int,
+    device: str,
+    port: int,
+    resume: bool,
+    grace_s: float = 120.0,
+) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = dump_config(cfg, run_dir / "config.yaml")
     ready = run_dir / "learner.json"
@@ -33,18 +41,46 @@ def run_local(cfg: RunConfig, run_dir: Path, num_workers: int, capacity: int, de
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     cli = [sys.executable, "-m", "dynamo_async.cli"]
     learner_threads, worker_threads = _split_cores(num_workers, device)
-    learner = subprocess.Popen(cli + ["learner", "--config", str(config), "--run-dir", str(run_dir),
-                                      "--port", str(port), "--device", device,
-                                      "--ready-file", str(ready), "--threads", str(learner_threads)]
-                               + (["--resume"] if resume else []))
+    learner = subprocess.Popen(
+        cli
+        + [
+            "learner",
+            "--config",
+            str(config),
+            "--run-dir",
+            str(run_dir),
+            "--port",
+            str(port),
+            "--device",
+            device,
+            "--ready-file",
+            str(ready),
+            "--threads",
+            str(learner_threads),
+        ]
+        + (["--resume"] if resume else [])
+    )
     workers = None
     try:
         where = _wait_ready(ready, learner, stop)
         if where is None:
             return _stop(learner, workers, grace_s) or 1
-        workers = subprocess.Popen(cli + ["workers", "--connect", f"{where['host']}:{where['work']}",
-                                          "--num-workers", str(num_workers), "--capacity", str(capacity),
-                                          "--device", device, "--threads", str(worker_threads)])
+        workers = subprocess.Popen(
+            cli
+            + [
+                "workers",
+                "--connect",
+                f"{where['host']}:{where['work']}",
+                "--num-workers",
+                str(num_workers),
+                "--capacity",
+                str(capacity),
+                "--device",
+                device,
+                "--threads",
+                str(worker_threads),
+            ]
+        )
         return _watch(learner, workers, stop, grace_s)
     finally:
         _stop(learner, workers, grace_s)

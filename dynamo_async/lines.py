@@ -12,7 +12,7 @@ def cut_torn_tail(path: Path) -> bytes:
     if not path.exists():
         return b""
     data = path.read_bytes()
-    complete = data[:data.rfind(b"\n") + 1]
+    complete = data[: data.rfind(b"\n") + 1]
     if len(complete) < len(data):
         with path.open("r+b") as f:
             f.truncate(len(complete))

@@ -88,8 +88,9 @@ class WorkItem(_Msg, tag="work_item"):
         if not 1 <= len(self.sample_indices) <= MAX_GROUP:
             raise ValueError(f"got {len(self.sample_indices)} samples, expected 1..{MAX_GROUP}")
         if not self.prompt_token_ids or len(self.prompt_token_ids) % 4:
-            raise ValueError(f"got prompt_token_ids of {len(self.prompt_token_ids)} bytes, "
-                             "expected a non-empty multiple of 4")
+            raise ValueError(
+                f"got prompt_token_ids of {len(self.prompt_token_ids)} bytes, expected a non-empty multiple of 4"
+            )
 
 
 class WorkGrant(_Msg, tag="work_grant"):
@@ -138,8 +139,10 @@ class Completion(_Msg, tag="completion"):
         if n == 0 or n % 4 or n // 4 > MAX_TOKENS:
             raise ValueError(f"got token_ids of {n} bytes, expected 4..{4 * MAX_TOKENS}, a multiple of 4")
         if len(self.logprobs) != n or len(self.versions) != n:
-            raise ValueError(f"got {n}, {len(self.logprobs)}, {len(self.versions)} bytes of token_ids, "
-                             "logprobs, versions, expected equal lengths")
+            raise ValueError(
+                f"got {n}, {len(self.logprobs)}, {len(self.versions)} bytes of token_ids, "
+                "logprobs, versions, expected equal lengths"
+            )
         if self.sample_index < 0 or self.acc not in (0, 1):
             raise ValueError(f"got sample_index={self.sample_index}, acc={self.acc}, expected >= 0 and 0/1")
 
@@ -149,8 +152,11 @@ class Completion(_Msg, tag="completion"):
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(token ids int32, behaviour log-probs float32, versions int32), zero-copy views."""
-        return (np.frombuffer(self.token_ids, "<i4"), np.frombuffer(self.logprobs, "<f4"),
-                np.frombuffer(self.versions, "<i4"))
+        return (
+            np.frombuffer(self.token_ids, "<i4"),
+            np.frombuffer(self.logprobs, "<f4"),
+            np.frombuffer(self.versions, "<i4"),
+        )
 
 
 class Heartbeat(_Msg, tag="heartbeat"):
@@ -177,32 +183,44 @@ class WorkerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One connected worker as the buffer sees it (part of ``Status``)."""
 
     worker_id: str
-    last_seen_s: float          # seconds since its last message
-    samples_leased: int         # samples handed out and not yet returned
-    completions: int            # completions accepted from it so far
+    last_seen_s: float  # seconds since its last message
+    samples_leased: int  # samples handed out and not yet returned
+    completions: int  # completions accepted from it so far
 
 
 class Status(_Msg, tag="status"):
     """Buffer -> anyone: a snapshot of the run (``dynamo-async status``)."""
 
     policy_version: int
-    groups: dict[str, int]                  # by lifecycle state, plus "consumed" so far
+    groups: dict[str, int]  # by lifecycle state, plus "consumed" so far
     workers: int
     rejected: dict[str, int]
     completions: int
     dropped_groups: int
-    step: int = 0                           # learner batches handed out
-    max_staleness: int = 0                  # buffer.max_staleness
-    gate_room: int = 0                      # groups the staleness gate admits now
-    completion_tokens: int = 0              # response tokens accepted so far
+    step: int = 0  # learner batches handed out
+    max_staleness: int = 0  # buffer.max_staleness
+    gate_room: int = 0  # groups the staleness gate admits now
+    completion_tokens: int = 0  # response tokens accepted so far
     uptime_s: float = 0.0
     worker_list: list[WorkerInfo] = []
-    last_step: dict[str, float] = {}        # the learner's figures of its last step
-    last_eval: dict[str, float] = {}        # its last held-out evaluation
+    last_step: dict[str, float] = {}  # the learner's figures of its last step
+    last_eval: dict[str, float] = {}  # its last held-out evaluation
 
 
-Message = Union[Hello, Welcome, WorkRequest, WorkItem, WorkGrant, NoWork, Completion, Heartbeat,
-                Goodbye, VersionNotice, StatusRequest, Status]
+Message = Union[  # noqa: UP007 - msgspec's tagged union, spelled as its docs do
+    Hello,
+    Welcome,
+    WorkRequest,
+    WorkItem,
+    WorkGrant,
+    NoWork,
+    Completion,
+    Heartbeat,
+    Goodbye,
+    VersionNotice,
+    StatusRequest,
+    Status,
+]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

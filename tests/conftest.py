@@ -15,8 +15,8 @@ def _model_cache(tmp_path_factory):
 
 
 DAPO = Path(__file__).resolve().parents[2] / "shared" / "data" / "dapo_math_17k.jsonl"
-DAPO_ROWS = 40      # the first rows of DAPO-Math-17k, plus rows 35 and 179: one text, answers 64 and 6
-DAPO_COPIES = 3     # each prompt repeated, as the hub's file repeats each about 100 times
+DAPO_ROWS = 40  # the first rows of DAPO-Math-17k, plus rows 35 and 179: one text, answers 64 and 6
+DAPO_COPIES = 3  # each prompt repeated, as the hub's file repeats each about 100 times
 
 
 def verl_rows(copies: int = DAPO_COPIES) -> list[dict]:
@@ -32,10 +32,15 @@ def verl_rows(copies: int = DAPO_COPIES) -> list[dict]:
     out = []
     for _ in range(copies):
         for r in picked:
-            out.append({"data_source": "math_dapo", "ability": "MATH",
-                        "prompt": [{"role": "user", "content": TEMPLATE.replace("{problem}", r["problem"])}],
-                        "reward_model": {"style": "rule", "ground_truth": r["answer"]},
-                        "extra_info": {"index": f"dapo-{r['id']}"}})
+            out.append(
+                {
+                    "data_source": "math_dapo",
+                    "ability": "MATH",
+                    "prompt": [{"role": "user", "content": TEMPLATE.replace("{problem}", r["problem"])}],
+                    "reward_model": {"style": "rule", "ground_truth": r["answer"]},
+                    "extra_info": {"index": f"dapo-{r['id']}"},
+                }
+            )
     return out
 
 

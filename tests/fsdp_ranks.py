@@ -27,18 +27,35 @@ def fixed_batch(vocab: int, groups: int = 4) -> LearnerBatch:
     out = []
     for g in range(groups):
         prompt = rng.integers(5, vocab, 12 + g).astype(np.int32)
-        samples = tuple(Sample(i, rng.integers(5, vocab, 5 + 2 * i + g).astype(np.int32),
-                               (-0.5 - rng.random(5 + 2 * i + g)).astype(np.float32),
-                               np.zeros(5 + 2 * i + g, np.int32), acc=(i + g) % 2, reward=0.0,
-                               finish_reason="stop", worker_id="w")
-                        for i in range(3 + g % 2))
+        samples = tuple(
+            Sample(
+                i,
+                rng.integers(5, vocab, 5 + 2 * i + g).astype(np.int32),
+                (-0.5 - rng.random(5 + 2 * i + g)).astype(np.float32),
+                np.zeros(5 + 2 * i + g, np.int32),
+                acc=(i + g) % 2,
+                reward=0.0,
+                finish_reason="stop",
+                worker_id="w",
+            )
+            for i in range(3 + g % 2)
+        )
         out.append(ReadyGroup(g, f"p{g}", prompt, "1", samples))
     return LearnerBatch(step=0, policy_version=0, groups=tuple(out), staleness=(0,) * groups)
 
 
 def config(method: str, *extra: str):
-    return load_config(TINY, [f"method={method}", "model.name=builtin:tiny", "optim.mini_batch_prompts=4",
-                              "optim.micro_batch_tokens=64", "trainer.seed=3", *extra])
+    return load_config(
+        TINY,
+        [
+            f"method={method}",
+            "model.name=builtin:tiny",
+            "optim.mini_batch_prompts=4",
+            "optim.micro_batch_tokens=64",
+            "trainer.seed=3",
+            *extra,
+        ],
+    )
 
 
 def main(out: str, method: str, *extra: str) -> None:
@@ -46,7 +63,6 @@ def main(out: str, method: str, *extra: str) -> None:
 
     from dynamo_async.learner.distributed import DistInfo, leave
     from dynamo_async.learner.trainer import Trainer
-
     from dynamo_async.models import resolve_model
 
     cfg = config(method, *extra)

@@ -25,8 +25,14 @@ CASES: dict[str, tuple[str, ...]] = {
     "dynamo": ("method=dynamo",),
     "dynamo-no-compensation": ("method=dynamo", "modulation.compensation=false"),
     "dynamo-no-stabilization": ("method=dynamo", "modulation.stabilization=false"),
-    "dynamo-sequence-centered": ("method=dynamo", "modulation.entropy_change=sequence_centered", "modulation.gamma=50",
-                                 "modulation.tau=0.99", "modulation.alpha=0.2", "loss.eps_high=0.28"),
+    "dynamo-sequence-centered": (
+        "method=dynamo",
+        "modulation.entropy_change=sequence_centered",
+        "modulation.gamma=50",
+        "modulation.tau=0.99",
+        "modulation.alpha=0.2",
+        "loss.eps_high=0.28",
+    ),
     "dynamo-seq-mean-token-mean": ("method=dynamo", "loss.aggregation=seq-mean-token-mean"),
     "grpo": ("method=grpo",),
     "grpo-behavior": ("method=grpo", "off_policy.mode=behavior"),
@@ -35,8 +41,12 @@ CASES: dict[str, tuple[str, ...]] = {
     "entropy_loss": ("method=entropy_loss",),
     "fork_tokens": ("method=fork_tokens",),
     "entropy_advantage": ("method=entropy_advantage",),
-    "clip_cov": ("method=clip_cov", "baselines.clip_cov_ratio=0.2", "baselines.clip_cov_lb=-100",
-                 "baselines.clip_cov_ub=100"),
+    "clip_cov": (
+        "method=clip_cov",
+        "baselines.clip_cov_ratio=0.2",
+        "baselines.clip_cov_lb=-100",
+        "baselines.clip_cov_ub=100",
+    ),
     "kl_cov": ("method=kl_cov", "baselines.kl_cov_ratio=0.2"),
     "w_reinforce": ("method=w_reinforce",),
 }
@@ -52,9 +62,18 @@ def fixed_batch(vocab: int) -> LearnerBatch:
         for i in range(3 + g % 3):
             n = 4 + int(rng.integers(0, 6))
             acc = int(rng.random() < 0.5) if i else g % 2
-            samples.append(Sample(i, rng.integers(5, vocab, n).astype(np.int32),
-                                  (-1.0 - 2.0 * rng.random(n)).astype(np.float32), np.zeros(n, np.int32),
-                                  acc=acc, reward=float(2 * acc - 1), finish_reason="stop", worker_id="w"))
+            samples.append(
+                Sample(
+                    i,
+                    rng.integers(5, vocab, n).astype(np.int32),
+                    (-1.0 - 2.0 * rng.random(n)).astype(np.float32),
+                    np.zeros(n, np.int32),
+                    acc=acc,
+                    reward=float(2 * acc - 1),
+                    finish_reason="stop",
+                    worker_id="w",
+                )
+            )
         groups.append(ReadyGroup(g, f"p{g}", prompt, "1", tuple(samples)))
     return LearnerBatch(step=0, policy_version=0, groups=tuple(groups), staleness=(0,) * 4)
 
@@ -64,8 +83,16 @@ def measure(overrides: tuple[str, ...]) -> dict:
     from dynamo_async.algo.objective import policy_objective
     from dynamo_async.learner.trainer import Trainer
 
-    cfg = load_config(TINY, ["model.name=builtin:tiny", "trainer.seed=5", "optim.mini_batch_prompts=4",
-                             "optim.micro_batch_tokens=96", *overrides])
+    cfg = load_config(
+        TINY,
+        [
+            "model.name=builtin:tiny",
+            "trainer.seed=5",
+            "optim.mini_batch_prompts=4",
+            "optim.micro_batch_tokens=96",
+            *overrides,
+        ],
+    )
     torch.manual_seed(0)
     trainer = Trainer(cfg, "cpu")
     minis = trainer.prepare(fixed_batch(trainer.model.config.vocab_size))
@@ -83,8 +110,12 @@ def measure(overrides: tuple[str, ...]) -> dict:
     named = dict(trainer.model.named_parameters())
     grad = torch.cat([named[n].grad.detach().flatten().double() for n in sorted(named)])
     directions = torch.randn(8, grad.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    return {"loss": total, "grad_norm": float(grad.norm()), "projections": (directions @ grad).tolist(),
-            "micro_batches": len(minis[0])}
+    return {
+        "loss": total,
+        "grad_norm": float(grad.norm()),
+        "projections": (directions @ grad).tolist(),
+        "micro_batches": len(minis[0]),
+    }
 
 
 def main() -> None:

@@ -67,8 +67,7 @@ def test_dr_grpo_is_reward_minus_group_mean():
 
 
 def test_size_one_group_and_all_equal_group_give_exact_zero():
-    got = group_advantages([1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-                           ["solo", "same", "same", "same", "mixed", "mixed"])
+    got = group_advantages([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], ["solo", "same", "same", "same", "mixed", "mixed"])
     assert got[0].item() == 0.0  # size-1 group
     assert got[1:4].tolist() == [0.0, 0.0, 0.0]  # all-equal group
     assert got[4].item() > 0 and got[5].item() < 0
@@ -119,9 +118,11 @@ def test_unequal_interleaved_groups_keep_their_own_prompt_alignment():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0]), min_size=1, max_size=9),
-                min_size=1, max_size=6),
-       st.booleans(), st.randoms(use_true_random=False))
+@given(
+    st.lists(st.lists(st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0]), min_size=1, max_size=9), min_size=1, max_size=6),
+    st.booleans(),
+    st.randoms(use_true_random=False),
+)
 def test_any_interleaving_equals_per_group_computation(groups, scale_by_std, rnd):
     records = [(f"g{g}", r) for g, rewards in enumerate(groups) for r in rewards]
     rnd.shuffle(records)

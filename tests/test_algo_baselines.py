@@ -174,9 +174,11 @@ def test_entropy_advantages_hand_values():
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(st.floats(-5, 5, width=32, allow_subnormal=False), st.floats(0, 10)), min_size=1,
-                max_size=20),
-       st.floats(0, 2), st.floats(1.01, 10))
+@given(
+    st.lists(st.tuples(st.floats(-5, 5, width=32, allow_subnormal=False), st.floats(0, 10)), min_size=1, max_size=20),
+    st.floats(0, 2),
+    st.floats(1.01, 10),
+)
 def test_entropy_advantages_never_flip_sign(pairs, alpha, kappa):
     """(Advantages are normal float32 numbers: a subnormal |A| / kappa rounds to |A| itself.)"""
     a = torch.tensor([p[0] for p in pairs])
@@ -254,8 +256,14 @@ def test_clip_cov_is_reproducible_with_seeded_generator():
     first = clip_cov_keep(adv, logp, mask, clipped, 0.05, 1.0, 5.0, torch.Generator().manual_seed(7))
     second = clip_cov_keep(adv, logp, mask, clipped, 0.05, 1.0, 5.0, torch.Generator().manual_seed(7))
     assert torch.equal(first, second)
-    picks = {tuple(clip_cov_keep(adv, logp, mask, clipped, 0.05, 1.0, 5.0,
-                                 torch.Generator().manual_seed(s)).reshape(-1).tolist()) for s in range(10)}
+    picks = {
+        tuple(
+            clip_cov_keep(adv, logp, mask, clipped, 0.05, 1.0, 5.0, torch.Generator().manual_seed(s))
+            .reshape(-1)
+            .tolist()
+        )
+        for s in range(10)
+    }
     assert len(picks) > 1  # the choice is random, not a fixed rule
 
 
@@ -398,8 +406,13 @@ def test_policy_objective_every_method_on_padded_batch(method):
     assert leaf.grad.abs().sum() > 0
     # padding positions never receive gradient
     assert (leaf.grad[batch.mask == 0] == 0).all()
-    expected = METHOD_KEYS[method] | {"ratio_mean", "entropy", "is_weight_mean", "is_weight_max",
-                                      "kl_behavior_proximal"}
+    expected = METHOD_KEYS[method] | {
+        "ratio_mean",
+        "entropy",
+        "is_weight_mean",
+        "is_weight_max",
+        "kl_behavior_proximal",
+    }
     assert expected <= set(metrics), expected - set(metrics)
     scalars = {k: v for k, v in metrics.items() if not k.endswith("_hist")}
     assert all(isinstance(v, float) and math.isfinite(v) for v in scalars.values())

@@ -30,8 +30,7 @@ def _example(seed=0, shape=(3, 4), vocab=11, scale=2.0):
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 1.6])
 def test_token_stats_match_full_vocab_computation(chunk_size, temperature):
     logits, tokens = _example()
-    stats = token_stats(logits, tokens, temperature=temperature, chunk_size=chunk_size,
-                        entropy=True, vocab_sum=True)
+    stats = token_stats(logits, tokens, temperature=temperature, chunk_size=chunk_size, entropy=True, vocab_sum=True)
     logp, entropy, vocab_sum = _direct(logits, tokens, temperature)
     assert stats.logp.shape == tokens.shape
     assert stats.logp.dtype == torch.float32
@@ -42,8 +41,10 @@ def test_token_stats_match_full_vocab_computation(chunk_size, temperature):
 
 def test_chunk_sizes_give_identical_results():
     logits, tokens = _example(seed=1, shape=(2, 7), vocab=13)
-    results = [token_stats(logits, tokens, temperature=0.8, chunk_size=c, entropy=True, vocab_sum=True)
-               for c in (1, 3, 14, 1000)]
+    results = [
+        token_stats(logits, tokens, temperature=0.8, chunk_size=c, entropy=True, vocab_sum=True)
+        for c in (1, 3, 14, 1000)
+    ]
     for other in results[1:]:
         torch.testing.assert_close(other.logp, results[0].logp, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(other.entropy, results[0].entropy, rtol=1e-6, atol=1e-6)

@@ -22,8 +22,9 @@ def _cfg(method="grpo", *overrides):
 
 def _loss_at(ratio, adv, eps_low=0.2, eps_high=0.2, c=None):
     logp = torch.tensor([math.log(ratio)], dtype=torch.float64)
-    loss, info = clipped_token_loss(logp, torch.zeros(1, dtype=torch.float64), torch.tensor([adv], dtype=torch.float64),
-                                    eps_low, eps_high, c)
+    loss, info = clipped_token_loss(
+        logp, torch.zeros(1, dtype=torch.float64), torch.tensor([adv], dtype=torch.float64), eps_low, eps_high, c
+    )
     return loss.item(), info
 
 
@@ -175,8 +176,7 @@ def _grad_example(temperature):
     logp = torch.log_softmax(logits.double() / temperature, -1).gather(-1, tokens[..., None]).squeeze(-1)
     logp_old = (logp - RATIOS.log()).float()
     logp_behavior = (logp_old.double() - BEHAVIOR_W.log()).float()
-    batch = PolicyBatch(tokens=tokens, mask=MASK_BT, advantages=SEQ_ADV, logp_old=logp_old,
-                        logp_behavior=logp_behavior)
+    batch = PolicyBatch(tokens=tokens, mask=MASK_BT, advantages=SEQ_ADV, logp_old=logp_old, logp_behavior=logp_behavior)
     return logits, batch
 
 
@@ -291,7 +291,9 @@ def test_policy_objective_micro_batches_accumulate_to_whole_batch(method, aggreg
     logits = torch.randn(nb, nt, V, generator=g)
     tokens = torch.randint(0, V, (nb, nt), generator=g)
     mask = (torch.arange(nt)[None, :] < torch.tensor([5, 2, 4, 3])[:, None]).float()
-    logp_old = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1) + 0.1 * torch.randn(nb, nt, generator=g)
+    logp_old = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1) + 0.1 * torch.randn(
+        nb, nt, generator=g
+    )
     adv = torch.tensor([1.0, -0.5, 0.3, -1.2])
     whole_leaf = logits.clone().requires_grad_(True)
     whole, _ = policy_objective(whole_leaf, PolicyBatch(tokens, mask, adv, logp_old), cfg)
@@ -299,8 +301,9 @@ def test_policy_objective_micro_batches_accumulate_to_whole_batch(method, aggreg
     leaf = logits.clone().requires_grad_(True)
     total = 0.0
     for rows in (slice(0, 1), slice(1, 4)):
-        part = PolicyBatch(tokens[rows], mask[rows], adv[rows], logp_old[rows],
-                           total_tokens=float(mask.sum()), total_seqs=float(nb))
+        part = PolicyBatch(
+            tokens[rows], mask[rows], adv[rows], logp_old[rows], total_tokens=float(mask.sum()), total_seqs=float(nb)
+        )
         loss, _ = policy_objective(leaf[rows], part, cfg)
         loss.backward()
         total += loss.item()
@@ -317,9 +320,15 @@ def test_stats_from_the_proximal_pass_give_the_same_loss_and_gradient():
     logits, batch = _grad_example(cfg.rollout.temperature)
     stats = proximal_stats(logits, batch.tokens, cfg)
     assert stats.entropy is not None and stats.vocab_sum is not None and not stats.logp.requires_grad
-    pre = PolicyBatch(tokens=batch.tokens, mask=batch.mask, advantages=batch.advantages,
-                      logp_old=batch.logp_old, logp_behavior=batch.logp_behavior,
-                      entropy=stats.entropy, vocab_sum=stats.vocab_sum)
+    pre = PolicyBatch(
+        tokens=batch.tokens,
+        mask=batch.mask,
+        advantages=batch.advantages,
+        logp_old=batch.logp_old,
+        logp_behavior=batch.logp_behavior,
+        entropy=stats.entropy,
+        vocab_sum=stats.vocab_sum,
+    )
     grads = []
     for b in (batch, pre):
         leaf = logits.clone().requires_grad_(True)

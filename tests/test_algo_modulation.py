@@ -157,8 +157,17 @@ def test_entropy_change_exact_hand_value():
     # dH = -2.2 * (-0.2059898 - 0.1029948) = 0.6797661
     logits = torch.tensor([[[0.0, math.log(3.0)]]])
     stats = token_stats(logits, torch.tensor([[0]]), entropy=True, vocab_sum=True)
-    got = entropy_change(stats.logp, stats.entropy, torch.tensor([[1.1]]), torch.tensor([[2.0]]),
-                         torch.ones(1, 1), 0.2, 0.2, "exact", stats.vocab_sum)
+    got = entropy_change(
+        stats.logp,
+        stats.entropy,
+        torch.tensor([[1.1]]),
+        torch.tensor([[2.0]]),
+        torch.ones(1, 1),
+        0.2,
+        0.2,
+        "exact",
+        stats.vocab_sum,
+    )
     assert got.item() == pytest.approx(0.6797661, abs=1e-5)
 
 
@@ -243,6 +252,15 @@ def test_theorem1_first_order_entropy_change(seed, xi):
     dh = -xi * (own - stats.vocab_sum)
     assert dh.item() == pytest.approx(numeric.item(), rel=1e-4, abs=1e-6)
     # and entropy_change returns its magnitude (ratio 1, A = xi, nothing clipped)
-    got = entropy_change(stats.logp, stats.entropy, torch.ones(1, 1), torch.tensor([[xi]]),
-                         torch.ones(1, 1), 0.2, 0.2, "exact", stats.vocab_sum)
+    got = entropy_change(
+        stats.logp,
+        stats.entropy,
+        torch.ones(1, 1),
+        torch.tensor([[xi]]),
+        torch.ones(1, 1),
+        0.2,
+        0.2,
+        "exact",
+        stats.vocab_sum,
+    )
     assert got.item() == pytest.approx(abs(numeric.item()), rel=1e-4, abs=1e-6)

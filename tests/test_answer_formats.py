@@ -10,8 +10,10 @@ from dynamo_async.rewards import MathVerifyScorer, score_response
 from dynamo_async.rewards.extract import final_answer, last_answer_line
 
 # Responses in the forms seen from math models on DAPO's template and on boxed prompts.
-ANSWER_LINE = ("We have $a+b+c = 5 + 7 + 22 = 34$... wait, recheck: $AB + AC = \\frac{11\\sqrt{5}}{...}$.\n"
-               "So $a + b + c = 34$.\n\nAnswer: 34")
+ANSWER_LINE = (
+    "We have $a+b+c = 5 + 7 + 22 = 34$... wait, recheck: $AB + AC = \\frac{11\\sqrt{5}}{...}$.\n"
+    "So $a + b + c = 34$.\n\nAnswer: 34"
+)
 ANSWER_LINE_DOLLARS = "The probability is $\\frac{1}{2}$.\n\nAnswer: $\\frac{1}{2}$."
 ANSWER_LINE_BOXED = "Thus the sum is 37.\n\nAnswer: \\boxed{37}"
 BOXED = "Adding, $2 + 3 = 5$, so the answer is $\\boxed{5}$."
@@ -25,17 +27,20 @@ def _acc(response: str, gold: str, fmt: str) -> tuple[int, str]:
     return r.acc, r.status
 
 
-@pytest.mark.parametrize("response, gold, boxed, answer_line, auto", [
-    (ANSWER_LINE, "34", (0, "no_answer"), (1, "ok"), (1, "ok")),
-    (ANSWER_LINE_DOLLARS, "\\frac{1}{2}", (0, "no_answer"), (1, "ok"), (1, "ok")),
-    (ANSWER_LINE_DOLLARS, "0.5", (0, "no_answer"), (1, "ok"), (1, "ok")),
-    (ANSWER_LINE_BOXED, "37", (1, "ok"), (1, "ok"), (1, "ok")),
-    (BOXED, "5", (1, "ok"), (0, "no_answer"), (1, "ok")),
-    (BOTH_BOX_LAST, "5", (1, "ok"), (0, "ok"), (1, "ok")),
-    (BOTH_LINE_LAST, "5", (0, "ok"), (1, "ok"), (1, "ok")),
-    (LOWER, "5", (0, "no_answer"), (1, "ok"), (1, "ok")),
-    (ANSWER_LINE, "35", (0, "no_answer"), (0, "ok"), (0, "ok")),
-])
+@pytest.mark.parametrize(
+    "response, gold, boxed, answer_line, auto",
+    [
+        (ANSWER_LINE, "34", (0, "no_answer"), (1, "ok"), (1, "ok")),
+        (ANSWER_LINE_DOLLARS, "\\frac{1}{2}", (0, "no_answer"), (1, "ok"), (1, "ok")),
+        (ANSWER_LINE_DOLLARS, "0.5", (0, "no_answer"), (1, "ok"), (1, "ok")),
+        (ANSWER_LINE_BOXED, "37", (1, "ok"), (1, "ok"), (1, "ok")),
+        (BOXED, "5", (1, "ok"), (0, "no_answer"), (1, "ok")),
+        (BOTH_BOX_LAST, "5", (1, "ok"), (0, "ok"), (1, "ok")),
+        (BOTH_LINE_LAST, "5", (0, "ok"), (1, "ok"), (1, "ok")),
+        (LOWER, "5", (0, "no_answer"), (1, "ok"), (1, "ok")),
+        (ANSWER_LINE, "35", (0, "no_answer"), (0, "ok"), (0, "ok")),
+    ],
+)
 def test_each_format_scores_real_responses(response, gold, boxed, answer_line, auto):
     assert _acc(response, gold, "boxed") == boxed
     assert _acc(response, gold, "answer_line") == answer_line
@@ -53,14 +58,17 @@ def test_answer_line_extraction_is_verls_rule():
     assert final_answer("\\boxed{3}\nAnswer:", "auto") == "3"  # an empty answer line does not win
 
 
-@pytest.mark.parametrize("response, answer", [
-    ("**Answer: 42**", "42"),
-    ("**Answer:** 42", "42"),
-    ("Answer:\n$$\n\\frac{1}{2}\n$$", "\\frac{1}{2}"),
-    ("Answer: \\[ 7 \\]", "7"),
-    ("answer: 3 is wrong. Final Answer: 5", "5"),
-    ("Answer: $x = 2$.", "x = 2"),
-])
+@pytest.mark.parametrize(
+    "response, answer",
+    [
+        ("**Answer: 42**", "42"),
+        ("**Answer:** 42", "42"),
+        ("Answer:\n$$\n\\frac{1}{2}\n$$", "\\frac{1}{2}"),
+        ("Answer: \\[ 7 \\]", "7"),
+        ("answer: 3 is wrong. Final Answer: 5", "5"),
+        ("Answer: $x = 2$.", "x = 2"),
+    ],
+)
 def test_answer_lines_as_models_format_them(response, answer):
     assert last_answer_line(response) == answer
 

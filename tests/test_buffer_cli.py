@@ -44,9 +44,23 @@ def _wait_for_status(port: int, proc: subprocess.Popen, limit: float = 60.0):
 def test_standalone_buffer_serves_workers_and_replay_reads_its_run(tmp_path):
     port = _free_port_block()
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "dynamo_async.cli", "buffer", "--config",
-                             str(ROOT / "configs" / "tiny.yaml"), "--run-dir", str(run_dir), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dynamo_async.cli",
+            "buffer",
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--run-dir",
+            str(run_dir),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         _wait_for_status(port + 2, proc)
         sent = 0
@@ -55,11 +69,24 @@ def test_standalone_buffer_serves_workers_and_replay_reads_its_run(tmp_path):
             while not isinstance(grant := client.request_work(8, 0), NoWork):
                 for item in grant.items:
                     for index in item.sample_indices:
-                        client.send(Completion(
-                            worker_id="w-test", lease_id=item.lease_id, group_id=item.group_id,
-                            prompt_id=item.prompt_id, sample_index=index, token_ids=pack_i32([5, 6]),
-                            logprobs=pack_f32([-0.5, -0.25]), versions=pack_i32([0, 0]), finish_reason="stop",
-                            acc=index % 2, reward=0.0, score_status="ok", gen_seconds=0.0, score_seconds=0.0))
+                        client.send(
+                            Completion(
+                                worker_id="w-test",
+                                lease_id=item.lease_id,
+                                group_id=item.group_id,
+                                prompt_id=item.prompt_id,
+                                sample_index=index,
+                                token_ids=pack_i32([5, 6]),
+                                logprobs=pack_f32([-0.5, -0.25]),
+                                versions=pack_i32([0, 0]),
+                                finish_reason="stop",
+                                acc=index % 2,
+                                reward=0.0,
+                                score_status="ok",
+                                gen_seconds=0.0,
+                                score_seconds=0.0,
+                            )
+                        )
                         sent += 1
             assert grant.reason == "staleness"
         deadline = time.monotonic() + 10
@@ -71,6 +98,7 @@ def test_standalone_buffer_serves_workers_and_replay_reads_its_run(tmp_path):
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert (run_dir / "buffer" / "prompt_stats.parquet").exists() and (run_dir / "config.yaml").exists()
-    report = subprocess.run([sys.executable, "-m", "dynamo_async.cli", "replay", str(run_dir)],
-                            capture_output=True, text=True, check=True).stdout
+    report = subprocess.run(
+        [sys.executable, "-m", "dynamo_async.cli", "replay", str(run_dir)], capture_output=True, text=True, check=True
+    ).stdout
     assert "completions" in report and str(sent) in report

@@ -19,8 +19,24 @@ from buffer.server import BufferServer
 from buffer.service import BufferService
 from dynamo_async.config import load_config
 from dynamo_async.protocol import (
-    PROTOCOL_VERSION, Completion, Goodbye, Heartbeat, Hello, NoWork, ProtocolError, Status, StatusRequest,
-    VersionNotice, Welcome, WorkGrant, WorkItem, WorkRequest, decode, encode, pack_f32, pack_i32,
+    PROTOCOL_VERSION,
+    Completion,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    NoWork,
+    ProtocolError,
+    Status,
+    StatusRequest,
+    VersionNotice,
+    Welcome,
+    WorkGrant,
+    WorkItem,
+    WorkRequest,
+    decode,
+    encode,
+    pack_f32,
+    pack_i32,
 )
 
 MAX_BYTES = 4096
@@ -29,23 +45,51 @@ _raw = msgspec.msgpack.Encoder()
 
 
 def make_service(*overrides: str) -> BufferService:
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", [f"buffer.max_message_bytes={MAX_BYTES}", *overrides])
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
+        [f"buffer.max_message_bytes={MAX_BYTES}", *overrides],
+    )
     prompts = [PoolPrompt(f"p{i}", f"What is {i}+1?", str(i + 1), np.array([3, 4, i], np.int32)) for i in range(12)]
     return BufferService(cfg, prompts)
 
 
 def good_completion(item: WorkItem, i: int) -> Completion:
     tokens = np.array([item.group_id, i, 42, 43], dtype=np.int32)
-    return Completion(worker_id=GOOD, lease_id=item.lease_id, group_id=item.group_id, prompt_id=item.prompt_id,
-                      sample_index=i, token_ids=pack_i32(tokens), logprobs=pack_f32([-0.1] * 4),
-                      versions=pack_i32([0] * 4), finish_reason="stop", acc=i % 2, reward=float(i % 2),
-                      score_status="ok", gen_seconds=0.0, score_seconds=0.0)
+    return Completion(
+        worker_id=GOOD,
+        lease_id=item.lease_id,
+        group_id=item.group_id,
+        prompt_id=item.prompt_id,
+        sample_index=i,
+        token_ids=pack_i32(tokens),
+        logprobs=pack_f32([-0.1] * 4),
+        versions=pack_i32([0] * 4),
+        finish_reason="stop",
+        acc=i % 2,
+        reward=float(i % 2),
+        score_status="ok",
+        gen_seconds=0.0,
+        score_seconds=0.0,
+    )
 
 
 def fuzz_completion(group_id: int, **changes) -> Completion:
-    fields = dict(worker_id="zz-fuzz", lease_id=123456, group_id=group_id, prompt_id="p0", sample_index=0,
-                  token_ids=pack_i32([1, 2]), logprobs=pack_f32([0.0, 0.0]), versions=pack_i32([0, 0]),
-                  finish_reason="stop", acc=1, reward=1.0, score_status="ok", gen_seconds=0.0, score_seconds=0.0)
+    fields = dict(
+        worker_id="zz-fuzz",
+        lease_id=123456,
+        group_id=group_id,
+        prompt_id="p0",
+        sample_index=0,
+        token_ids=pack_i32([1, 2]),
+        logprobs=pack_f32([0.0, 0.0]),
+        versions=pack_i32([0, 0]),
+        finish_reason="stop",
+        acc=1,
+        reward=1.0,
+        score_status="ok",
+        gen_seconds=0.0,
+        score_seconds=0.0,
+    )
     fields.update(changes)
     return Completion(**fields)
 
@@ -56,8 +100,17 @@ def as_raw(msg, **changes) -> bytes:
     return _raw.encode(obj)
 
 
-_ITEM = WorkItem(lease_id=9, group_id=9, prompt_id="p9", prompt="x", prompt_token_ids=pack_i32([1]), answer="1",
-                 sample_indices=(0,), seed=0, lease_s=1.0)
+_ITEM = WorkItem(
+    lease_id=9,
+    group_id=9,
+    prompt_id="p9",
+    prompt="x",
+    prompt_token_ids=pack_i32([1]),
+    answer="1",
+    sample_indices=(0,),
+    seed=0,
+    lease_s=1.0,
+)
 OTHER_TYPES = {
     "hello": Hello(worker_id="zz-fuzz", host="h", pid=1, engine="hf", capacity=4),
     "welcome": Welcome(worker_id="zz-fuzz", config_yaml="x: 1", sync_host="", sync_port=0, policy_version=0),
@@ -73,13 +126,32 @@ OTHER_TYPES = {
     "status": Status(policy_version=0, groups={}, workers=0, rejected={}, completions=0, dropped_groups=0),
 }
 # Valid messages that each socket serves (so never garbage there).
-ACCEPTED = {"pull": {"completion", "heartbeat", "goodbye"}, "work": {"hello", "work_request"},
-            "status": {"status_request"}}
-WRONG_SHAPES = [_raw.encode(x) for x in (
-    [1, 2, 3], 7, "completion", None, 1.5, True, b"bytes", {}, {"type": "completion"}, {"type": "nope", "v": 1},
-    {"type": 1}, {"v": 1}, {1: 2}, [{"type": "heartbeat"}], {"type": "heartbeat", "worker_id": 5, "lease_ids": [],
-                                                             "policy_version": 0},
-    {"type": "goodbye", "worker_id": "zz", "extra": 1})]
+ACCEPTED = {
+    "pull": {"completion", "heartbeat", "goodbye"},
+    "work": {"hello", "work_request"},
+    "status": {"status_request"},
+}
+WRONG_SHAPES = [
+    _raw.encode(x)
+    for x in (
+        [1, 2, 3],
+        7,
+        "completion",
+        None,
+        1.5,
+        True,
+        b"bytes",
+        {},
+        {"type": "completion"},
+        {"type": "nope", "v": 1},
+        {"type": 1},
+        {"v": 1},
+        {1: 2},
+        [{"type": "heartbeat"}],
+        {"type": "heartbeat", "worker_id": 5, "lease_ids": [], "policy_version": 0},
+        {"type": "goodbye", "worker_id": "zz", "extra": 1},
+    )
+]
 
 
 class Garbage:
@@ -182,31 +254,49 @@ def test_fuzz_all_sockets_then_serve_a_normal_worker():
             g = Garbage(rng, known)
             # --- completions socket (PULL)
             g.random_bytes("pull", 600)
-            g.mutants("pull", [encode(fuzz_completion(0x7FFF0000 + k, sample_index=k % 5)) for k in range(8)]
-                      + [encode(OTHER_TYPES[t]) for t in ("status", "welcome", "hello", "no_work")], 900)
+            g.mutants(
+                "pull",
+                [encode(fuzz_completion(0x7FFF0000 + k, sample_index=k % 5)) for k in range(8)]
+                + [encode(OTHER_TYPES[t]) for t in ("status", "welcome", "hello", "no_work")],
+                900,
+            )
             for data in WRONG_SHAPES * 6:
                 g.add("pull", [data], 1, "malformed")
             for k in range(40):
                 other = PROTOCOL_VERSION + 1 + k % 3
                 g.add("pull", [as_raw(fuzz_completion(0x7FFF0000 + k), v=other)], 1, "version")
                 g.add("pull", [as_raw(OTHER_TYPES["heartbeat"], v=0)], 1, "version")
-            for k in range(30):
+            for _ in range(30):
                 size = rng.randint(MAX_BYTES + 1, 4 * MAX_BYTES)
                 g.add("pull", [rng.randbytes(size)], 1, "oversized")
                 n = (size // 12) + 1  # a valid completion, just too large
-                big = fuzz_completion(0x7FFF0000, token_ids=b"\0" * 4 * n, logprobs=b"\0" * 4 * n,
-                                      versions=b"\0" * 4 * n)
+                big = fuzz_completion(
+                    0x7FFF0000, token_ids=b"\0" * 4 * n, logprobs=b"\0" * 4 * n, versions=b"\0" * 4 * n
+                )
                 if len(encode(big)) <= 4 * MAX_BYTES:
                     g.add("pull", [encode(big)], 1, "oversized")
             for k in range(150):
                 g.add("pull", [encode(fuzz_completion(0x7FFF0000 + k * 7919, sample_index=k))], 1, "unknown_group")
                 g.add("pull", [encode(fuzz_completion(-k - 1))], 1, "unknown_group")
             for k in range(25):
-                g.add("pull", [encode(fuzz_completion(item.group_id, prompt_id=f"zz-{k}", sample_index=k % 4))], 1,
-                      "wrong_prompt")
-                g.add("pull", [encode(fuzz_completion(item.group_id, prompt_id=item.prompt_id,
-                                                      sample_index=len(item.sample_indices) + k))], 1,
-                      "bad_sample_index")
+                g.add(
+                    "pull",
+                    [encode(fuzz_completion(item.group_id, prompt_id=f"zz-{k}", sample_index=k % 4))],
+                    1,
+                    "wrong_prompt",
+                )
+                g.add(
+                    "pull",
+                    [
+                        encode(
+                            fuzz_completion(
+                                item.group_id, prompt_id=item.prompt_id, sample_index=len(item.sample_indices) + k
+                            )
+                        )
+                    ],
+                    1,
+                    "bad_sample_index",
+                )
             for tag, msg in OTHER_TYPES.items():
                 if tag not in ACCEPTED["pull"]:
                     for _ in range(10):
@@ -216,14 +306,14 @@ def test_fuzz_all_sockets_then_serve_a_normal_worker():
 
             # --- work socket (ROUTER); the DEALER adds one identity frame in front
             g.random_bytes("work", 300)
-            g.mutants("work", [encode(OTHER_TYPES[t]) for t in ("completion", "status", "welcome", "heartbeat")],
-                      400)
+            g.mutants("work", [encode(OTHER_TYPES[t]) for t in ("completion", "status", "welcome", "heartbeat")], 400)
             for data in WRONG_SHAPES * 3:
                 g.add("work", [data], 1, "malformed")
-            for k in range(30):
+            for _ in range(30):
                 g.add("work", [as_raw(OTHER_TYPES["hello"], v=PROTOCOL_VERSION + 5)], 1, "version")
-                g.add("work", [as_raw(WorkRequest(worker_id="zz-fuzz", capacity=4, policy_version=0), v=0)], 1,
-                      "version")
+                g.add(
+                    "work", [as_raw(WorkRequest(worker_id="zz-fuzz", capacity=4, policy_version=0), v=0)], 1, "version"
+                )
                 g.add("work", [rng.randbytes(rng.randint(MAX_BYTES + 1, 4 * MAX_BYTES))], 1, "oversized")
             for tag, msg in OTHER_TYPES.items():
                 if tag not in ACCEPTED["work"]:
@@ -231,8 +321,12 @@ def test_fuzz_all_sockets_then_serve_a_normal_worker():
                         g.add("work", [encode(msg)], 1, "unexpected_type")
             for cap in (0, -1, -(2**40)):
                 for _ in range(5):
-                    g.add("work", [encode(WorkRequest(worker_id="zz-fuzz", capacity=cap, policy_version=0))], 1,
-                          "bad_capacity")
+                    g.add(
+                        "work",
+                        [encode(WorkRequest(worker_id="zz-fuzz", capacity=cap, policy_version=0))],
+                        1,
+                        "bad_capacity",
+                    )
             for k in range(40):  # a wrong number of frames
                 parts = [encode(OTHER_TYPES["hello"])] + [rng.randbytes(8)] * (1 + k % 3)
                 g.add("work", parts, 1, "malformed")
@@ -259,8 +353,11 @@ def test_fuzz_all_sockets_then_serve_a_normal_worker():
                 push = _fuzz_socket(ctx, zmq.PUSH, ep.url(ep.completions))
                 dealer = _fuzz_socket(ctx, zmq.DEALER, ep.url(ep.work))
                 to_status = _fuzz_socket(ctx, zmq.DEALER, ep.url(ep.status))
-                streams = [(push, [], g.frames["pull"]), (dealer, [], g.frames["work"]),
-                           (to_status, [b""], g.frames["status"])]
+                streams = [
+                    (push, [], g.frames["pull"]),
+                    (dealer, [], g.frames["work"]),
+                    (to_status, [b""], g.frames["status"]),
+                ]
                 # Interleave the three streams, so the server sees all sockets busy at once.
                 longest = max(len(frames) for _, _, frames in streams)
                 for k in range(longest):
@@ -284,11 +381,20 @@ def test_fuzz_all_sockets_then_serve_a_normal_worker():
 
             rejected = Counter(status.rejected)
             assert sum(rejected.values()) == g.expected_total, (
-                f"got {dict(rejected)} ({sum(rejected.values())}), expected {g.expected_total} rejections")
+                f"got {dict(rejected)} ({sum(rejected.values())}), expected {g.expected_total} rejections"
+            )
             for reason, n in g.at_least.items():
                 assert rejected[reason] >= n, f"{reason}: got {rejected[reason]}, expected at least {n}"
-            assert set(rejected) <= {"malformed", "oversized", "version", "unexpected_type", "unknown_group",
-                                     "wrong_prompt", "bad_sample_index", "bad_capacity"}
+            assert set(rejected) <= {
+                "malformed",
+                "oversized",
+                "version",
+                "unexpected_type",
+                "unknown_group",
+                "wrong_prompt",
+                "bad_sample_index",
+                "bad_capacity",
+            }
             assert status.completions == 0, "garbage entered a group"
             assert replies > 0  # the status socket answered every garbage request
 

@@ -23,15 +23,26 @@ from buffer.server import BufferServer
 from buffer.service import BufferService
 from dynamo_async.config import config_from_dict, load_config
 from dynamo_async.protocol import (
-    Completion, Heartbeat, NoWork, WorkGrant, WorkItem, WorkRequest, decode, encode, pack_f32, pack_i32,
+    Completion,
+    Heartbeat,
+    NoWork,
+    WorkGrant,
+    WorkItem,
+    WorkRequest,
+    decode,
+    encode,
+    pack_f32,
+    pack_i32,
 )
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 def make_prompts(n: int) -> list[PoolPrompt]:
-    return [PoolPrompt(f"p{i}", f"What is {i}+{i}?", str(2 * i),
-                       np.arange(2 + i % 5, dtype=np.int32) * 10 + i) for i in range(n)]
+    return [
+        PoolPrompt(f"p{i}", f"What is {i}+{i}?", str(2 * i), np.arange(2 + i % 5, dtype=np.int32) * 10 + i)
+        for i in range(n)
+    ]
 
 
 PROMPTS = make_prompts(24)
@@ -39,8 +50,16 @@ BY_ID = {p.prompt_id: p for p in PROMPTS}
 
 
 def make_service(*overrides: str, unequal: bool = True) -> BufferService:
-    cfg = load_config(TINY, ["allocation.gen_batch_prompts=4", "allocation.avg_rollouts=4", "allocation.g_min=1",
-                             "allocation.g_max=9", *overrides])
+    cfg = load_config(
+        TINY,
+        [
+            "allocation.gen_batch_prompts=4",
+            "allocation.avg_rollouts=4",
+            "allocation.g_min=1",
+            "allocation.g_max=9",
+            *overrides,
+        ],
+    )
     svc = BufferService(cfg, PROMPTS)
     if unequal:  # histories with different variances -> water-filled budgets of unequal size
         svc.pool.attempts[:] = 10
@@ -52,16 +71,29 @@ def fingerprint(prompt_id: str) -> int:
     return zlib.crc32(prompt_id.encode()) & 0x7FFFFFFF
 
 
-def fake_completion(item: WorkItem, sample_index: int, worker_id: str, version: int,
-                    rng: np.random.Generator) -> Completion:
+def fake_completion(
+    item: WorkItem, sample_index: int, worker_id: str, version: int, rng: np.random.Generator
+) -> Completion:
     n = int(rng.integers(3, 40))
     tokens = rng.integers(0, 50_000, n).astype(np.int32)
     tokens[:3] = [item.group_id, sample_index, fingerprint(item.prompt_id)]
     acc = (item.group_id * 7 + sample_index) % 3 == 0
-    return Completion(worker_id=worker_id, lease_id=item.lease_id, group_id=item.group_id, prompt_id=item.prompt_id,
-                      sample_index=sample_index, token_ids=pack_i32(tokens), logprobs=pack_f32(-rng.random(n)),
-                      versions=pack_i32(np.full(n, version)), finish_reason="stop", acc=int(acc),
-                      reward=2.0 * acc - 1.0, score_status="ok", gen_seconds=0.0, score_seconds=0.0)
+    return Completion(
+        worker_id=worker_id,
+        lease_id=item.lease_id,
+        group_id=item.group_id,
+        prompt_id=item.prompt_id,
+        sample_index=sample_index,
+        token_ids=pack_i32(tokens),
+        logprobs=pack_f32(-rng.random(n)),
+        versions=pack_i32(np.full(n, version)),
+        finish_reason="stop",
+        acc=int(acc),
+        reward=2.0 * acc - 1.0,
+        score_status="ok",
+        gen_seconds=0.0,
+        score_seconds=0.0,
+    )
 
 
 class Leases:
@@ -308,8 +340,10 @@ def test_status_endpoint_answers_with_counts():
     svc = make_service("allocation.gen_batch_prompts=2", unequal=False)
     with BufferServer(svc) as server:
         ep = server.endpoints
-        with BufferClient(ep.host, ep.work, ep.completions, "A", timeout_s=5) as a, \
-                BufferClient(ep.host, ep.work, ep.completions, "B", timeout_s=5) as b:
+        with (
+            BufferClient(ep.host, ep.work, ep.completions, "A", timeout_s=5) as a,
+            BufferClient(ep.host, ep.work, ep.completions, "B", timeout_s=5) as b,
+        ):
             b.hello("fake", 1)
             grant = a.request_work(5, 0)  # a whole group of 4 and one sample of the next
             assert isinstance(grant, WorkGrant)

@@ -33,26 +33,48 @@ def make_cfg(*overrides: str):
 
 
 def make_prompts(n: int) -> list[PoolPrompt]:
-    return [PoolPrompt(f"p{i}", f"What is {i}+{i}?", str(2 * i), np.array([1, 100 + i, 7], dtype=np.int32))
-            for i in range(n)]
+    return [
+        PoolPrompt(f"p{i}", f"What is {i}+{i}?", str(2 * i), np.array([1, 100 + i, 7], dtype=np.int32))
+        for i in range(n)
+    ]
 
 
 def make_service(*overrides: str, prompts: int = 16, clock=None, store=None) -> BufferService:
-    return BufferService(make_cfg(*overrides), make_prompts(prompts), store=store,
-                         clock=clock if clock is not None else FakeClock())
+    return BufferService(
+        make_cfg(*overrides), make_prompts(prompts), store=store, clock=clock if clock is not None else FakeClock()
+    )
 
 
 def tokens_for(group_id: int, sample_index: int, length: int = 3) -> np.ndarray:
     return np.arange(length, dtype=np.int32) + 1000 * group_id + 10 * sample_index
 
 
-def make_completion(item: WorkItem, sample_index: int, worker_id: str = "w0", acc: int = 1,
-                    version: int | np.ndarray = 0, length: int = 3, **changes) -> Completion:
+def make_completion(
+    item: WorkItem,
+    sample_index: int,
+    worker_id: str = "w0",
+    acc: int = 1,
+    version: int | np.ndarray = 0,
+    length: int = 3,
+    **changes,
+) -> Completion:
     versions = np.broadcast_to(np.asarray(version, dtype=np.int32), (length,))
-    fields = dict(worker_id=worker_id, lease_id=item.lease_id, group_id=item.group_id, prompt_id=item.prompt_id,
-                  sample_index=sample_index, token_ids=pack_i32(tokens_for(item.group_id, sample_index, length)),
-                  logprobs=pack_f32(np.full(length, -0.5)), versions=pack_i32(versions), finish_reason="stop",
-                  acc=acc, reward=2.0 * acc - 1.0, score_status="ok", gen_seconds=0.1, score_seconds=0.01)
+    fields = dict(
+        worker_id=worker_id,
+        lease_id=item.lease_id,
+        group_id=item.group_id,
+        prompt_id=item.prompt_id,
+        sample_index=sample_index,
+        token_ids=pack_i32(tokens_for(item.group_id, sample_index, length)),
+        logprobs=pack_f32(np.full(length, -0.5)),
+        versions=pack_i32(versions),
+        finish_reason="stop",
+        acc=acc,
+        reward=2.0 * acc - 1.0,
+        score_status="ok",
+        gen_seconds=0.1,
+        score_seconds=0.01,
+    )
     fields.update(changes)
     return Completion(**fields)
 
@@ -72,8 +94,9 @@ def complete_items(svc: BufferService, items, worker_id="w0", acc=lambda g, i: i
 
 
 def test_dynamo_budgets_are_water_filled_within_range():
-    svc = make_service("allocation.gen_batch_prompts=6", "allocation.avg_rollouts=8", "allocation.g_min=2",
-                       "allocation.g_max=16")
+    svc = make_service(
+        "allocation.gen_batch_prompts=6", "allocation.avg_rollouts=8", "allocation.g_min=2", "allocation.g_max=16"
+    )
     # Give the prompts different histories so the priorities differ (and some are 0).
     rng = np.random.default_rng(0)
     svc.pool.attempts[:] = 10
@@ -87,8 +110,9 @@ def test_dynamo_budgets_are_water_filled_within_range():
     assert counts.min() >= 2 and counts.max() <= 16
     assert len(set(counts.tolist())) > 1, "priorities differ, so must the budgets"
     idxs = [g.prompt_idx for g in groups]
-    expected = water_fill(allocation_priority(svc.pool.successes[idxs], svc.pool.attempts[idxs], 0.25, 1.0),
-                          8 * 6, 2, 16)
+    expected = water_fill(
+        allocation_priority(svc.pool.successes[idxs], svc.pool.attempts[idxs], 0.25, 1.0), 8 * 6, 2, 16
+    )
     np.testing.assert_array_equal(counts, expected)
     # Budgets follow the variance: a zero-variance prompt never gets more than a p=0.5 one.
     by_prompt = {g.prompt_idx: g.n for g in groups}
@@ -99,11 +123,19 @@ def test_dynamo_budgets_are_water_filled_within_range():
                 assert by_prompt[a] >= by_prompt[b]
 
 
-@pytest.mark.parametrize("overrides", [("method=grpo",), ("method=w_reinforce",), ("allocation.dynamic=false",)],
-                         ids=["grpo", "w_reinforce", "dynamic_off"])
+@pytest.mark.parametrize(
+    "overrides",
+    [("method=grpo",), ("method=w_reinforce",), ("allocation.dynamic=false",)],
+    ids=["grpo", "w_reinforce", "dynamic_off"],
+)
 def test_baselines_and_static_allocation_get_uniform_budgets(overrides):
-    svc = make_service("allocation.gen_batch_prompts=6", "allocation.avg_rollouts=5", "allocation.g_min=2",
-                       "allocation.g_max=16", *overrides)
+    svc = make_service(
+        "allocation.gen_batch_prompts=6",
+        "allocation.avg_rollouts=5",
+        "allocation.g_min=2",
+        "allocation.g_max=16",
+        *overrides,
+    )
     svc.pool.attempts[:] = 10
     svc.pool.successes[:] = np.arange(len(svc.pool)) % 11
     items_of(svc.request_work("w0", 1))
@@ -219,10 +251,10 @@ def test_silent_worker_samples_go_to_another_worker():
     assert svc.add_completion(make_completion(item_a, 2, "A")) is None
     clock.t += 3
     svc.heartbeat("A")  # alive at t+3
-    clock.t += 4        # 4 s since A's last sign of life: still within worker_timeout
+    clock.t += 4  # 4 s since A's last sign of life: still within worker_timeout
     b1 = items_of(svc.request_work("B", 4))
     assert all(it.group_id != item_a.group_id for it in b1), "a live worker keeps its lease"
-    clock.t += 2        # now 6 s of silence from A
+    clock.t += 2  # now 6 s of silence from A
     b2 = items_of(svc.request_work("B", 3))
     assert [(it.group_id, it.sample_indices) for it in b2] == [(item_a.group_id, (0, 1, 3))]
     assert svc.status().workers == 1  # A is gone
@@ -360,25 +392,45 @@ def _gate_run(svc: BufferService, ops, eta: int, k: int, num_workers: int, seed:
     assert len(learner.batches) >= before + 3, f"deadlock: status {svc.status()}"
 
 
-_OPS = st.lists(st.tuples(st.sampled_from(["request", "complete", "pull"]), st.integers(0, 3),
-                          st.integers(1, 12)), min_size=10, max_size=120)
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["request", "complete", "pull"]), st.integers(0, 3), st.integers(1, 12)),
+    min_size=10,
+    max_size=120,
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(ops=_OPS, eta=st.integers(0, 3), k=st.integers(0, 4), seed=st.integers(0, 2**16),
-       method=st.sampled_from(["dynamo", "grpo"]))
+@given(
+    ops=_OPS,
+    eta=st.integers(0, 3),
+    k=st.integers(0, 4),
+    seed=st.integers(0, 2**16),
+    method=st.sampled_from(["dynamo", "grpo"]),
+)
 def test_staleness_gate_property(ops, eta, k, seed, method):
-    svc = make_service(f"buffer.max_staleness={eta}", "buffer.stale_groups=drop", f"method={method}",
-                       "allocation.gen_batch_prompts=3", "allocation.avg_rollouts=3", "allocation.g_min=1",
-                       "allocation.g_max=6", prompts=12)
+    svc = make_service(
+        f"buffer.max_staleness={eta}",
+        "buffer.stale_groups=drop",
+        f"method={method}",
+        "allocation.gen_batch_prompts=3",
+        "allocation.avg_rollouts=3",
+        "allocation.g_min=1",
+        "allocation.g_max=6",
+        prompts=12,
+    )
     _gate_run(svc, ops, eta, k, num_workers=3, seed=seed)
 
 
 def test_group_assembled_before_a_version_bump_is_not_handed_out_stale():
     """pull_batch(timeout) that comes back short keeps its partial batch; if the learner's version
     moves on before the batch is complete, the kept groups must be re-checked against the drop rule."""
-    svc = make_service("buffer.max_staleness=0", "allocation.gen_batch_prompts=2", "allocation.avg_rollouts=1",
-                       "allocation.g_min=1", "allocation.g_max=1")
+    svc = make_service(
+        "buffer.max_staleness=0",
+        "allocation.gen_batch_prompts=2",
+        "allocation.avg_rollouts=1",
+        "allocation.g_min=1",
+        "allocation.g_max=1",
+    )
     first = items_of(svc.request_work("w", 1))[0]
     complete_items(svc, [first], version=0)
     assert svc.pull_batch(timeout=0) is None  # one ready group of two: short
@@ -392,7 +444,8 @@ def test_group_assembled_before_a_version_bump_is_not_handed_out_stale():
     for g in batch.groups:
         assert batch.policy_version - g.oldest_version <= 0, (
             f"group {g.group_id} with tokens of version {g.oldest_version} handed out at version "
-            f"{batch.policy_version} although max_staleness=0")
+            f"{batch.policy_version} although max_staleness=0"
+        )
 
 
 def test_stale_groups_dropped_and_counted():
@@ -463,8 +516,12 @@ def test_zero_variance_groups_dropped_and_counted_when_filtered(filtered):
 
 
 def test_save_and_restore_state_continue_the_run(tmp_path):
-    overrides = ("allocation.gen_batch_prompts=4", "allocation.avg_rollouts=4", "allocation.g_min=2",
-                 "allocation.g_max=8")
+    overrides = (
+        "allocation.gen_batch_prompts=4",
+        "allocation.avg_rollouts=4",
+        "allocation.g_min=2",
+        "allocation.g_max=8",
+    )
     svc = make_service(*overrides, prompts=10)
     for step in range(2):
         items = items_of(svc.request_work("w", 16))
@@ -500,7 +557,7 @@ def test_save_and_restore_state_continue_the_run(tmp_path):
 
 def test_status_counts():
     svc = make_service("allocation.gen_batch_prompts=4")
-    items = items_of(svc.request_work("A", 9))   # groups 0, 1 full and one sample of group 2
+    items = items_of(svc.request_work("A", 9))  # groups 0, 1 full and one sample of group 2
     assert [len(it.sample_indices) for it in items] == [4, 4, 1]
     svc.heartbeat("B")
     complete_items(svc, items[:1], worker_id="A")
@@ -532,5 +589,5 @@ def test_worker_idle_seconds_from_heartbeats_sum_over_workers():
     svc.heartbeat("a", 1.5)
     svc.heartbeat("b", 2.0)
     svc.heartbeat("a", 3.0)  # cumulative per worker: the latest value counts
-    svc.heartbeat("b")       # a heartbeat without a figure leaves it alone
+    svc.heartbeat("b")  # a heartbeat without a figure leaves it alone
     assert svc.worker_idle_seconds() == 5.0

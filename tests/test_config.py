@@ -50,9 +50,10 @@ def test_authors_preset_has_their_values():
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config(ROOT / "configs" / "tiny.yaml",
-                      ["loss.eps_high=0.28", "modulation.compensation=false", "data.synthetic.levels=[1, 2]",
-                       "method=kl_cov"])
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        ["loss.eps_high=0.28", "modulation.compensation=false", "data.synthetic.levels=[1, 2]", "method=kl_cov"],
+    )
     assert cfg.loss.eps_high == 0.28 and cfg.modulation.compensation is False
     assert cfg.data.synthetic.levels == (1, 2) and cfg.method == "kl_cov"
 
@@ -63,14 +64,17 @@ def test_config_is_frozen():
         cfg.loss.eps_low = 0.3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("override, words", [
-    ("loss.eps_low=-0.1", ["loss.eps_low", "got -0.1", "expected", ">= 0.0"]),
-    ("loss.aggregation=mean", ["loss.aggregation", "got 'mean'", "token-mean"]),
-    ("modulation.alpha=abc", ["modulation.alpha", "got 'abc'", "float"]),
-    ("allocation.g_min=30", ["allocation", "g_min=30", "expected g_min <= avg_rollouts <= g_max"]),
-    ("method=ppo", ["method", "got 'ppo'", "dynamo"]),
-    ("rewards.hard_timeout_s=1", ["rewards", "hard_timeout_s=1", "expected"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("loss.eps_low=-0.1", ["loss.eps_low", "got -0.1", "expected", ">= 0.0"]),
+        ("loss.aggregation=mean", ["loss.aggregation", "got 'mean'", "token-mean"]),
+        ("modulation.alpha=abc", ["modulation.alpha", "got 'abc'", "float"]),
+        ("allocation.g_min=30", ["allocation", "g_min=30", "expected g_min <= avg_rollouts <= g_max"]),
+        ("method=ppo", ["method", "got 'ppo'", "dynamo"]),
+        ("rewards.hard_timeout_s=1", ["rewards", "hard_timeout_s=1", "expected"]),
+    ],
+)
 def test_bad_value_names_field_value_and_expectation(override, words):
     with pytest.raises(ValueError) as err:
         load_config(None, ["model.name=builtin:tiny", override])
@@ -110,18 +114,45 @@ def test_methods_match_the_schema():
 
 def test_cli_config_prints_resolved_yaml_and_rejects_bad_values(tmp_path):
     out = tmp_path / "cfg.yaml"
-    ok = subprocess.run([sys.executable, "-m", "dynamo_async.cli", "config", "--config",
-                         str(ROOT / "configs" / "tiny.yaml"), "loss.eps_high=0.3", "--out", str(out)],
-                        capture_output=True, text=True, check=True)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynamo_async.cli",
+            "config",
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "loss.eps_high=0.3",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "wrote" in ok.stdout and load_config(out).loss.eps_high == 0.3
-    bad = subprocess.run([sys.executable, "-m", "dynamo_async.cli", "config", "--config",
-                          str(ROOT / "configs" / "tiny.yaml"), "loss.eps_low=-1"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynamo_async.cli",
+            "config",
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "loss.eps_low=-1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "loss.eps_low: got -1" in bad.stderr
 
 
 def test_cli_does_not_import_torch():
-    code = ("import sys; from dynamo_async.cli import main; main(['config', '--config', %r]); "
-            "assert 'torch' not in sys.modules, 'torch imported'" % str(ROOT / "configs" / "tiny.yaml"))
+    tiny = str(ROOT / "configs" / "tiny.yaml")
+    code = (
+        f"import sys; from dynamo_async.cli import main; main(['config', '--config', {tiny!r}]); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
@@ -131,12 +162,22 @@ def test_readme_test_command_is_what_ci_runs():
     commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv .venv")]
     assert len(commands) == 2, "the README opens with the demo command and the test command"
     assert commands[1].endswith(".venv/bin/pytest") and commands[1] in ci.splitlines()
-    assert commands[0].startswith(commands[1].removesuffix(".venv/bin/pytest"))  # same set-up
+    assert ".venv/bin/ruff check . && .venv/bin/ruff format --check ." in commands[1]  # lint before the tests
+    setup = commands[1].split(" && .venv/bin/ruff")[0]
+    assert commands[0].startswith(setup + " && ")  # same set-up
 
 
 def test_numbers_as_users_type_them_on_the_command_line_and_in_yaml(tmp_path):
-    cfg = load_config(None, ["model.name=builtin:tiny", "optim.lr=1e-6", "advantage.eps=1E-8",
-                             "loss.eps_high=2.8e-1", "baselines.clip_cov_ratio=+2e-4"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=builtin:tiny",
+            "optim.lr=1e-6",
+            "advantage.eps=1E-8",
+            "loss.eps_high=2.8e-1",
+            "baselines.clip_cov_ratio=+2e-4",
+        ],
+    )
     assert cfg.optim.lr == 1e-6 and cfg.advantage.eps == 1e-8
     assert cfg.loss.eps_high == 0.28 and cfg.baselines.clip_cov_ratio == 2e-4
     path = tmp_path / "run.yaml"
@@ -156,7 +197,13 @@ def test_model_dtype_was_renamed_compute_dtype(tmp_path):
 
 
 def test_strings_that_look_like_numbers_survive_the_resolved_config(tmp_path):
-    cfg = load_config(None, ["model.name=builtin:tiny", 'data.system_prompt="1e6"',
-                             "data.few_shot=[{problem: 'What is 10^6?', answer: '1e6'}]"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=builtin:tiny",
+            'data.system_prompt="1e6"',
+            "data.few_shot=[{problem: 'What is 10^6?', answer: '1e6'}]",
+        ],
+    )
     assert cfg.data.system_prompt == "1e6" and cfg.data.few_shot[0].answer == "1e6"
     assert load_config(dump_config(cfg, tmp_path / "resolved.yaml")) == cfg

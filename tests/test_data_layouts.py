@@ -9,8 +9,8 @@ import types
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import DAPO, DAPO_COPIES, DAPO_ROWS, verl_rows
+
 from dynamo_async.config import load_config
 from dynamo_async.data import templates
 from dynamo_async.data.dedup import dedup_problems
@@ -74,12 +74,22 @@ def test_the_whole_dapo_file_dedups_by_problem_text():
 
 
 def test_dedup_merges_identical_copies_and_drops_disagreeing_ones():
-    rows = [Problem("a", "1+1", "2", "s"), Problem("b", "2+2", "4", "s"), Problem("c", "1+1", "2", "s"),
-            Problem("d", "3+3", "6", "s"), Problem("e", " 3+3 ", "7", "s")]
+    rows = [
+        Problem("a", "1+1", "2", "s"),
+        Problem("b", "2+2", "4", "s"),
+        Problem("c", "1+1", "2", "s"),
+        Problem("d", "3+3", "6", "s"),
+        Problem("e", " 3+3 ", "7", "s"),
+    ]
     kept, report = dedup_problems((f"row {i}", p) for i, p in enumerate(rows))
     assert [(where, p.id) for where, p in kept] == [("row 0", "a"), ("row 1", "b")]
     assert (report.rows, report.prompts, report.merged_copies, report.conflicting_texts, report.conflicting_rows) == (
-        5, 2, 1, 1, 2)
+        5,
+        2,
+        1,
+        1,
+        2,
+    )
 
 
 def test_template_strip_undoes_apply_and_knows_the_boxed_variant():
@@ -107,16 +117,23 @@ class _RecordingTokenizer:
 
 
 def test_user_template_wraps_training_and_held_out_prompts():
-    cfg = _cfg("synthetic", "data.user_template=dapo", "data.system_prompt=", "rewards.answer_format=answer_line",
-               "data.few_shot=[{problem: 'What is 1 + 1?', answer: '2'}]", "data.max_prompt_tokens=100000")
+    cfg = _cfg(
+        "synthetic",
+        "data.user_template=dapo",
+        "data.system_prompt=",
+        "rewards.answer_format=answer_line",
+        "data.few_shot=[{problem: 'What is 1 + 1?', answer: '2'}]",
+        "data.max_prompt_tokens=100000",
+    )
     tok = _RecordingTokenizer()
     ids = prompt_ids(tok, "What is 2 + 3?", cfg)
     assert [m["role"] for m in tok.messages] == ["user", "assistant", "user"]  # no system prompt
     assert tok.messages[0]["content"] == templates.apply("dapo", "What is 1 + 1?")
     assert tok.messages[1]["content"] == "Answer: 2"  # the worked example answers in the reward's form
     assert tok.messages[2]["content"] == templates.apply("dapo", "What is 2 + 3?")
-    assert tok.messages[2]["content"].endswith("What is 2 + 3?\n\nRemember to put your answer on its own line "
-                                              "after \"Answer:\".")
+    assert tok.messages[2]["content"].endswith(
+        'What is 2 + 3?\n\nRemember to put your answer on its own line after "Answer:".'
+    )
     assert len(ids) == sum(len(m["content"]) for m in tok.messages) + 2
     boxed = _cfg("synthetic", "data.few_shot=[{problem: 'What is 1 + 1?', answer: '2'}]")
     prompt_ids(tok, "What is 2 + 3?", boxed)
@@ -125,14 +142,18 @@ def test_user_template_wraps_training_and_held_out_prompts():
 
 
 def test_mapped_fields_with_dotted_paths(tmp_path):
-    rows = [{"question": "What is 6 * 7?", "meta": {"gold": 42}, "uid": "q1"},
-            {"question": "What is 2 + 2?", "meta": {"gold": "4"}, "uid": "q2"}]
+    rows = [
+        {"question": "What is 6 * 7?", "meta": {"gold": 42}, "uid": "q1"},
+        {"question": "What is 2 + 2?", "meta": {"gold": "4"}, "uid": "q2"},
+    ]
     path = tmp_path / "custom.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = _cfg(path, "data.problem_field=question", "data.answer_field=meta.gold", "data.id_field=uid")
     problems, _ = load_training_set(cfg.data)
-    assert [(p.id, p.problem, p.answer) for p in problems] == [("q1", "What is 6 * 7?", "42"),
-                                                               ("q2", "What is 2 + 2?", "4")]
+    assert [(p.id, p.problem, p.answer) for p in problems] == [
+        ("q1", "What is 6 * 7?", "42"),
+        ("q2", "What is 2 + 2?", "4"),
+    ]
 
 
 def test_one_mapped_field_with_the_layouts_other_field(tmp_path):
@@ -144,10 +165,17 @@ def test_one_mapped_field_with_the_layouts_other_field(tmp_path):
 
 def test_distinct_problems_sharing_an_id_after_dedup_say_so(tmp_path):
     path = tmp_path / "ids.jsonl"
-    path.write_text(json.dumps({"id": "x", "problem": "p", "answer": "1"}) + "\n"
-                    + json.dumps({"id": "x", "problem": "q", "answer": "2"}) + "\n")
-    with pytest.raises(ValueError, match=r"ids\.jsonl, line 2: got duplicate id 'x' \(first at .*line 1\).*"
-                                         "two different problems share this id"):
+    path.write_text(
+        json.dumps({"id": "x", "problem": "p", "answer": "1"})
+        + "\n"
+        + json.dumps({"id": "x", "problem": "q", "answer": "2"})
+        + "\n"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"ids\.jsonl, line 2: got duplicate id 'x' \(first at .*line 1\).*"
+        "two different problems share this id",
+    ):
         load_training_set(_cfg(path).data)
 
 
@@ -162,8 +190,9 @@ def test_rows_matching_no_layout_name_their_fields_and_the_options(tmp_path):
 
 def test_chat_prompt_without_a_user_turn_is_a_clear_error(tmp_path):
     path = tmp_path / "sys.jsonl"
-    path.write_text(json.dumps({"prompt": [{"role": "system", "content": "hi"}],
-                                "reward_model": {"ground_truth": "1"}}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": [{"role": "system", "content": "hi"}], "reward_model": {"ground_truth": "1"}}) + "\n"
+    )
     with pytest.raises(ValueError, match="expected a 'user' message"):
         load_problems(path)
 
@@ -208,8 +237,11 @@ def test_missing_hub_dataset_says_to_check_the_name_or_pass_a_file(monkeypatch):
     def load_dataset(name, split):
         raise DatasetNotFoundError(f"Dataset '{name}' doesn't exist on the Hub or cannot be accessed.")
 
-    fake = types.SimpleNamespace(load_dataset=load_dataset, get_dataset_split_names=lambda name: ["train"],
-                                 exceptions=types.SimpleNamespace(DatasetNotFoundError=DatasetNotFoundError))
+    fake = types.SimpleNamespace(
+        load_dataset=load_dataset,
+        get_dataset_split_names=lambda name: ["train"],
+        exceptions=types.SimpleNamespace(DatasetNotFoundError=DatasetNotFoundError),
+    )
     monkeypatch.setitem(sys.modules, "datasets", fake)
     with pytest.raises(ValueError) as err:
         load_training_set(_cfg("someone/no-such-set").data)

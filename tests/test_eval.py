@@ -16,8 +16,7 @@ from dynamo_async.cli import main
 from dynamo_async.evaluation import runner
 from dynamo_async.evaluation.benchmarks import load_benchmarks
 from dynamo_async.evaluation.pass_at_k import mean_pass_at_k, parse_ks, pass_at_k
-from dynamo_async.evaluation.records import (EvalSettings, ProblemRecord, RecordFile, problem_digest,
-                                              records_path)
+from dynamo_async.evaluation.records import EvalSettings, ProblemRecord, RecordFile, problem_digest, records_path
 from dynamo_async.evaluation.table import format_table, summarize
 from workers.engine import GenResult
 
@@ -25,17 +24,20 @@ AIME24 = Path(__file__).resolve().parents[2] / "shared" / "data" / "aime24.jsonl
 needs_data = pytest.mark.skipif(not AIME24.is_file(), reason="needs ../shared/data/aime24.jsonl")
 
 
-@pytest.mark.parametrize("n, c, k, expected", [
-    (5, 2, 1, 2 / 5),
-    (5, 2, 2, 1 - 3 / 10),          # 1 - C(3,2)/C(5,2)
-    (5, 2, 3, 1 - 1 / 10),          # 1 - C(3,3)/C(5,3)
-    (5, 2, 4, 1.0),                 # n - c < k: some correct sample is always drawn
-    (10, 3, 5, 1 - 21 / 252),       # 1 - C(7,5)/C(10,5)
-    (32, 1, 1, 1 / 32),
-    (32, 1, 32, 1.0),
-    (32, 0, 32, 0.0),
-    (16, 16, 1, 1.0),
-])
+@pytest.mark.parametrize(
+    "n, c, k, expected",
+    [
+        (5, 2, 1, 2 / 5),
+        (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
+        (5, 2, 3, 1 - 1 / 10),  # 1 - C(3,3)/C(5,3)
+        (5, 2, 4, 1.0),  # n - c < k: some correct sample is always drawn
+        (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
+        (32, 1, 1, 1 / 32),
+        (32, 1, 32, 1.0),
+        (32, 0, 32, 0.0),
+        (16, 16, 1, 1.0),
+    ],
+)
 def test_pass_at_k_hand_values(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
 
@@ -60,14 +62,30 @@ def test_pass_at_k_rejects_k_above_n_and_bad_counts():
 
 
 def _settings(n: int = 4) -> EvalSettings:
-    return EvalSettings(model="m", engine="hf", n=n, seed=0, temperature=1.0, top_p=1.0, max_new_tokens=8,
-                        max_prompt_tokens=64, dtype="float32", system_prompt="s")
+    return EvalSettings(
+        model="m",
+        engine="hf",
+        n=n,
+        seed=0,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=8,
+        max_prompt_tokens=64,
+        dtype="float32",
+        system_prompt="s",
+    )
 
 
 def _record(bench: str, pid: str, acc: list[int]) -> ProblemRecord:
-    return ProblemRecord(benchmark=bench, id=pid, answer="1", digest=problem_digest(f"q{pid}", "1"),
-                         acc=tuple(acc), tokens=(3,) * len(acc),
-                         finish=("stop",) * (len(acc) - 1) + ("length",))
+    return ProblemRecord(
+        benchmark=bench,
+        id=pid,
+        answer="1",
+        digest=problem_digest(f"q{pid}", "1"),
+        acc=tuple(acc),
+        tokens=(3,) * len(acc),
+        finish=("stop",) * (len(acc) - 1) + ("length",),
+    )
 
 
 def test_summary_averages_benchmarks_equally_and_lays_out_table_1():
@@ -133,8 +151,7 @@ def test_hub_dataset_split_is_chosen_or_named(monkeypatch):
         calls.append((name, split))
         return Rows([{"problem": "1+1", "answer": 2}])
 
-    fake = types.SimpleNamespace(load_dataset=load_dataset,
-                                 get_dataset_split_names=lambda name: ["train", "test"])
+    fake = types.SimpleNamespace(load_dataset=load_dataset, get_dataset_split_names=lambda name: ["train", "test"])
     monkeypatch.setitem(sys.modules, "datasets", fake)
     (bench,) = load_benchmarks(["owner/MATH-500"])
     assert calls == [("owner/MATH-500", "test")] and bench.problems[0].answer == "2"
@@ -143,8 +160,23 @@ def test_hub_dataset_split_is_chosen_or_named(monkeypatch):
 
 
 def _eval(tmp_path: Path, out: str, *extra: str) -> dict:
-    args = ["eval", "--model", "builtin:tiny", "--data", str(AIME24), "--n", "4", "--k", "1,2,4",
-            "--batch-size", "4", "--out", str(tmp_path / out), "rollout.max_new_tokens=8", *extra]
+    args = [
+        "eval",
+        "--model",
+        "builtin:tiny",
+        "--data",
+        str(AIME24),
+        "--n",
+        "4",
+        "--k",
+        "1,2,4",
+        "--batch-size",
+        "4",
+        "--out",
+        str(tmp_path / out),
+        "rollout.max_new_tokens=8",
+        *extra,
+    ]
     assert main(args) == 0
     return json.loads((tmp_path / out).read_text())
 
@@ -172,8 +204,9 @@ def test_eval_end_to_end_on_aime24_rows_and_resume_draws_the_same_samples(tmp_pa
     resumed = _eval(tmp_path, "part.json", "--limit", "3")  # ... and resumed
     again = _records(tmp_path / "part.json")
     assert len(records_path(tmp_path / "part.json").read_text().splitlines()) == 1 + 3  # nothing twice
-    assert {k: (r["acc"], r["tokens"], r["finish"]) for k, r in again.items()} == \
-           {k: (r["acc"], r["tokens"], r["finish"]) for k, r in records.items()}
+    assert {k: (r["acc"], r["tokens"], r["finish"]) for k, r in again.items()} == {
+        k: (r["acc"], r["tokens"], r["finish"]) for k, r in records.items()
+    }
     assert resumed["benchmarks"] == full["benchmarks"]
 
 
@@ -206,8 +239,21 @@ def test_eval_scores_correct_answers_with_math_verify(tmp_path, monkeypatch):
 
 
 def test_eval_rejects_k_above_n_before_loading_anything(tmp_path, capsys):
-    code = main(["eval", "--model", "builtin:tiny", "--data", str(tmp_path / "x.jsonl"), "--n", "4", "--k", "1,32",
-                 "--out", str(tmp_path / "r.json")])
+    code = main(
+        [
+            "eval",
+            "--model",
+            "builtin:tiny",
+            "--data",
+            str(tmp_path / "x.jsonl"),
+            "--n",
+            "4",
+            "--k",
+            "1,32",
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert code == 2
     assert "expected every k <= --n 4" in capsys.readouterr().err
 
@@ -215,7 +261,23 @@ def test_eval_rejects_k_above_n_before_loading_anything(tmp_path, capsys):
 @needs_data
 def test_eval_with_vllm_missing_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import raises ImportError
-    code = main(["eval", "--model", "builtin:tiny", "--data", str(AIME24), "--limit", "1", "--engine", "vllm",
-                 "--out", str(tmp_path / "r.json")])
+    code = main(
+        [
+            "eval",
+            "--model",
+            "builtin:tiny",
+            "--data",
+            str(AIME24),
+            "--limit",
+            "1",
+            "--engine",
+            "vllm",
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert code == 2
-    assert "expected vLLM 0.33.0 (on a GPU node: pip install -e '.[vllm]'), or use the hf engine" in capsys.readouterr().err
+    assert (
+        "expected vLLM 0.33.0 (on a GPU node: pip install -e '.[vllm]'), or use the hf engine"
+        in capsys.readouterr().err
+    )

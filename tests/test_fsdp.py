@@ -32,8 +32,21 @@ def _free_port() -> int:
 
 def _sharded_step(tmp_path: Path, method: str, *extra: str) -> dict[str, torch.Tensor]:
     out = tmp_path / f"{method}.safetensors"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), str(HERE / "fsdp_ranks.py"), str(out), method, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(HERE / "fsdp_ranks.py"),
+        str(out),
+        method,
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return load_file(str(out))
@@ -94,14 +107,37 @@ def _torchrun_learner(run_dir: Path, *extra: str) -> None:
 
     resolve_model("builtin:tiny-math")  # built once here, not by three processes at once
     port = _free_port()
-    learner = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-                                "-m", "dynamo_async.cli", "learner", "--config", str(fsdp_ranks.TINY),
-                                "--run-dir", str(run_dir), "--port", str(port), *extra],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    workers = subprocess.Popen([sys.executable, "-m", "dynamo_async.cli", "workers", "--connect",
-                                f"127.0.0.1:{port}", "--num-workers", "1"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    learner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "dynamo_async.cli",
+            "learner",
+            "--config",
+            str(fsdp_ranks.TINY),
+            "--run-dir",
+            str(run_dir),
+            "--port",
+            str(port),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    workers = subprocess.Popen(
+        [sys.executable, "-m", "dynamo_async.cli", "workers", "--connect", f"127.0.0.1:{port}", "--num-workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         out, _ = learner.communicate(timeout=300)
         assert learner.returncode == 0, out[-3000:]

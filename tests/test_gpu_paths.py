@@ -32,10 +32,19 @@ def _batch(vocab: int) -> LearnerBatch:
     groups = []
     for g in range(4):
         prompt = rng.integers(5, vocab, 20).astype(np.int32)
-        samples = tuple(Sample(i, rng.integers(5, vocab, 8 + i).astype(np.int32),
-                               (-rng.random(8 + i)).astype(np.float32), np.zeros(8 + i, np.int32),
-                               acc=i % 2, reward=float(2 * (i % 2) - 1), finish_reason="stop", worker_id="w")
-                        for i in range(4))
+        samples = tuple(
+            Sample(
+                i,
+                rng.integers(5, vocab, 8 + i).astype(np.int32),
+                (-rng.random(8 + i)).astype(np.float32),
+                np.zeros(8 + i, np.int32),
+                acc=i % 2,
+                reward=float(2 * (i % 2) - 1),
+                finish_reason="stop",
+                worker_id="w",
+            )
+            for i in range(4)
+        )
         groups.append(ReadyGroup(g, f"p{g}", prompt, "1", samples))
     return LearnerBatch(step=0, policy_version=0, groups=tuple(groups), staleness=(0, 0, 0, 0))
 
@@ -87,10 +96,28 @@ def test_fsdp2_mixed_precision_with_one_rank_on_cuda(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "fsdp.safetensors"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-addr",
-                           "127.0.0.1", "--master-port", str(port), str(here / "fsdp_ranks.py"), str(out), "grpo",
-                           "model.compute_dtype=bfloat16", *lr], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "FSDP_DEVICE": "cuda"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "1",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            str(here / "fsdp_ranks.py"),
+            str(out),
+            "grpo",
+            "model.compute_dtype=bfloat16",
+            *lr,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "FSDP_DEVICE": "cuda"},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sharded = load_file(str(out))
     torch.manual_seed(0)
@@ -124,8 +151,8 @@ def test_hf_engine_generates_on_cuda():
         assert 1 <= len(res.token_ids) <= cfg.rollout.max_new_tokens and (res.versions == 0).all()
         ids = torch.tensor(np.concatenate([prompt, res.token_ids]), device="cuda")[None].long()
         with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1:-1].float(), -1)
-        ref = logp.gather(-1, ids[0, len(prompt):, None]).squeeze(-1).cpu().numpy()
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float(), -1)
+        ref = logp.gather(-1, ids[0, len(prompt) :, None]).squeeze(-1).cpu().numpy()
         assert np.allclose(res.logprobs, ref, atol=0.1)  # bf16: incremental decode vs one forward
 
 
@@ -139,7 +166,27 @@ def test_eval_command_on_cuda_with_the_hf_engine(tmp_path):
     data = tmp_path / "sums.jsonl"
     data.write_text("\n".join(json.dumps({"problem": f"{a} + {a}", "answer": str(2 * a)}) for a in range(4)))
     out = tmp_path / "r.json"
-    assert main(["eval", "--model", "builtin:tiny-math", "--config", str(TINY), "--data", str(data), "--n", "4",
-                 "--k", "1,4", "--device", "cuda", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "builtin:tiny-math",
+                "--config",
+                str(TINY),
+                "--data",
+                str(data),
+                "--n",
+                "4",
+                "--k",
+                "1,4",
+                "--device",
+                "cuda",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (bench,) = json.loads(out.read_text())["benchmarks"]
     assert bench["problems"] == 4 and 0.0 <= bench["pass@1"] <= bench["pass@4"] <= 100.0

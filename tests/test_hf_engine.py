@@ -55,8 +55,12 @@ def requests(prompts, seeds) -> list[GenRequest]:
 
 
 def same(a: GenResult, b: GenResult) -> bool:
-    return (np.array_equal(a.token_ids, b.token_ids) and np.array_equal(a.logprobs, b.logprobs)
-            and np.array_equal(a.versions, b.versions) and a.finish_reason == b.finish_reason)
+    return (
+        np.array_equal(a.token_ids, b.token_ids)
+        and np.array_equal(a.logprobs, b.logprobs)
+        and np.array_equal(a.versions, b.versions)
+        and a.finish_reason == b.finish_reason
+    )
 
 
 @torch.no_grad()
@@ -64,7 +68,7 @@ def reference(model, prompt: np.ndarray, tokens: np.ndarray, temperature: float)
     """log pi(token) and entropy at every response position, from one full unpadded forward."""
     ids = torch.from_numpy(np.concatenate([np.asarray(prompt, np.int64), np.asarray(tokens, np.int64)]))[None]
     logits = model(input_ids=ids).logits[0].float()
-    z = logits[len(prompt) - 1:len(prompt) - 1 + len(tokens)] / temperature
+    z = logits[len(prompt) - 1 : len(prompt) - 1 + len(tokens)] / temperature
     logp_all = torch.log_softmax(z, dim=-1)
     logp = logp_all.gather(-1, torch.as_tensor(tokens, dtype=torch.long)[:, None]).squeeze(-1)
     ent = -(logp_all.exp() * logp_all).sum(-1)
@@ -243,8 +247,7 @@ def test_engine_with_top_p_samples_only_inside_the_nucleus(model, tokenizer, pro
     # the reported log-prob is the full (temperature-scaled) distribution's, not the nucleus'
     full = torch.log_softmax(crafted, -1)
     for r in results:
-        np.testing.assert_allclose(r.logprobs, full[torch.as_tensor(r.token_ids, dtype=torch.long)].numpy(),
-                                   atol=TOL)
+        np.testing.assert_allclose(r.logprobs, full[torch.as_tensor(r.token_ids, dtype=torch.long)].numpy(), atol=TOL)
 
 
 # ------------------------------------------------------------------- mid-generation update
@@ -304,7 +307,7 @@ def test_weight_update_mid_generation_switches_version_and_policy(model, tokeniz
         np.testing.assert_allclose(res.entropy[:k], old_ent[:k], atol=TOL)
         np.testing.assert_allclose(res.logprobs[k:], new_logp[k:], atol=TOL)
         np.testing.assert_allclose(res.entropy[k:], new_ent[k:], atol=TOL)
-        changed |= not np.array_equal(res.token_ids[k:], base.token_ids[k:len(res.token_ids)])
+        changed |= not np.array_equal(res.token_ids[k:], base.token_ids[k : len(res.token_ids)])
     assert changed, "the new weights changed no token after the swap"
     assert source.calls >= k + 1
 

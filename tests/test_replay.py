@@ -27,28 +27,52 @@ def tokens(group_id: int, i: int, n: int) -> np.ndarray:
 
 def completion(group_id: int, i: int, acc: int, versions: list[int]) -> Completion:
     n = len(versions)
-    return Completion(worker_id=f"w{i % 2}", lease_id=group_id, group_id=group_id,
-                      prompt_id=GROUPS[group_id][0], sample_index=i, token_ids=pack_i32(tokens(group_id, i, n)),
-                      logprobs=pack_f32(-0.25 * np.arange(n)), versions=pack_i32(versions),
-                      finish_reason="stop", acc=acc, reward=1.0 if acc else -1.0, score_status="ok",
-                      gen_seconds=1.5, score_seconds=0.5)
+    return Completion(
+        worker_id=f"w{i % 2}",
+        lease_id=group_id,
+        group_id=group_id,
+        prompt_id=GROUPS[group_id][0],
+        sample_index=i,
+        token_ids=pack_i32(tokens(group_id, i, n)),
+        logprobs=pack_f32(-0.25 * np.arange(n)),
+        versions=pack_i32(versions),
+        finish_reason="stop",
+        acc=acc,
+        reward=1.0 if acc else -1.0,
+        score_status="ok",
+        gen_seconds=1.5,
+        score_seconds=0.5,
+    )
 
 
 def ready_group(group_id: int) -> ReadyGroup:
     prompt_id, _, samples = GROUPS[group_id]
-    return ReadyGroup(group_id=group_id, prompt_id=prompt_id, prompt_token_ids=np.array([1, 2, group_id], np.int32),
-                      answer=str(group_id), samples=tuple(
-                          Sample(sample_index=i, token_ids=tokens(group_id, i, len(v)),
-                                 logprobs=(-0.25 * np.arange(len(v))).astype(np.float32),
-                                 versions=np.array(v, np.int32), acc=acc, reward=1.0 if acc else -1.0,
-                                 finish_reason="stop", worker_id=f"w{i % 2}")
-                          for i, (acc, v) in enumerate(samples)))
+    return ReadyGroup(
+        group_id=group_id,
+        prompt_id=prompt_id,
+        prompt_token_ids=np.array([1, 2, group_id], np.int32),
+        answer=str(group_id),
+        samples=tuple(
+            Sample(
+                sample_index=i,
+                token_ids=tokens(group_id, i, len(v)),
+                logprobs=(-0.25 * np.arange(len(v))).astype(np.float32),
+                versions=np.array(v, np.int32),
+                acc=acc,
+                reward=1.0 if acc else -1.0,
+                finish_reason="stop",
+                worker_id=f"w{i % 2}",
+            )
+            for i, (acc, v) in enumerate(samples)
+        ),
+    )
 
 
 BATCHES = [
     LearnerBatch(step=0, policy_version=1, groups=(ready_group(2), ready_group(1)), staleness=(0, 1)),
-    LearnerBatch(step=1, policy_version=2, groups=(ready_group(3),), dropped_stale=1,
-                 dropped_zero_variance=2, staleness=(2,)),
+    LearnerBatch(
+        step=1, policy_version=2, groups=(ready_group(3),), dropped_stale=1, dropped_zero_variance=2, staleness=(2,)
+    ),
 ]
 
 
@@ -99,18 +123,21 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("table, filters, expected", [
-    ("completions", {}, 13),
-    ("completions", {"prompt_id": "p1"}, 8),
-    ("completions", {"min_version": 1}, 8),
-    ("completions", {"max_version": 0}, 5),
-    ("completions", {"min_version": 1, "max_version": 1}, 5),
-    ("batches", {"step": 1}, 3),
-    ("batches", {"prompt_id": "p1"}, 7),
-    ("batches", {"min_version": 2}, 3),
-    ("batches", {"prompt_id": "p2", "step": 0}, 2),
-    ("steps", {"step": 0}, 1),
-])
+@pytest.mark.parametrize(
+    "table, filters, expected",
+    [
+        ("completions", {}, 13),
+        ("completions", {"prompt_id": "p1"}, 8),
+        ("completions", {"min_version": 1}, 8),
+        ("completions", {"max_version": 0}, 5),
+        ("completions", {"min_version": 1, "max_version": 1}, 5),
+        ("batches", {"step": 1}, 3),
+        ("batches", {"prompt_id": "p1"}, 7),
+        ("batches", {"min_version": 2}, 3),
+        ("batches", {"prompt_id": "p2", "step": 0}, 2),
+        ("steps", {"step": 0}, 1),
+    ],
+)
 def test_export_writes_exactly_the_matching_rows(run_dir, tmp_path, table, filters, expected):
     out = tmp_path / "rows.jsonl"
     assert export_rows(run_dir, out, table=table, **filters) == expected
@@ -170,8 +197,9 @@ def test_replay_main_prints_the_summary_and_exports(run_dir, tmp_path, capsys):
     assert replay_main([str(run_dir), "--export", str(dest), "--version", "1"]) == 0
     assert capsys.readouterr().out.strip() == f"wrote 5 completions rows to {dest}"
     assert {r["group_id"] for r in read_jsonl(dest)} == {2, 3}
-    assert replay_main([str(run_dir), "--export", str(dest), "--table", "batches", "--step", "0",
-                        "--prompt", "p1"]) == 0
+    assert (
+        replay_main([str(run_dir), "--export", str(dest), "--table", "batches", "--step", "0", "--prompt", "p1"]) == 0
+    )
     assert len(read_jsonl(dest)) == 4
 
 

@@ -48,10 +48,27 @@ def live_run(tmp_path_factory):
     status while steps go by, let the run finish; returns what was seen and the run dir."""
     tmp = tmp_path_factory.mktemp("live")
     run_dir, ready = tmp / "run", tmp / "ready.json"
-    learner = subprocess.Popen(CLI + ["learner", "--config", str(ROOT / "configs" / "tiny.yaml"), "--run-dir",
-                                      str(run_dir), "--port", "0", "--ready-file", str(ready), "--threads", "1",
-                                      f"trainer.total_steps={STEPS}", "trainer.eval_samples=1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    learner = subprocess.Popen(
+        CLI
+        + [
+            "learner",
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--run-dir",
+            str(run_dir),
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready),
+            "--threads",
+            "1",
+            f"trainer.total_steps={STEPS}",
+            "trainer.eval_samples=1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     workers = None
     seen: dict = {}
     try:
@@ -59,8 +76,11 @@ def live_run(tmp_path_factory):
         address = f"127.0.0.1:{where['work']}"
         assert where["status"] == where["work"] + 2  # status HOST:WORK_PORT finds it
         seen["idle"] = subprocess.run(CLI + ["status", address, "--once"], capture_output=True, text=True, timeout=60)
-        workers = subprocess.Popen(CLI + ["workers", "--connect", address, "--threads", "1"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        workers = subprocess.Popen(
+            CLI + ["workers", "--connect", address, "--threads", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 240
         while True:
             assert learner.poll() is None and time.monotonic() < deadline, "run ended before status saw a step"
@@ -120,8 +140,26 @@ def test_plot_of_a_directory_without_metrics_says_what_it_expected(tmp_path, cap
 def test_eval_of_a_run_directory_uses_its_newest_checkpoint_and_config(live_run, tmp_path):
     run_dir, _ = live_run
     out = tmp_path / "eval.json"
-    assert main(["eval", "--model", str(run_dir), "--data", "synthetic", "--limit", "4", "--n", "2", "--k", "1,2",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(run_dir),
+                "--data",
+                "synthetic",
+                "--limit",
+                "4",
+                "--n",
+                "2",
+                "--k",
+                "1,2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["model"] == str(run_dir)
     assert res["settings"]["model"] == str(run_dir / "checkpoints" / f"step-{STEPS:06d}" / "model")
@@ -132,8 +170,10 @@ def test_eval_of_a_run_directory_uses_its_newest_checkpoint_and_config(live_run,
 
 def test_plot_skips_what_a_run_lacks_and_says_why(tmp_path, capsys):
     """A baseline run (no beta factors) whose store was deleted, with a gap in its steps."""
-    rows = [{"step": s, "accuracy": 0.1 * s, "reward": 0.0, "entropy": 1.0, "grad_norm": 0.5, "tokens_per_s": 9.0}
-            for s in (1, 2, 5)]
+    rows = [
+        {"step": s, "accuracy": 0.1 * s, "reward": 0.0, "entropy": 1.0, "grad_norm": 0.5, "tokens_per_s": 9.0}
+        for s in (1, 2, 5)
+    ]
     rows.append({"eval": True, "step": 5, "label": "after", "eval/synthetic": None})
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "config.yaml").write_text("method: grpo\nmodel: null\n")
@@ -149,10 +189,19 @@ def test_plot_skips_what_a_run_lacks_and_says_why(tmp_path, capsys):
 def test_status_view_of_an_idle_buffer_and_after_a_restart():
     from dynamo_async.protocol import Status
 
-    before = Status(policy_version=3, groups={"ready": 2}, workers=0, rejected={}, completions=500,
-                    dropped_groups=4, uptime_s=100.0)
-    after = Status(policy_version=0, groups={}, workers=0, rejected={"malformed": 2}, completions=10,
-                   dropped_groups=0, uptime_s=5.0, completion_tokens=50)
+    before = Status(
+        policy_version=3, groups={"ready": 2}, workers=0, rejected={}, completions=500, dropped_groups=4, uptime_s=100.0
+    )
+    after = Status(
+        policy_version=0,
+        groups={},
+        workers=0,
+        rejected={"malformed": 2},
+        completions=10,
+        dropped_groups=0,
+        uptime_s=5.0,
+        completion_tokens=50,
+    )
     text = render(before, "h:1", None, 0.0)
     assert "ready 2" in text and "dropped 4" in text and "last step   none yet" in text
     text = render(after, "h:1", (0.0, before), 10.0)  # fewer completions than before: another buffer

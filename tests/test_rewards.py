@@ -41,6 +41,7 @@ def _wait_until(condition, timeout_s: float = 10.0) -> None:
 
 # ----- last_boxed ----------------------------------------------------------------------------
 
+
 def test_last_boxed_nested_braces():
     assert last_boxed(r"so \boxed{\frac{1}{\sqrt{2}}} done") == r"\frac{1}{\sqrt{2}}"
 
@@ -66,6 +67,7 @@ def test_last_boxed_forms():
 
 # ----- scoring rule in-process -----------------------------------------------------------------
 
+
 def test_score_response_in_main_thread():
     assert score_response(r"\boxed{12}", "12", 5, 1000) == OK1
     assert score_response(r"\boxed{}", "12", 5, 1000) == NO_ANSWER
@@ -74,16 +76,20 @@ def test_score_response_in_main_thread():
 
 # ----- the pool ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("response, gold, expected", [
-    (r"7 + 5 = \boxed{12}", "12", OK1),
-    (r"\boxed{13}", "12", OK0),
-    (r"\boxed{0.5}", r"\frac{1}{2}", OK1),
-    (r"\boxed{\frac{1}{2}}", "0.5", OK1),
-    (r"\boxed{ 5 }", "5", OK1),
-    (r"\boxed{-28}", "-28", OK1),
-    (r"\boxed{28}", "-28", OK0),
-    ("the answer is 12", "12", NO_ANSWER),
-])
+
+@pytest.mark.parametrize(
+    "response, gold, expected",
+    [
+        (r"7 + 5 = \boxed{12}", "12", OK1),
+        (r"\boxed{13}", "12", OK0),
+        (r"\boxed{0.5}", r"\frac{1}{2}", OK1),
+        (r"\boxed{\frac{1}{2}}", "0.5", OK1),
+        (r"\boxed{ 5 }", "5", OK1),
+        (r"\boxed{-28}", "-28", OK1),
+        (r"\boxed{28}", "-28", OK0),
+        ("the answer is 12", "12", NO_ANSWER),
+    ],
+)
 def test_score_cases(scorer, response, gold, expected):
     assert scorer.score([response], [gold]) == [expected]
 
@@ -102,8 +108,7 @@ def test_batch_order_preserved_and_stats(scorer):
     assert results == [OK0 if i % 3 == 0 else OK1 for i in range(24)] + [NO_ANSWER]
     after = scorer.stats()
     delta = {k: after[k] - before[k] for k in after}
-    assert delta == {"scored": 25, "correct": 16, "no_answer": 1, "timeouts": 0, "errors": 0,
-                     "workers_replaced": 0}
+    assert delta == {"scored": 25, "correct": 16, "no_answer": 1, "timeouts": 0, "errors": 0, "workers_replaced": 0}
 
 
 def test_long_response_scored_from_its_end(scorer):
@@ -138,8 +143,7 @@ def test_stuck_worker_is_replaced():
         assert not _alive(pids[0])
         assert pids[0] not in s.worker_pids()
         # still scoring, and a pathological answer times out instead of hanging
-        assert s.score([r"\boxed{7}", r"\boxed{8}", r"\boxed{9^{9^{9^{9}}}}"],
-                       ["7", "7", "1"]) == [OK1, OK0, TIMEOUT]
+        assert s.score([r"\boxed{7}", r"\boxed{8}", r"\boxed{9^{9^{9^{9}}}}"], ["7", "7", "1"]) == [OK1, OK0, TIMEOUT]
         all_pids = set(pids) | set(s.worker_pids())
     assert not any(_alive(pid) for pid in all_pids)
 

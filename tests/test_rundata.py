@@ -16,18 +16,41 @@ from dynamo_async.report.rundata import load_run
 def _batch(step: int, sizes: list[int], first_group: int = 0) -> LearnerBatch:
     groups = []
     for g, size in enumerate(sizes, start=first_group):
-        samples = tuple(Sample(sample_index=i, token_ids=np.array([1, 2], np.int32),
-                               logprobs=np.zeros(2, np.float32), versions=np.zeros(2, np.int32), acc=i % 2,
-                               reward=0.0, finish_reason="stop", worker_id="w") for i in range(size))
-        groups.append(ReadyGroup(group_id=g, prompt_id=f"p{g}", prompt_token_ids=np.array([7], np.int32),
-                                 answer="1", samples=samples))
-    return LearnerBatch(step=step, policy_version=step, groups=tuple(groups), dropped_stale=1,
-                        dropped_zero_variance=step, staleness=tuple(range(len(groups))))
+        samples = tuple(
+            Sample(
+                sample_index=i,
+                token_ids=np.array([1, 2], np.int32),
+                logprobs=np.zeros(2, np.float32),
+                versions=np.zeros(2, np.int32),
+                acc=i % 2,
+                reward=0.0,
+                finish_reason="stop",
+                worker_id="w",
+            )
+            for i in range(size)
+        )
+        groups.append(
+            ReadyGroup(
+                group_id=g, prompt_id=f"p{g}", prompt_token_ids=np.array([7], np.int32), answer="1", samples=samples
+            )
+        )
+    return LearnerBatch(
+        step=step,
+        policy_version=step,
+        groups=tuple(groups),
+        dropped_stale=1,
+        dropped_zero_variance=step,
+        staleness=tuple(range(len(groups))),
+    )
 
 
 def test_a_resumed_run_counts_each_step_once(tmp_path):
-    rows = [{"step": 1, "accuracy": 0.1}, {"step": 2, "accuracy": 0.2}, {"eval": True, "step": 2, "eval/x": 0.5},
-            {"step": 2, "accuracy": 0.3}]  # step 2 trained again after a resume from step 1
+    rows = [
+        {"step": 1, "accuracy": 0.1},
+        {"step": 2, "accuracy": 0.2},
+        {"eval": True, "step": 2, "eval/x": 0.5},
+        {"step": 2, "accuracy": 0.3},
+    ]  # step 2 trained again after a resume from step 1
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 3, "accu')
     with RunStore(tmp_path, segment_bytes=1 << 20, flush_rows=4, max_delay_s=None) as store:
         store.append_batch(_batch(0, [4, 6]))

@@ -20,8 +20,15 @@ from dynamo_async.learner.metrics import MetricsLog
 from dynamo_async.learner.sinks import JsonlSink, StatusSink, TensorBoardSink, WandbSink, make_sinks
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-ROW = {"step": 3, "version": 3, "accuracy": 0.25, "grad_norm": 1.5, "sync_error": None,
-       "allocation_hist": {"4": 2, "6": 1}, "beta_stab_hist": [0, 3, 5]}
+ROW = {
+    "step": 3,
+    "version": 3,
+    "accuracy": 0.25,
+    "grad_norm": 1.5,
+    "sync_error": None,
+    "allocation_hist": {"4": 2, "6": 1},
+    "beta_stab_hist": [0, 3, 5],
+}
 
 
 class Recorder:
@@ -109,8 +116,11 @@ def test_wandb_sink_logs_steps_and_a_resumed_run_continues_the_same_wandb_run(tm
     assert init["project"] == "proj" and init["mode"] == "offline" and init["resume"] == "allow"
     assert init["name"] == tmp_path.name and init["config"] == {"method": "dynamo"} and init["entity"] is None
     # plotted against train/step, which a resumed run may repeat (W&B's own step only grows)
-    assert calls[1:4] == [("define_metric", "train/step", None), ("define_metric", "train/*", "train/step"),
-                          ("define_metric", "eval/*", "train/step")]
+    assert calls[1:4] == [
+        ("define_metric", "train/step", None),
+        ("define_metric", "train/*", "train/step"),
+        ("define_metric", "eval/*", "train/step"),
+    ]
     _, data, step = calls[4]
     assert step is None and data["train/step"] == 3 and data["train/accuracy"] == 0.25
     assert data["train/allocation_group_size"] == ("histogram", [4, 4, 6])
@@ -141,8 +151,11 @@ def test_wandb_sink_runs_offline_with_the_real_package_and_resumes_the_same_run(
 @pytest.mark.parametrize("field, module", [("wandb", "wandb"), ("tensorboard", "torch.utils.tensorboard")])
 def test_a_sink_asked_for_without_its_package_is_an_error_naming_the_fix(tmp_path, monkeypatch, field, module):
     monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
-    with pytest.raises(ValueError, match=rf"metrics.{field}: got true, but the {field} package is missing; "
-                                         rf"expected `pip install -e '.\[{field}\]'`"):
+    with pytest.raises(
+        ValueError,
+        match=rf"metrics.{field}: got true, but the {field} package is missing; "
+        rf"expected `pip install -e '.\[{field}\]'`",
+    ):
         make_sinks(MetricsConfig(**{field: True}), tmp_path, {})
 
 

@@ -9,36 +9,72 @@ import pyarrow as pa
 import pytest
 
 from buffer.batch import LearnerBatch, ReadyGroup, Sample
-from buffer.store import (BATCHES_SCHEMA, COMPLETIONS_SCHEMA, STEPS_SCHEMA, RunStore, SegmentWriter,
-                          read_table, segment_paths)
+from buffer.store import (
+    BATCHES_SCHEMA,
+    COMPLETIONS_SCHEMA,
+    STEPS_SCHEMA,
+    RunStore,
+    SegmentWriter,
+    read_table,
+    segment_paths,
+)
 from dynamo_async.protocol import Completion, pack_f32, pack_i32
 
 
 def make_completion(group_id: int, sample_index: int, num_tokens: int = 5, acc: int = 1) -> Completion:
     rng = np.random.default_rng(group_id * 1000 + sample_index)
     return Completion(
-        worker_id=f"w{group_id % 3}", lease_id=100 + group_id, group_id=group_id,
-        prompt_id=f"p{group_id % 4}", sample_index=sample_index,
+        worker_id=f"w{group_id % 3}",
+        lease_id=100 + group_id,
+        group_id=group_id,
+        prompt_id=f"p{group_id % 4}",
+        sample_index=sample_index,
         token_ids=pack_i32(rng.integers(0, 50_000, num_tokens)),
         logprobs=pack_f32(-rng.random(num_tokens)),
         versions=pack_i32(np.sort(rng.integers(0, 4, num_tokens))),
-        finish_reason=("stop", "length", "abort")[sample_index % 3], acc=acc,
-        reward=1.0 if acc else -1.0, score_status="ok", gen_seconds=0.25 * sample_index,
-        score_seconds=0.125, v=1)
+        finish_reason=("stop", "length", "abort")[sample_index % 3],
+        acc=acc,
+        reward=1.0 if acc else -1.0,
+        score_status="ok",
+        gen_seconds=0.25 * sample_index,
+        score_seconds=0.125,
+        v=1,
+    )
 
 
 def make_batch(step: int, policy_version: int, group_ids: list[int], size: int = 3) -> LearnerBatch:
     groups = []
     for g in group_ids:
-        samples = tuple(Sample(sample_index=i, token_ids=np.arange(i + 2, dtype=np.int32) + g,
-                               logprobs=-np.linspace(0.0, 1.0, i + 2, dtype=np.float32),
-                               versions=np.full(i + 2, policy_version - 1, dtype=np.int32),
-                               acc=i % 2, reward=0.5 * i, finish_reason="stop", worker_id=f"w{i}")
-                        for i in range(size))
-        groups.append(ReadyGroup(group_id=g, prompt_id=f"p{g}", prompt_token_ids=np.array([7, 8, g], np.int32),
-                                 answer=f"{g}", samples=samples))
-    return LearnerBatch(step=step, policy_version=policy_version, groups=tuple(groups), dropped_stale=step,
-                        dropped_zero_variance=2 * step, staleness=tuple(range(len(groups))))
+        samples = tuple(
+            Sample(
+                sample_index=i,
+                token_ids=np.arange(i + 2, dtype=np.int32) + g,
+                logprobs=-np.linspace(0.0, 1.0, i + 2, dtype=np.float32),
+                versions=np.full(i + 2, policy_version - 1, dtype=np.int32),
+                acc=i % 2,
+                reward=0.5 * i,
+                finish_reason="stop",
+                worker_id=f"w{i}",
+            )
+            for i in range(size)
+        )
+        groups.append(
+            ReadyGroup(
+                group_id=g,
+                prompt_id=f"p{g}",
+                prompt_token_ids=np.array([7, 8, g], np.int32),
+                answer=f"{g}",
+                samples=samples,
+            )
+        )
+    return LearnerBatch(
+        step=step,
+        policy_version=policy_version,
+        groups=tuple(groups),
+        dropped_stale=step,
+        dropped_zero_variance=2 * step,
+        staleness=tuple(range(len(groups))),
+    )
 
 
 def store(tmp_path, segment_bytes: int = 1 << 20, flush_rows: int = 4) -> RunStore:
@@ -53,8 +89,19 @@ def test_completions_round_trip_every_field(tmp_path):
     table = read_table(tmp_path, "completions")
     assert table.schema == COMPLETIONS_SCHEMA and table.num_rows == len(sent)
     for k, (c, row) in enumerate(zip(sent, table.to_pylist())):
-        for name in ("group_id", "prompt_id", "sample_index", "lease_id", "worker_id", "finish_reason",
-                     "acc", "reward", "score_status", "gen_seconds", "score_seconds"):
+        for name in (
+            "group_id",
+            "prompt_id",
+            "sample_index",
+            "lease_id",
+            "worker_id",
+            "finish_reason",
+            "acc",
+            "reward",
+            "score_status",
+            "gen_seconds",
+            "score_seconds",
+        ):
             assert row[name] == getattr(c, name), name
         assert row["received_at"] == 1.7e9 + k / 8 and row["policy_version"] == k // 5
         tokens, logprobs, versions = c.arrays()
@@ -107,7 +154,9 @@ def test_reopened_store_continues_segment_numbering(tmp_path):
         with store(tmp_path) as s:
             s.append_completion(make_completion(run, 0), received_at=0.0, policy_version=run)
     assert [p.name for p in segment_paths(tmp_path, "completions")] == [
-        "completions-000000.arrows", "completions-000001.arrows"]
+        "completions-000000.arrows",
+        "completions-000001.arrows",
+    ]
     assert read_table(tmp_path, "completions")["group_id"].to_pylist() == [0, 1]
 
 
@@ -171,6 +220,7 @@ def test_unclosed_segment_reads_without_end_marker(tmp_path):
 
 def test_concurrent_appends_lose_nothing(tmp_path):
     with store(tmp_path, segment_bytes=64 * 1024, flush_rows=7) as s:
+
         def completions() -> None:
             for g in range(300):
                 s.append_completion(make_completion(g, g % 5), received_at=float(g), policy_version=0)

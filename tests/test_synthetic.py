@@ -28,7 +28,7 @@ def _value(node: ast.AST) -> int:
 
 def _expression(problem: Problem) -> str:
     assert problem.problem.startswith("What is ") and problem.problem.endswith("?")
-    return problem.problem[len("What is "):-1]
+    return problem.problem[len("What is ") : -1]
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +109,12 @@ def test_load_defaults_and_parquet(tmp_path):
 
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     pq.write_table(pa.Table.from_pylist(_aime_rows(3)), tmp_path / "mini.parquet")
     from_parquet = load_problems(tmp_path / "mini.parquet")
     assert [(p.id, p.answer, p.source) for p in from_parquet] == [
-        (r["id"], r["answer"], "aime24") for r in _aime_rows(3)]
+        (r["id"], r["answer"], "aime24") for r in _aime_rows(3)
+    ]
 
 
 def test_load_missing_answer(tmp_path):
@@ -132,7 +134,6 @@ def test_load_user_errors(tmp_path):
     with pytest.raises(ValueError, match="expected '.jsonl' or '.parquet'"):
         load_problems(bad)
     dup = tmp_path / "dup.jsonl"
-    dup.write_text('{"id": "a", "problem": "p", "answer": "1"}\n'
-                   '{"id": "a", "problem": "q", "answer": "2"}\n')
+    dup.write_text('{"id": "a", "problem": "p", "answer": "1"}\n{"id": "a", "problem": "q", "answer": "2"}\n')
     with pytest.raises(ValueError, match="duplicate id 'a'"):
         load_problems(dup)

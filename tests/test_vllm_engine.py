@@ -139,9 +139,14 @@ class FakeAsyncLLM:
 
 def make_engine(llm: FakeAsyncLLM, policy_version: int = 0, poll_s: float = NEVER, *overrides: str) -> VLLMEngine:
     cfg = load_config(TINY, ["rollout.engine=vllm", *overrides])
-    return VLLMEngine(llm, cfg, make_prompt=lambda ids: {"prompt_token_ids": [int(i) for i in ids]},
-                      make_params=lambda run, seed: {"seed": seed, "max_tokens": run.rollout.max_new_tokens},
-                      poll_s=poll_s, policy_version=policy_version)
+    return VLLMEngine(
+        llm,
+        cfg,
+        make_prompt=lambda ids: {"prompt_token_ids": [int(i) for i in ids]},
+        make_params=lambda run, seed: {"seed": seed, "max_tokens": run.rollout.max_new_tokens},
+        poll_s=poll_s,
+        policy_version=policy_version,
+    )
 
 
 @pytest.fixture
@@ -173,8 +178,12 @@ def wait_until(cond, timeout_s: float = 5.0) -> bool:
 
 
 def test_to_result_maps_tokens_sampled_logprobs_and_version_spans():
-    out = completion([5, 6, 7, 8, 9, 10], [-0.1, -0.2, -0.3, -0.4, -0.5, -0.6], "stop",
-                     spans=[FakeSpan("3", 2, 4), FakeSpan("4", 4, 6)])
+    out = completion(
+        [5, 6, 7, 8, 9, 10],
+        [-0.1, -0.2, -0.3, -0.4, -0.5, -0.6],
+        "stop",
+        spans=[FakeSpan("3", 2, 4), FakeSpan("4", 4, 6)],
+    )
     res = to_result(out, started_version=2)
     assert res.token_ids.tolist() == [5, 6, 7, 8, 9, 10] and res.token_ids.dtype == np.int32
     np.testing.assert_allclose(res.logprobs, [-0.1, -0.2, -0.3, -0.4, -0.5, -0.6], rtol=0, atol=1e-7)
@@ -193,8 +202,9 @@ def test_to_result_versions_outside_spans_are_the_start_version():
     assert tail.versions.tolist() == [7] * 5 + [8] * 3
 
 
-@pytest.mark.parametrize("reason, want", [("stop", "stop"), ("length", "length"), ("abort", "abort"),
-                                          (None, "abort"), ("error", "abort")])
+@pytest.mark.parametrize(
+    "reason, want", [("stop", "stop"), ("length", "length"), ("abort", "abort"), (None, "abort"), ("error", "abort")]
+)
 def test_to_result_maps_finish_reasons(reason, want):
     assert to_result(completion([1, 2], [-0.5, -0.5], reason), 0).finish_reason == want
 
@@ -254,13 +264,16 @@ def test_swap_sequence_when_every_rank_has_the_same_newer_version(engines):
     assert llm.names() == ["dynamo_staged_version"]
 
 
-@pytest.mark.parametrize("staged, version", [
-    ((-1, -1), 0),      # nothing staged
-    ((1, -1), 0),       # one rank has not received yet
-    ((2, 1), 0),        # ranks disagree
-    ((3, 3), 3),        # not newer than the version served
-    ((2, 2), 3),        # older
-])
+@pytest.mark.parametrize(
+    "staged, version",
+    [
+        ((-1, -1), 0),  # nothing staged
+        ((1, -1), 0),  # one rank has not received yet
+        ((2, 1), 0),  # ranks disagree
+        ((3, 3), 3),  # not newer than the version served
+        ((2, 2), 3),  # older
+    ],
+)
 def test_no_swap_when_nothing_new_or_ranks_disagree(engines, staged, version):
     llm = FakeAsyncLLM(tp=2)
     engine = engines(llm, policy_version=version)
@@ -306,7 +319,8 @@ def test_watcher_survives_a_failed_swap(engines):
     llm.apply_error = None
     llm.stage(2, 2)
     assert wait_until(lambda: engine.policy_version == 2, timeout_s=3.0), (
-        f"the watcher stopped after a failed swap: {engine._watcher}")
+        f"the watcher stopped after a failed swap: {engine._watcher}"
+    )
 
 
 def test_request_in_flight_across_a_swap_keeps_its_start_version_outside_spans(engines):
@@ -365,8 +379,15 @@ def test_real_vllm_generates_through_build_vllm_parts():
         def close(self):
             pass
 
-    cfg = load_config(TINY, ["rollout.engine=vllm", "rollout.tensor_parallel=1", "rollout.max_new_tokens=8",
-                             "rollout.gpu_memory_utilization=0.3"])
+    cfg = load_config(
+        TINY,
+        [
+            "rollout.engine=vllm",
+            "rollout.tensor_parallel=1",
+            "rollout.max_new_tokens=8",
+            "rollout.gpu_memory_utilization=0.3",
+        ],
+    )
     welcome = Welcome(worker_id="gpu-test", config_yaml="", sync_host="", sync_port=0, policy_version=0)
     parts = build_vllm_parts(cfg, "gpu-test", welcome, "cuda", NoScorer())
     try:

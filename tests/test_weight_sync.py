@@ -107,8 +107,12 @@ class Receivers:
     def start(self, *worker_ids: str, wait_s: float = 60.0) -> None:
         for w in worker_ids:
             self.queues[w] = self.ctx.Queue()
-            p = self.ctx.Process(target=_receiver_main, args=(w, self.port, TIMEOUT_S, self.queues[w], self.stop),
-                                 name=f"rx-{w}", daemon=True)
+            p = self.ctx.Process(
+                target=_receiver_main,
+                args=(w, self.port, TIMEOUT_S, self.queues[w], self.stop),
+                name=f"rx-{w}",
+                daemon=True,
+            )
             p.start()
             self.procs[w] = p
         for w in worker_ids:
@@ -124,6 +128,7 @@ class Receivers:
 
     def expect(self, kind: str, worker: str, version: int | None = None, wait_s: float = 20.0) -> tuple:
         """The first (already seen or next) message of ``kind`` from ``worker`` (of ``version``)."""
+
         def match(m):
             return m[0] == kind and m[1] == worker and (version is None or m[2] == version)
 

@@ -69,8 +69,13 @@ class Learner:
 
     def welcome(self, hello) -> Welcome:
         self.welcomed.append(hello.worker_id)
-        return Welcome(worker_id=hello.worker_id, config_yaml=config_to_yaml(self.cfg), sync_host="127.0.0.1",
-                       sync_port=self.sender.port, policy_version=self.svc.version)
+        return Welcome(
+            worker_id=hello.worker_id,
+            config_yaml=config_to_yaml(self.cfg),
+            sync_host="127.0.0.1",
+            sync_port=self.sender.port,
+            policy_version=self.svc.version,
+        )
 
     @property
     def connect(self) -> str:
@@ -90,8 +95,12 @@ class WorkerProcs:
         self.procs: list[mp.Process] = []
 
     def start(self, index: int = 0, capacity: int = 4, max_idle_s: float = 60.0) -> mp.Process:
-        p = self.ctx.Process(target=run_worker, args=(self.learner.connect, index, "cpu", capacity, max_idle_s),
-                             name=f"worker-{index}", daemon=False)
+        p = self.ctx.Process(
+            target=run_worker,
+            args=(self.learner.connect, index, "cpu", capacity, max_idle_s),
+            name=f"worker-{index}",
+            daemon=False,
+        )
         p.start()
         self.procs.append(p)
         return p
@@ -147,7 +156,7 @@ def wait_until(cond, timeout_s: float, step_s: float = 0.02) -> bool:
 def reference_logprobs(model, prompt, tokens, temperature: float) -> np.ndarray:
     ids = torch.from_numpy(np.concatenate([np.asarray(prompt, np.int64), np.asarray(tokens, np.int64)]))[None]
     logits = model(input_ids=ids).logits[0].float()
-    z = logits[len(prompt) - 1:len(prompt) - 1 + len(tokens)] / temperature
+    z = logits[len(prompt) - 1 : len(prompt) - 1 + len(tokens)] / temperature
     picked = torch.tensor(np.asarray(tokens, np.int64))[:, None]
     return torch.log_softmax(z, -1).gather(-1, picked).squeeze(-1).numpy()
 
@@ -188,8 +197,9 @@ def test_worker_gets_config_from_welcome_and_versions_follow_broadcasts(learner_
     # The learner's config differs from tiny.yaml (max_new_tokens 16, temperature 1.0): the
     # worker must generate with the learner's, which it only gets through the Welcome.
     temperature = 0.9
-    learner, procs = learner_factory("rollout.max_new_tokens=12", f"rollout.temperature={temperature}",
-                                     "buffer.max_staleness=0")
+    learner, procs = learner_factory(
+        "rollout.max_new_tokens=12", f"rollout.temperature={temperature}", "buffer.max_staleness=0"
+    )
     svc = learner.svc
     p = procs.start(capacity=4)
     wid = procs.worker_id(p)
@@ -204,9 +214,12 @@ def test_worker_gets_config_from_welcome_and_versions_follow_broadcasts(learner_
         assert s.worker_id == wid
         assert set(s.versions.tolist()) == {0}
         assert 1 <= len(s.token_ids) <= 12
-        assert (s.finish_reason == "length") == (len(s.token_ids) == 12 and s.token_ids[-1] != learner.tokenizer.eos_token_id)
-        np.testing.assert_allclose(s.logprobs, reference_logprobs(model0, g.prompt_token_ids, s.token_ids, temperature),
-                                   atol=TOL)
+        assert (s.finish_reason == "length") == (
+            len(s.token_ids) == 12 and s.token_ids[-1] != learner.tokenizer.eos_token_id
+        )
+        np.testing.assert_allclose(
+            s.logprobs, reference_logprobs(model0, g.prompt_token_ids, s.token_ids, temperature), atol=TOL
+        )
     assert any(len(s.token_ids) == 12 for _, s in samples0)
 
     # max_staleness 0: nothing more is handed out until the learner publishes version 1
@@ -226,10 +239,11 @@ def test_worker_gets_config_from_welcome_and_versions_follow_broadcasts(learner_
     b1 = svc.pull_batch(timeout=90)
     assert b1 is not None, f"no batch after the broadcast; status {svc.status()}"
     assert b1.policy_version == 1
-    for g, s in ((g, s) for g in b1.groups for s in g.samples):
+    for group, s in ((g, s) for g in b1.groups for s in g.samples):
         assert set(s.versions.tolist()) == {1}, "a token generated after version 1 was published is not tagged 1"
-        np.testing.assert_allclose(s.logprobs, reference_logprobs(model1, g.prompt_token_ids, s.token_ids, temperature),
-                                   atol=TOL)
+        np.testing.assert_allclose(
+            s.logprobs, reference_logprobs(model1, group.prompt_token_ids, s.token_ids, temperature), atol=TOL
+        )
 
     # every completion: reward consistent with acc (pm1), real math-verify scores
     assert len(learner.completions) >= b0.num_samples + b1.num_samples
@@ -338,8 +352,9 @@ def test_killed_worker_leaves_no_orphans_and_its_samples_are_redispatched(learne
     # what the victim held at its death, read before buffer.worker_timeout_s (2 s) revokes it
     with svc._cond:
         budgets = {gid: g.n for gid, g in svc.groups.items()}
-        held = {(lease.group_id, s) for lease in svc.leases.leases.values() if lease.worker_id == vid
-                for s in lease.samples}
+        held = {
+            (lease.group_id, s) for lease in svc.leases.leases.values() if lease.worker_id == vid for s in lease.samples
+        }
         victim_done = {(gid, i) for gid, g in svc.groups.items() for i, c in g.received.items() if c.worker_id == vid}
     assert held, "the worker finished its batch before it was killed; nothing to hand out again"
     victim.join(10)
@@ -366,7 +381,9 @@ def test_killed_worker_leaves_no_orphans_and_its_samples_are_redispatched(learne
                 samples_by[(g.group_id, s.sample_index)] = s
     assert held_groups <= set(seen_groups), f"groups {held_groups - set(seen_groups)} never completed"
     for key in held:
-        assert samples_by[key].worker_id == sid, f"sample {key} of the killed worker came from {samples_by[key].worker_id}"
+        assert samples_by[key].worker_id == sid, (
+            f"sample {key} of the killed worker came from {samples_by[key].worker_id}"
+        )
     for key in victim_done:  # what the victim delivered before it died is kept, not generated again
         if key in samples_by:
             assert samples_by[key].worker_id == vid, f"sample {key} was replaced by {samples_by[key].worker_id}"
@@ -381,13 +398,30 @@ def test_killed_worker_leaves_no_orphans_and_its_samples_are_redispatched(learne
 def test_launcher_starts_workers_and_sigterm_stops_every_child(learner_factory):
     learner, _ = learner_factory()
     env = dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-m", "dynamo_async.cli", "workers", "--connect", learner.connect,
-                             "--num-workers", "2", "--capacity", "4"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dynamo_async.cli",
+            "workers",
+            "--connect",
+            learner.connect,
+            "--num-workers",
+            "2",
+            "--capacity",
+            "4",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     family: list[psutil.Process] = []
     try:
-        ok = wait_until(lambda: len({c.worker_id for c in learner.completions}) >= 2 or proc.poll() is not None, 120,
-                        step_s=0.1)
+        ok = wait_until(
+            lambda: len({c.worker_id for c in learner.completions}) >= 2 or proc.poll() is not None, 120, step_s=0.1
+        )
         assert proc.poll() is None, f"launcher exited early: {proc.communicate(timeout=5)}"
         assert ok, f"two workers did not both produce completions; status {learner.svc.status()}"
         family = descendants(proc.pid)  # 2 workers, their math-verify pools, multiprocessing helpers

@@ -25,8 +25,10 @@ class WorkerParts:
             return
         staged = self.receivers[0].wait_for_version(version, timeout_s)
         if staged is None:
-            raise RuntimeError(f"no weights of version {version} arrived from the learner within {timeout_s:.0f} s; "
-                               "check that the learner can reach this worker's weight-sync connection")
+            raise RuntimeError(
+                f"no weights of version {version} arrived from the learner within {timeout_s:.0f} s; "
+                "check that the learner can reach this worker's weight-sync connection"
+            )
         self.engine.apply_weights(*staged)
 
     def close(self) -> None:

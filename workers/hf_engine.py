@@ -28,8 +28,15 @@ from workers.receiver import load_staged
 class HFEngine:
     """Sampling engine over a transformers causal LM (``model`` already loaded)."""
 
-    def __init__(self, model, tokenizer, cfg: RunConfig, device: str = "cpu",
-                 weight_source: WeightSource | None = None, policy_version: int = 0):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        cfg: RunConfig,
+        device: str = "cpu",
+        weight_source: WeightSource | None = None,
+        policy_version: int = 0,
+    ):
         self.model = model.eval()
         self.cfg = cfg
         self.device = device
@@ -72,17 +79,23 @@ class HFEngine:
         self.apply_weights(*staged)
         return True
 
-    def _prefill(self, state: "_Batch"):
+    def _prefill(self, state: _Batch):
         ids, mask = state.prefix()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
-                         logits_to_keep=1)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1
+        )
         return _cache_of(out), out.logits[:, -1]
 
-    def _step(self, state: "_Batch", tokens: torch.Tensor, cache):
+    def _step(self, state: _Batch, tokens: torch.Tensor, cache):
         state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
         pos = (state.mask.sum(-1, keepdim=True) - 1).clamp(min=0)
-        out = self.model(input_ids=tokens[:, None].to(self.device), attention_mask=state.mask,
-                         position_ids=pos, use_cache=True, **{self._cache_kw: cache})
+        out = self.model(
+            input_ids=tokens[:, None].to(self.device),
+            attention_mask=state.mask,
+            position_ids=pos,
+            use_cache=True,
+            **{self._cache_kw: cache},
+        )
         return out.logits[:, -1], _cache_of(out)
 
     def _sample(self, logits: torch.Tensor, gens: list[torch.Generator]):
@@ -111,7 +124,7 @@ class _Batch:
         self.mask: torch.Tensor | None = None
 
     @classmethod
-    def start(cls, requests: list[GenRequest], pad_id: int, device: str) -> "_Batch":
+    def start(cls, requests: list[GenRequest], pad_id: int, device: str) -> _Batch:
         return cls([np.asarray(r.prompt_ids, dtype=np.int64) for r in requests], pad_id, device)
 
     def prefix(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,8 +134,8 @@ class _Batch:
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):
-            ids[i, width - len(s):] = torch.from_numpy(s)
-            mask[i, width - len(s):] = 1
+            ids[i, width - len(s) :] = torch.from_numpy(s)
+            mask[i, width - len(s) :] = 1
         self.mask = mask.to(self.device)
         return ids.to(self.device), self.mask
 
@@ -143,9 +156,16 @@ class _Batch:
         return all(self.done)
 
     def results(self) -> list[GenResult]:
-        return [GenResult(np.asarray(t, dtype=np.int32), np.asarray(lp, dtype=np.float32),
-                          np.asarray(v, dtype=np.int32), f, np.asarray(e, dtype=np.float32))
-                for t, lp, v, f, e in zip(self.tokens, self.logp, self.vers, self.finish, self.ent)]
+        return [
+            GenResult(
+                np.asarray(t, dtype=np.int32),
+                np.asarray(lp, dtype=np.float32),
+                np.asarray(v, dtype=np.int32),
+                f,
+                np.asarray(e, dtype=np.float32),
+            )
+            for t, lp, v, f, e in zip(self.tokens, self.logp, self.vers, self.finish, self.ent)
+        ]
 
 
 def _cache_of(out):

@@ -13,7 +13,6 @@ import multiprocessing as mp
 import signal
 import sys
 import threading
-
 from multiprocessing.connection import wait
 
 
@@ -27,14 +26,22 @@ def _child(connect: str, index: int, device: str, capacity: int, threads: int | 
     run_worker(connect, index, device, capacity)
 
 
-def launch_workers(connect: str, num_workers: int, device: str = "cpu", capacity: int = 8,
-                   grace_s: float = 30.0, threads: int | None = None) -> int:
+def launch_workers(
+    connect: str,
+    num_workers: int,
+    device: str = "cpu",
+    capacity: int = 8,
+    grace_s: float = 30.0,
+    threads: int | None = None,
+) -> int:
     """Run the workers until they finish or the launcher is told to stop; returns an exit code."""
     if num_workers < 1:
         raise ValueError(f"--num-workers: got {num_workers}, expected at least 1")
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(connect, i, _device(device, i), capacity, threads), name=f"worker-{i}")
-             for i in range(num_workers)]
+    procs = [
+        ctx.Process(target=_child, args=(connect, i, _device(device, i), capacity, threads), name=f"worker-{i}")
+        for i in range(num_workers)
+    ]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

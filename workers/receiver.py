@@ -21,18 +21,38 @@ import torch.distributed as dist
 
 from dynamo_async.weights.buckets import unpack_bucket
 from dynamo_async.weights.group import (
-    ACK_KEY, LATEST_KEY, PLAN_KEY, SyncPlan, broadcast, decode_plan, make_group, open_store,
+    ACK_KEY,
+    LATEST_KEY,
+    PLAN_KEY,
+    SyncPlan,
+    broadcast,
+    decode_plan,
+    make_group,
+    open_store,
 )
 
 
 class WeightReceiver(threading.Thread):
     """Daemon thread; ``stop()`` ends it within ``poll_s`` (and any broadcast in progress)."""
 
-    def __init__(self, worker_id: str, host: str, port: int, backend: str = "gloo",
-                 timeout_s: float = 60.0, device: str = "cpu", poll_s: float = 0.005):
+    def __init__(
+        self,
+        worker_id: str,
+        host: str,
+        port: int,
+        backend: str = "gloo",
+        timeout_s: float = 60.0,
+        device: str = "cpu",
+        poll_s: float = 0.005,
+    ):
         super().__init__(name=f"weight-receiver-{worker_id}", daemon=True)
         self.worker_id, self.backend, self.timeout_s, self.device, self.poll_s = (
-            worker_id, backend, timeout_s, device, poll_s)
+            worker_id,
+            backend,
+            timeout_s,
+            device,
+            poll_s,
+        )
         self.store = open_store(host, port, False, timeout_s)
         self.failures = 0
         self.received = 0
@@ -119,8 +139,9 @@ class WeightReceiver(threading.Thread):
         for gen in [g for g in self._groups if g != plan.generation]:
             del self._groups[gen]  # membership changed: the old generation is finished
         if plan.generation not in self._groups:
-            self._groups[plan.generation] = make_group(self.store, plan.generation, plan.ranks[self.worker_id],
-                                                       plan.world_size, self.backend, self.timeout_s)
+            self._groups[plan.generation] = make_group(
+                self.store, plan.generation, plan.ranks[self.worker_id], plan.world_size, self.backend, self.timeout_s
+            )
         return self._groups[plan.generation]
 
 
@@ -136,8 +157,10 @@ def load_staged(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> int
     params.update(dict(model.named_buffers()))
     unknown = sorted(set(tensors) - set(params))
     if unknown:
-        raise ValueError(f"staged weights: got names the model lacks ({unknown[:5]}), expected the "
-                         "learner and the workers to load the same model")
+        raise ValueError(
+            f"staged weights: got names the model lacks ({unknown[:5]}), expected the "
+            "learner and the workers to load the same model"
+        )
     with torch.no_grad():
         for name, value in tensors.items():
             target = params[name]

@@ -38,8 +38,7 @@ VLLM_VERSION = "0.33.0"
 class VLLMEngine:
     """Wraps an ``AsyncLLM``-like object; ``make_prompt``/``make_params`` build vLLM inputs."""
 
-    def __init__(self, llm, cfg: RunConfig, make_prompt, make_params, poll_s: float = 0.5,
-                 policy_version: int = 0):
+    def __init__(self, llm, cfg: RunConfig, make_prompt, make_params, poll_s: float = 0.5, policy_version: int = 0):
         self.llm, self.cfg, self.make_prompt, self.make_params, self.poll_s = llm, cfg, make_prompt, make_params, poll_s
         self.policy_version = policy_version
         self.swaps = 0
@@ -56,8 +55,10 @@ class VLLMEngine:
         return asyncio.run_coroutine_threadsafe(self._generate_all(requests), self._loop).result()
 
     def apply_weights(self, version: int, tensors) -> None:
-        raise ValueError("the vllm engine loads weights inside its worker processes (workers.vllm_ext); "
-                         "got tensors in the driver, expected them to arrive through the weight receivers")
+        raise ValueError(
+            "the vllm engine loads weights inside its worker processes (workers.vllm_ext); "
+            "got tensors in the driver, expected them to arrive through the weight receivers"
+        )
 
     def swap_now(self) -> int | None:
         """Apply staged weights if any (the watcher does this on its own); returns the new version."""
@@ -123,7 +124,7 @@ def to_result(output, started_version: int) -> GenResult:
     versions = np.full(len(tokens), started_version, dtype=np.int32)
     for span in output.weight_versions or ():
         if span.version.isdigit():
-            versions[span.start:span.end] = int(span.version)
+            versions[span.start : span.end] = int(span.version)
     reason = output.finish_reason if output.finish_reason in ("stop", "length", "abort") else "abort"
     return GenResult(tokens, logprobs, versions, reason)
 
@@ -136,9 +137,14 @@ def build_vllm_parts(cfg: RunConfig, worker_id: str, welcome, device: str, score
     engine = start_vllm_engine(cfg)
     ids: tuple[str, ...] = ()
     if welcome.sync_port:
-        ids = tuple(asyncio.run_coroutine_threadsafe(
-            engine.llm.collective_rpc("dynamo_start_receiver", args=(welcome.sync_host, welcome.sync_port, worker_id)),
-            engine._loop).result())
+        ids = tuple(
+            asyncio.run_coroutine_threadsafe(
+                engine.llm.collective_rpc(
+                    "dynamo_start_receiver", args=(welcome.sync_host, welcome.sync_port, worker_id)
+                ),
+                engine._loop,
+            ).result()
+        )
     return WorkerParts(engine, load_tokenizer(cfg.model.name), scorer, [], ids)
 
 
@@ -148,8 +154,10 @@ def start_vllm_engine(cfg: RunConfig) -> VLLMEngine:
     try:
         import vllm
     except ImportError:
-        raise ValueError("engine 'vllm': got no vllm package, expected vLLM "
-                         f"{VLLM_VERSION} (on a GPU node: pip install -e '.[vllm]'), or use the hf engine") from None
+        raise ValueError(
+            "engine 'vllm': got no vllm package, expected vLLM "
+            f"{VLLM_VERSION} (on a GPU node: pip install -e '.[vllm]'), or use the hf engine"
+        ) from None
     from vllm import SamplingParams, TokensPrompt
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.sampling_params import RequestOutputKind
@@ -159,16 +167,28 @@ def start_vllm_engine(cfg: RunConfig) -> VLLMEngine:
 
     if vllm.__version__ != VLLM_VERSION:
         raise ValueError(f"vllm: got {vllm.__version__}, expected {VLLM_VERSION} (pip install -e '.[vllm]')")
-    args = AsyncEngineArgs(model=resolve_model(cfg.model.name), dtype=cfg.model.compute_dtype,
-                           tensor_parallel_size=cfg.rollout.tensor_parallel, seed=cfg.rollout.seed,
-                           gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                           logprobs_mode="processed_logprobs", worker_extension_cls="workers.vllm_ext.DynamoWorkerExtension")
+    args = AsyncEngineArgs(
+        model=resolve_model(cfg.model.name),
+        dtype=cfg.model.compute_dtype,
+        tensor_parallel_size=cfg.rollout.tensor_parallel,
+        seed=cfg.rollout.seed,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        logprobs_mode="processed_logprobs",
+        worker_extension_cls="workers.vllm_ext.DynamoWorkerExtension",
+    )
     llm = AsyncLLM.from_engine_args(args)
 
     def make_params(run: RunConfig, seed: int):
-        return SamplingParams(n=1, seed=seed, temperature=run.rollout.temperature, top_p=run.rollout.top_p,
-                              max_tokens=run.rollout.max_new_tokens, logprobs=0, detokenize=False,
-                              output_kind=RequestOutputKind.FINAL_ONLY)
+        return SamplingParams(
+            n=1,
+            seed=seed,
+            temperature=run.rollout.temperature,
+            top_p=run.rollout.top_p,
+            max_tokens=run.rollout.max_new_tokens,
+            logprobs=0,
+            detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
 
     return VLLMEngine(llm, cfg, lambda ids: TokensPrompt(prompt_token_ids=[int(i) for i in ids]), make_params)
 
@@ -180,7 +200,9 @@ def wait_for_version(engine: VLLMEngine, version: int, timeout_s: float, step_s:
     deadline = time.monotonic() + timeout_s
     while engine.policy_version < version:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no weights of version {version} arrived from the learner; check that "
-                               "the learner can reach this worker's weight-sync connection")
+            raise RuntimeError(
+                f"no weights of version {version} arrived from the learner; check that "
+                "the learner can reach this worker's weight-sync connection"
+            )
         engine.swap_now()
         time.sleep(step_s)

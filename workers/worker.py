@@ -58,8 +58,13 @@ class Heartbeats(threading.Thread):
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(f"tcp://{self.host}:{self.port}")
         while not self._halt.wait(self.interval_s):
-            sock.send(encode(Heartbeat(worker_id=self.worker_id, lease_ids=(), policy_version=self.version(),
-                                       idle_seconds=self.idle())))
+            sock.send(
+                encode(
+                    Heartbeat(
+                        worker_id=self.worker_id, lease_ids=(), policy_version=self.version(), idle_seconds=self.idle()
+                    )
+                )
+            )
         sock.close()
         ctx.term()
 
@@ -126,18 +131,30 @@ class RolloutWorker:
     def _completion(self, p: _Pending, score, score_seconds: float) -> Completion:
         r = p.result
         reward = float(2 * score.acc - 1) if self.cfg.advantage.reward == "pm1" else float(score.acc)
-        return Completion(worker_id=self.client.worker_id, lease_id=p.item.lease_id, group_id=p.item.group_id,
-                          prompt_id=p.item.prompt_id, sample_index=p.sample_index, token_ids=pack_i32(r.token_ids),
-                          logprobs=pack_f32(r.logprobs), versions=pack_i32(r.versions),
-                          finish_reason=r.finish_reason, acc=int(score.acc), reward=reward,
-                          score_status=score.status, gen_seconds=p.gen_seconds, score_seconds=score_seconds)
+        return Completion(
+            worker_id=self.client.worker_id,
+            lease_id=p.item.lease_id,
+            group_id=p.item.group_id,
+            prompt_id=p.item.prompt_id,
+            sample_index=p.sample_index,
+            token_ids=pack_i32(r.token_ids),
+            logprobs=pack_f32(r.logprobs),
+            versions=pack_i32(r.versions),
+            finish_reason=r.finish_reason,
+            acc=int(score.acc),
+            reward=reward,
+            score_status=score.status,
+            gen_seconds=p.gen_seconds,
+            score_seconds=score_seconds,
+        )
 
     def _should_stop(self) -> bool:
         return self.stop.is_set() or os.getppid() != self._parent
 
 
-def run_worker(connect: str, index: int = 0, device: str = "cpu", capacity: int = 8,
-               max_idle_s: float | None = None) -> int:
+def run_worker(
+    connect: str, index: int = 0, device: str = "cpu", capacity: int = 8, max_idle_s: float | None = None
+) -> int:
     """Entry of a worker process: connect, build engine and scorer, work, clean up."""
     host, port = parse_connect(connect)
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{index}"
@@ -152,8 +169,14 @@ def run_worker(connect: str, index: int = 0, device: str = "cpu", capacity: int 
     if welcome.policy_version > 0 and parts.receiver_ids:
         parts.wait_for_weights(welcome.policy_version, cfg.buffer.worker_timeout_s * 4)
     worker = RolloutWorker(cfg, client, parts.engine, parts.tokenizer, parts.scorer, capacity)
-    heartbeats = Heartbeats(host, welcome.completions_port, worker_id, cfg.buffer.worker_timeout_s / 3,
-                            lambda: parts.engine.policy_version, lambda: worker.idle_seconds)
+    heartbeats = Heartbeats(
+        host,
+        welcome.completions_port,
+        worker_id,
+        cfg.buffer.worker_timeout_s / 3,
+        lambda: parts.engine.policy_version,
+        lambda: worker.idle_seconds,
+    )
     heartbeats.start()
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop.set())

@@ -8,6 +8,19 @@ from dynamo_async.algo.logprobs import TokenStats, token_logprobs, token_stats
 from dynamo_async.algo.modulation import compensation, stabilization
 from dynamo_async.algo.policy_loss import clipped_token_loss, truncated_is_weights
 
-__all__ = ["TokenStats", "aggregate", "allocation_priority", "bernoulli_variance", "clipped_token_loss",
-           "compensation", "entropy_change", "group_advantages", "stabilization", "token_logprobs",
-           "token_stats", "training_rewards", "truncated_is_weights", "water_fill"]
+__all__ = [
+    "TokenStats",
+    "aggregate",
+    "allocation_priority",
+    "bernoulli_variance",
+    "clipped_token_loss",
+    "compensation",
+    "entropy_change",
+    "group_advantages",
+    "stabilization",
+    "token_logprobs",
+    "token_stats",
+    "training_rewards",
+    "truncated_is_weights",
+    "water_fill",
+]

@@ -73,8 +73,7 @@ def _check_inputs(priority, budget: int, g_min: int, g_max: int) -> np.ndarray:
     if not np.all(np.isfinite(p)) or np.any(p < 0):
         raise ValueError("got a negative or non-finite priority, expected finite values >= 0")
     if budget < p.size * g_min:
-        raise ValueError(f"got budget={budget} for {p.size} prompts, expected at least "
-                         f"N * g_min = {p.size * g_min}")
+        raise ValueError(f"got budget={budget} for {p.size} prompts, expected at least N * g_min = {p.size * g_min}")
     return p
 
 

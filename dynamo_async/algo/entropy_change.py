@@ -19,8 +19,9 @@ import torch
 
 
 @torch.no_grad()
-def unclipped(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float,
-              dual_clip_c: float | None = None) -> torch.Tensor:
+def unclipped(
+    ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float, dual_clip_c: float | None = None
+) -> torch.Tensor:
     """1 where the clipped objective still passes the gradient of token t (Eq. 12's indicator).
 
     With a dual clip, a token with ``A < 0`` and ``r > c`` has a constant loss ``-c A``: clipped.
@@ -52,8 +53,10 @@ def entropy_change(
     own = logp.exp() * (logp + entropy.float())
     if mode == "exact":
         if vocab_sum is None:
-            raise ValueError("entropy_change mode 'exact': got vocab_sum=None, expected the "
-                             "vocabulary sum from token_stats(..., vocab_sum=True)")
+            raise ValueError(
+                "entropy_change mode 'exact': got vocab_sum=None, expected the "
+                "vocabulary sum from token_stats(..., vocab_sum=True)"
+            )
         centre = vocab_sum.float()
     elif mode == "sequence_centered":
         count = m.sum(-1, keepdim=True).clamp(min=1)

@@ -44,8 +44,10 @@ def token_stats(
     others read 0 and get no gradient), so padding costs nothing.
     """
     if logits.shape[:-1] != tokens.shape:
-        raise ValueError(f"got logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)}, "
-                         "expected logits of shape tokens.shape + (vocab,)")
+        raise ValueError(
+            f"got logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)}, "
+            "expected logits of shape tokens.shape + (vocab,)"
+        )
     if temperature <= 0:
         raise ValueError(f"got temperature={temperature}, expected > 0")
     if chunk_size < 1:
@@ -60,8 +62,13 @@ def token_stats(
     return TokenStats(logp=logp, entropy=ent if want_entropy else None, vocab_sum=vsum if vocab_sum else None)
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
-                   chunk_size: int = 1024, mask: torch.Tensor | None = None) -> torch.Tensor:
+def token_logprobs(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Log-probs of ``tokens`` only (with gradient): what plain GRPO needs."""
     return token_stats(logits, tokens, temperature, chunk_size, mask=mask).logp
 
@@ -113,7 +120,7 @@ def _chunks(n: int, rows: torch.Tensor | None, size: int):
     """Row selectors: slices of ``range(n)``, or slices of the index tensor ``rows``."""
     if rows is None:
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-    return [rows[i:i + size] for i in range(0, rows.numel(), size)]
+    return [rows[i : i + size] for i in range(0, rows.numel(), size)]
 
 
 def _count(sel) -> int:
@@ -141,18 +148,18 @@ def _forward_chunk(chunk, tok, temperature, want_entropy, want_sum, out) -> None
     logp, log_norm, ent, vsum = out
     z = _scaled(chunk, temperature)
     top = z.amax(-1, keepdim=True)
-    shifted = z - top                                  # z - max <= 0: well conditioned
-    e = shifted.exp()                                  # pi = e / total
+    shifted = z - top  # z - max <= 0: well conditioned
+    e = shifted.exp()  # pi = e / total
     total = e.sum(-1)
     log_total = total.log()
     logp.copy_(shifted.gather(-1, tok).squeeze(-1) - log_total)
-    log_norm.copy_(top.squeeze(-1) + log_total)        # logsumexp(z), for the backward pass
+    log_norm.copy_(top.squeeze(-1) + log_total)  # logsumexp(z), for the backward pass
     if not want_entropy:
         return
-    h = log_total - torch.linalg.vecdot(e, shifted) / total          # H = log total - <pi, z - max>
+    h = log_total - torch.linalg.vecdot(e, shifted) / total  # H = log total - <pi, z - max>
     ent.copy_(h)
     if want_sum:
-        sq = e.mul_(e)                                                 # e^2 in place; pi^2 = e^2 / total^2
+        sq = e.mul_(e)  # e^2 in place; pi^2 = e^2 / total^2
         norm = total * total
         # sum_b pi^2 (log pi + H) = <pi^2, z - max> + (H - log total) * sum_b pi^2
         vsum.copy_((torch.linalg.vecdot(sq, shifted) + (h - log_total) * sq.sum(-1)) / norm)
@@ -164,9 +171,9 @@ def _with_entropy_grad(logits, tokens, temperature, chunk_size, vocab_sum) -> To
     tok = tokens.reshape(-1, 1)
     logps, ents = [], []
     for start in range(0, flat.shape[0], chunk_size):
-        z = _scaled(flat[start:start + chunk_size], temperature)
+        z = _scaled(flat[start : start + chunk_size], temperature)
         logp_all = torch.log_softmax(z, -1)
-        logps.append(logp_all.gather(-1, tok[start:start + chunk_size]).squeeze(-1))
+        logps.append(logp_all.gather(-1, tok[start : start + chunk_size]).squeeze(-1))
         ents.append(-(logp_all.exp() * logp_all).sum(-1))
     empty = flat.new_zeros(0, dtype=torch.float32)
     logp = (torch.cat(logps) if logps else empty).reshape(tokens.shape)

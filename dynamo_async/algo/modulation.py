@@ -23,8 +23,7 @@ import torch
 
 
 @torch.no_grad()
-def compensation(entropy: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                 alpha: float) -> torch.Tensor:
+def compensation(entropy: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
     """beta_comp per token (Eq. 3); padding and non-positive advantages get 1."""
     valid = mask.bool()
     ones = torch.ones_like(entropy, dtype=torch.float32)
@@ -40,8 +39,7 @@ def compensation(entropy: torch.Tensor, advantages: torch.Tensor, mask: torch.Te
 
 
 @torch.no_grad()
-def stabilization(xi: torch.Tensor, mask: torch.Tensor, lambda_min: float, gamma: float,
-                  tau: float) -> torch.Tensor:
+def stabilization(xi: torch.Tensor, mask: torch.Tensor, lambda_min: float, gamma: float, tau: float) -> torch.Tensor:
     """beta_stab per token (Eq. 4); padding gets 1."""
     valid = mask.bool()
     ones = torch.ones_like(xi, dtype=torch.float32)

@@ -63,9 +63,13 @@ def sequence_advantages(acc, group_ids, cfg: RunConfig) -> torch.Tensor:
     return group_advantages(rewards, group_ids, cfg.advantage.eps, cfg.advantage.scale_by_std)
 
 
-def policy_objective(logits: torch.Tensor, batch: PolicyBatch, cfg: RunConfig,
-                     generator: torch.Generator | None = None,
-                     entropy_metric: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+def policy_objective(
+    logits: torch.Tensor,
+    batch: PolicyBatch,
+    cfg: RunConfig,
+    generator: torch.Generator | None = None,
+    entropy_metric: bool = True,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Scalar loss to backpropagate and the step's metrics (means over valid tokens)."""
     stats = _token_statistics(logits, batch, cfg, entropy_metric)
     adv = _token_advantages(batch, stats, cfg)
@@ -74,8 +78,9 @@ def policy_objective(logits: torch.Tensor, batch: PolicyBatch, cfg: RunConfig,
     per_token, train_mask, loss_metrics = _per_token_loss(stats, batch, adv, cfg, generator)
     loss = _aggregate(per_token, train_mask, batch, cfg)
     if cfg.method == "entropy_loss":
-        loss = loss + entropy_bonus(stats.entropy, batch.mask, cfg.baselines.entropy_coef,
-                                    cfg.loss.aggregation, **_totals(batch, cfg))
+        loss = loss + entropy_bonus(
+            stats.entropy, batch.mask, cfg.baselines.entropy_coef, cfg.loss.aggregation, **_totals(batch, cfg)
+        )
     metrics.update(loss_metrics)
     metrics.update(_summary(stats, r, batch))
     return loss, metrics
@@ -91,12 +96,24 @@ def clip_bounds(cfg: RunConfig) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def proximal_stats(logits: torch.Tensor, tokens: torch.Tensor, cfg: RunConfig,
-                   entropy_metric: bool = True, mask: torch.Tensor | None = None) -> TokenStats:
+def proximal_stats(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    cfg: RunConfig,
+    entropy_metric: bool = True,
+    mask: torch.Tensor | None = None,
+) -> TokenStats:
     """The proximal pass: log-probs plus the entropy and vocabulary sums the method needs."""
     entropy, vocab_sum = _needs(cfg)
-    return token_stats(logits, tokens, cfg.rollout.temperature, cfg.loss.logprob_chunk_size,
-                       entropy=entropy or entropy_metric, vocab_sum=vocab_sum, mask=mask)
+    return token_stats(
+        logits,
+        tokens,
+        cfg.rollout.temperature,
+        cfg.loss.logprob_chunk_size,
+        entropy=entropy or entropy_metric,
+        vocab_sum=vocab_sum,
+        mask=mask,
+    )
 
 
 def _needs(cfg: RunConfig) -> tuple[bool, bool]:
@@ -113,12 +130,20 @@ def _token_statistics(logits, batch: PolicyBatch, cfg: RunConfig, entropy_metric
     entropy_grad = cfg.method == "entropy_loss"
     have = batch.entropy is not None and (batch.vocab_sum is not None or not vocab_sum)
     if have and not entropy_grad:
-        logp = token_stats(logits, batch.tokens, cfg.rollout.temperature, cfg.loss.logprob_chunk_size,
-                           mask=batch.mask).logp
+        logp = token_stats(
+            logits, batch.tokens, cfg.rollout.temperature, cfg.loss.logprob_chunk_size, mask=batch.mask
+        ).logp
         return TokenStats(logp=logp, entropy=batch.entropy, vocab_sum=batch.vocab_sum)
-    return token_stats(logits, batch.tokens, cfg.rollout.temperature, cfg.loss.logprob_chunk_size,
-                       entropy=entropy or entropy_metric, vocab_sum=vocab_sum, entropy_grad=entropy_grad,
-                       mask=None if entropy_grad else batch.mask)
+    return token_stats(
+        logits,
+        batch.tokens,
+        cfg.rollout.temperature,
+        cfg.loss.logprob_chunk_size,
+        entropy=entropy or entropy_metric,
+        vocab_sum=vocab_sum,
+        entropy_grad=entropy_grad,
+        mask=None if entropy_grad else batch.mask,
+    )
 
 
 def _token_advantages(batch: PolicyBatch, stats: TokenStats, cfg: RunConfig) -> torch.Tensor:
@@ -146,8 +171,18 @@ def _modulate(adv, stats: TokenStats, r, batch: PolicyBatch, cfg: RunConfig):
         metrics["beta_comp_hist"] = beta_histogram(comp[valid & (adv > 0)], 1.0, 1.0 + m.alpha)
     if m.stabilization:
         eps_low, eps_high = clip_bounds(cfg)
-        xi = entropy_change(stats.logp, stats.entropy, r, adv, batch.mask, eps_low, eps_high,
-                            m.entropy_change, stats.vocab_sum, _dual_clip(cfg))
+        xi = entropy_change(
+            stats.logp,
+            stats.entropy,
+            r,
+            adv,
+            batch.mask,
+            eps_low,
+            eps_high,
+            m.entropy_change,
+            stats.vocab_sum,
+            _dual_clip(cfg),
+        )
         stab = stabilization(xi, batch.mask, m.lambda_min, m.gamma, m.tau)
         beta = beta * stab
         metrics["beta_stab_mean"] = _mean(stab, valid)
@@ -165,14 +200,18 @@ def _per_token_loss(stats: TokenStats, batch: PolicyBatch, adv, cfg: RunConfig, 
         loss = loss * weights if weights is not None else loss
         return loss, mask, {"kl_cov_frac": _mean(selected.float(), mask)}
     eps_low, eps_high = clip_bounds(cfg)
-    loss, info = policy_loss.clipped_token_loss(stats.logp, batch.logp_old, adv, eps_low, eps_high,
-                                                _dual_clip(cfg), weights)
-    metrics = {"clip_frac": _mean(info["clipped"].float(), mask),
-               "dual_clip_frac": _mean(info["dual_clipped"].float(), mask)}
+    loss, info = policy_loss.clipped_token_loss(
+        stats.logp, batch.logp_old, adv, eps_low, eps_high, _dual_clip(cfg), weights
+    )
+    metrics = {
+        "clip_frac": _mean(info["clipped"].float(), mask),
+        "dual_clip_frac": _mean(info["dual_clipped"].float(), mask),
+    }
     if cfg.method == "clip_cov":
         b = cfg.baselines
-        keep = clip_cov_keep(adv, stats.logp, batch.mask, info["clipped"], b.clip_cov_ratio,
-                             b.clip_cov_lb, b.clip_cov_ub, generator)
+        keep = clip_cov_keep(
+            adv, stats.logp, batch.mask, info["clipped"], b.clip_cov_ratio, b.clip_cov_lb, b.clip_cov_ub, generator
+        )
         loss = loss * keep
         metrics["clip_cov_frac"] = _mean(1.0 - keep, mask)
     if cfg.method == "fork_tokens":
@@ -195,8 +234,11 @@ def _aggregate(per_token, train_mask, batch: PolicyBatch, cfg: RunConfig) -> tor
 def _totals(batch: PolicyBatch, cfg: RunConfig) -> dict:
     # Dr. GRPO's constant length L is the response cap, so micro-batches padded to different
     # lengths accumulate to the mini-batch's value.
-    return {"total_tokens": batch.total_tokens, "total_seqs": batch.total_seqs,
-            "norm_length": cfg.rollout.max_new_tokens}
+    return {
+        "total_tokens": batch.total_tokens,
+        "total_seqs": batch.total_seqs,
+        "norm_length": cfg.rollout.max_new_tokens,
+    }
 
 
 def _dual_clip(cfg: RunConfig) -> float | None:

@@ -11,5 +11,14 @@ from dynamo_async.config.loader import (
 )
 from dynamo_async.config.schema import METHODS, RunConfig
 
-__all__ = ["METHODS", "RunConfig", "apply_override", "config_from_dict", "config_to_yaml",
-           "describe_fields", "dump_config", "load_config", "parse_yaml"]
+__all__ = [
+    "METHODS",
+    "RunConfig",
+    "apply_override",
+    "config_from_dict",
+    "config_to_yaml",
+    "describe_fields",
+    "dump_config",
+    "load_config",
+    "parse_yaml",
+]

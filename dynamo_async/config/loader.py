@@ -18,8 +18,9 @@ from dynamo_async.config.schema import RunConfig
 
 _TOKEN_RE = re.compile(r"\.(\w+)|\[(\d+)\]")
 # Fields renamed since an earlier release: the old key's error says what it became.
-RENAMED = {"model.dtype": "model.compute_dtype (the learner always keeps float32 master weights and "
-                          "computes in this dtype)"}
+RENAMED = {
+    "model.dtype": "model.compute_dtype (the learner always keeps float32 master weights and computes in this dtype)"
+}
 
 
 class _Loader(yaml.SafeLoader):
@@ -40,6 +41,8 @@ for _cls in (_Loader, _Dumper):
 def parse_yaml(text: str):
     """YAML text as Python values (safe; ``1e-6`` is a float)."""
     return yaml.load(text, Loader=_Loader)
+
+
 _PATH_RE = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$")
 
 
@@ -125,12 +128,13 @@ def _check_key(parts: list[str]) -> None:
     cls: Any = RunConfig
     for i, part in enumerate(parts):
         names = {f.name: f for f in msgspec.structs.fields(cls)}
-        if ".".join(parts[:i + 1]) in RENAMED:
-            raise ValueError(f"override key {'.'.join(parts)!r}: renamed to {RENAMED['.'.join(parts[:i + 1])]}")
+        if ".".join(parts[: i + 1]) in RENAMED:
+            raise ValueError(f"override key {'.'.join(parts)!r}: renamed to {RENAMED['.'.join(parts[: i + 1])]}")
         if part not in names:
             where = ".".join(parts[:i]) or "the top level"
-            raise ValueError(f"override key {'.'.join(parts)!r}: got {part!r} in {where}, "
-                             f"expected one of {sorted(names)}")
+            raise ValueError(
+                f"override key {'.'.join(parts)!r}: got {part!r} in {where}, expected one of {sorted(names)}"
+            )
         inner, _ = _unwrap(typing.get_type_hints(cls, include_extras=True)[part])
         is_section = isinstance(inner, type) and issubclass(inner, msgspec.Struct)
         if i < len(parts) - 1 and not is_section:

@@ -36,8 +36,10 @@ class DedupReport(msgspec.Struct, frozen=True):
     """Rows of those texts."""
 
     def line(self) -> str:
-        return (f"{self.rows} rows -> {self.prompts} distinct prompts ({self.merged_copies} identical copies merged, "
-                f"{self.conflicting_texts} problem texts with disagreeing answers dropped: {self.conflicting_rows} rows)")
+        return (
+            f"{self.rows} rows -> {self.prompts} distinct prompts ({self.merged_copies} identical copies merged, "
+            f"{self.conflicting_texts} problem texts with disagreeing answers dropped: {self.conflicting_rows} rows)"
+        )
 
 
 def dedup_problems(located: Iterable[Located]) -> tuple[list[Located], DedupReport]:
@@ -58,8 +60,13 @@ def dedup_problems(located: Iterable[Located]) -> tuple[list[Located], DedupRepo
     kept = [(g.where, g.first) for g in groups.values() if len(g.answers) == 1]
     conflicting = [g for g in groups.values() if len(g.answers) > 1]
     conflicting_rows = sum(g.copies for g in conflicting)
-    report = DedupReport(rows=rows, prompts=len(kept), merged_copies=rows - conflicting_rows - len(kept),
-                         conflicting_texts=len(conflicting), conflicting_rows=conflicting_rows)
+    report = DedupReport(
+        rows=rows,
+        prompts=len(kept),
+        merged_copies=rows - conflicting_rows - len(kept),
+        conflicting_texts=len(conflicting),
+        conflicting_rows=conflicting_rows,
+    )
     return kept, report
 
 

@@ -15,31 +15,40 @@ if TYPE_CHECKING:
     from dynamo_async.data.problems import Located, ReadOptions
 
 
-def iter_hub_problems(spec: str, field: str, opts: "ReadOptions") -> Iterator["Located"]:
+def iter_hub_problems(spec: str, field: str, opts: ReadOptions) -> Iterator[Located]:
     from dynamo_async.data.problems import convert_rows
 
     name, _, split = spec.partition(":")
     try:
         import datasets
     except ImportError:
-        raise ValueError(f"{field}: got {spec!r}, which is not a local file; loading a Hugging Face "
-                         "dataset needs `pip install datasets` (or save it as JSONL/Parquet and pass the "
-                         "path)") from None
-    local_copy = (f"on a machine without network, download it elsewhere (e.g. `huggingface-cli download {name} "
-                  f"--repo-type dataset --local-dir DIR`), copy its Parquet/JSONL file here and pass the path: "
-                  f"{field}=DIR/FILE.parquet")
+        raise ValueError(
+            f"{field}: got {spec!r}, which is not a local file; loading a Hugging Face "
+            "dataset needs `pip install datasets` (or save it as JSONL/Parquet and pass the "
+            "path)"
+        ) from None
+    local_copy = (
+        f"on a machine without network, download it elsewhere (e.g. `huggingface-cli download {name} "
+        f"--repo-type dataset --local-dir DIR`), copy its Parquet/JSONL file here and pass the path: "
+        f"{field}=DIR/FILE.parquet"
+    )
     not_found = getattr(getattr(datasets, "exceptions", None), "DatasetNotFoundError", None) or ()
     try:
         split = split or _default_split(datasets, name, field)
         rows = datasets.load_dataset(name, split=split)
     except not_found as err:  # a FileNotFoundError: before the OSError below
-        raise ValueError(f"{field}: got {spec!r}, which is neither a local file nor a Hugging Face dataset that "
-                         f"could be found ({str(err)[:200]}); check the name, or, {local_copy}") from None
+        raise ValueError(
+            f"{field}: got {spec!r}, which is neither a local file nor a Hugging Face dataset that "
+            f"could be found ({str(err)[:200]}); check the name, or, {local_copy}"
+        ) from None
     except (ConnectionError, OSError) as err:  # no network and no local cache
-        raise ValueError(f"{field}: got {spec!r}, a Hugging Face dataset that could not be reached "
-                         f"({type(err).__name__}: {str(err)[:200]}); {local_copy}") from None
-    yield from convert_rows(((f"split {split!r}, row {i}", i, dict(row)) for i, row in enumerate(rows)),
-                            name.replace("/", "_"), name, opts)
+        raise ValueError(
+            f"{field}: got {spec!r}, a Hugging Face dataset that could not be reached "
+            f"({type(err).__name__}: {str(err)[:200]}); {local_copy}"
+        ) from None
+    yield from convert_rows(
+        ((f"split {split!r}, row {i}", i, dict(row)) for i, row in enumerate(rows)), name.replace("/", "_"), name, opts
+    )
 
 
 def _default_split(datasets, name: str, field: str) -> str:

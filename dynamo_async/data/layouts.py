@@ -23,8 +23,12 @@ import msgspec
 LAYOUTS = ("auto", "plain", "verl")
 _DEFAULTS = {
     "plain": {"problem": "problem", "answer": "answer", "id": "id", "source": "source"},
-    "verl": {"problem": "prompt", "answer": "reward_model.ground_truth", "id": "extra_info.index",
-             "source": "data_source"},
+    "verl": {
+        "problem": "prompt",
+        "answer": "reward_model.ground_truth",
+        "id": "extra_info.index",
+        "source": "data_source",
+    },
 }
 
 
@@ -50,14 +54,17 @@ def detect(row: Any, fields: FieldMap, where: str) -> str:
         raise ValueError(f"{where}: got {type(row).__name__}, expected a record (a JSON object / Parquet row)")
     for layout in ("plain", "verl"):  # a mapped field stands in for the layout's own
         defaults = _DEFAULTS[layout]
-        if all(lookup(row, mapped or defaults[key]) is not None
-               for key, mapped in (("problem", fields.problem), ("answer", fields.answer))):
+        if all(
+            lookup(row, mapped or defaults[key]) is not None
+            for key, mapped in (("problem", fields.problem), ("answer", fields.answer))
+        ):
             return layout
     raise ValueError(
         f"{where}: got a row with fields {sorted(row)}, expected 'problem' and 'answer' (plain layout) or "
         "'prompt' and 'reward_model.ground_truth' (verl's layout); map other fields with "
         "data.problem_field=..., data.answer_field=... (dotted paths into nested fields, e.g. "
-        "reward_model.ground_truth) and optionally data.id_field=...")
+        "reward_model.ground_truth) and optionally data.id_field=..."
+    )
 
 
 def lookup(row: dict, path: str) -> Any:
@@ -78,7 +85,11 @@ def problem_text(value: Any, path: str, where: str) -> str:
         users = [m.get("content") for m in value if m.get("role") == "user"]
         if users and isinstance(users[-1], str):
             return users[-1]
-        raise ValueError(f"{where}: field {path!r} got chat messages with roles "
-                         f"{[m.get('role') for m in value]}, expected a 'user' message with text content")
-    raise ValueError(f"{where}: field {path!r} got {type(value).__name__}, expected text or a list of chat "
-                     "messages ({'role': 'user', 'content': ...})")
+        raise ValueError(
+            f"{where}: field {path!r} got chat messages with roles "
+            f"{[m.get('role') for m in value]}, expected a 'user' message with text content"
+        )
+    raise ValueError(
+        f"{where}: field {path!r} got {type(value).__name__}, expected text or a list of chat "
+        "messages ({'role': 'user', 'content': ...})"
+    )

@@ -45,8 +45,7 @@ class ReadOptions(msgspec.Struct, frozen=True):
 Located = tuple[str, Problem]
 """A problem and where it was read ("FILE, line 3")."""
 
-_DUPLICATE_HINT = ("repeated copies of a prompt merge with data.dedup: true; or name another id field with "
-                   "data.id_field")
+_DUPLICATE_HINT = "repeated copies of a prompt merge with data.dedup: true; or name another id field with data.id_field"
 
 
 def load_problems(path: str | os.PathLike[str], opts: ReadOptions = ReadOptions()) -> list[Problem]:
@@ -68,8 +67,7 @@ def iter_problems(path: str | os.PathLike[str], opts: ReadOptions = ReadOptions(
     elif suffix == ".parquet":
         rows = _read_parquet(path)
     else:
-        raise ValueError(f"problems file {str(path)!r}: got suffix {suffix!r}, "
-                         "expected '.jsonl' or '.parquet'")
+        raise ValueError(f"problems file {str(path)!r}: got suffix {suffix!r}, expected '.jsonl' or '.parquet'")
     return convert_rows(rows, path.stem, str(path), opts)
 
 
@@ -87,8 +85,9 @@ def check_unique_ids(located: list[Located], hint: str = _DUPLICATE_HINT) -> Non
     seen: dict[str, str] = {}
     for where, p in located:
         if p.id in seen:
-            raise ValueError(f"{where}: got duplicate id {p.id!r} (first at {seen[p.id]}), expected unique ids "
-                             f"({hint})")
+            raise ValueError(
+                f"{where}: got duplicate id {p.id!r} (first at {seen[p.id]}), expected unique ids ({hint})"
+            )
         seen[p.id] = where
 
 
@@ -101,8 +100,9 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, int, Any]]:
             try:
                 row = msgspec.json.decode(line)
             except msgspec.DecodeError as e:
-                raise ValueError(f"{path}, line {line_no}: got invalid JSON ({e}), "
-                                 "expected one JSON object per line") from e
+                raise ValueError(
+                    f"{path}, line {line_no}: got invalid JSON ({e}), expected one JSON object per line"
+                ) from e
             yield f"line {line_no}", index, row
             index += 1
 
@@ -128,24 +128,29 @@ def _to_problem(row: Any, index: int, paths: dict[str, str], stem: str, where: s
         if not value.strip():
             raise ValueError(f"{where}: field {name!r} got an empty string, expected text")
     ident, source = lookup(row, paths["id"]), lookup(row, paths["source"])
-    return Problem(id=_scalar(ident, paths["id"], where) if ident is not None else str(index), problem=text,
-                   answer=answer.strip(), source=_scalar(source, paths["source"], where) if source is not None else stem,
-                   level=_level(row))
+    return Problem(
+        id=_scalar(ident, paths["id"], where) if ident is not None else str(index),
+        problem=text,
+        answer=answer.strip(),
+        source=_scalar(source, paths["source"], where) if source is not None else stem,
+        level=_level(row),
+    )
 
 
 def _required(row: dict[str, Any], path: str, where: str) -> Any:
     value = lookup(row, path)
     if value is None:
-        raise ValueError(f"{where}: missing field {path!r}, expected fields 'problem' and 'answer' (or verl's "
-                         "'prompt' and 'reward_model.ground_truth'; other layouts: data.problem_field and "
-                         f"data.answer_field); the row has fields {sorted(row)}")
+        raise ValueError(
+            f"{where}: missing field {path!r}, expected fields 'problem' and 'answer' (or verl's "
+            "'prompt' and 'reward_model.ground_truth'; other layouts: data.problem_field and "
+            f"data.answer_field); the row has fields {sorted(row)}"
+        )
     return value
 
 
 def _scalar(value: Any, name: str, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError(f"{where}: field {name!r} got {type(value).__name__}, "
-                         "expected a string or a number")
+        raise ValueError(f"{where}: field {name!r} got {type(value).__name__}, expected a string or a number")
     return value if isinstance(value, str) else str(value)
 
 

@@ -42,8 +42,10 @@ def load_training_set(cfg: DataConfig) -> tuple[list[Problem], DedupReport | Non
     kept, report = dedup_problems(located)
     check_unique_ids(kept, hint="two different problems share this id; name another id field with data.id_field")
     if not kept:
-        raise ValueError(f"data.train: got {cfg.train!r} with no usable prompt ({report.line()}), expected at "
-                         "least one problem with an answer")
+        raise ValueError(
+            f"data.train: got {cfg.train!r} with no usable prompt ({report.line()}), expected at "
+            "least one problem with an answer"
+        )
     return [p for _, p in kept], report
 
 
@@ -67,14 +69,23 @@ def example_answer(answer: str, answer_format: str) -> str:
     return f"Answer: {answer}" if answer_format == "answer_line" else f"\\boxed{{{answer}}}"
 
 
-def render_prompt(tokenizer, system_prompt: str, problem: str, max_tokens: int, few_shot: tuple = (),
-                  user_template: str = "{problem}", answer_format: str = "boxed") -> np.ndarray:
+def render_prompt(
+    tokenizer,
+    system_prompt: str,
+    problem: str,
+    max_tokens: int,
+    few_shot: tuple = (),
+    user_template: str = "{problem}",
+    answer_format: str = "boxed",
+) -> np.ndarray:
     """Chat-templated token ids of one problem (left-truncated to ``max_tokens``), after the
     system prompt and the worked examples (user: problem, assistant: its answer)."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for example in few_shot:
-        messages += [{"role": "user", "content": templates.apply(user_template, example.problem)},
-                     {"role": "assistant", "content": example_answer(example.answer, answer_format)}]
+        messages += [
+            {"role": "user", "content": templates.apply(user_template, example.problem)},
+            {"role": "assistant", "content": example_answer(example.answer, answer_format)},
+        ]
     messages.append({"role": "user", "content": templates.apply(user_template, problem)})
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = np.asarray(tokenizer.encode(text, add_special_tokens=False), dtype=np.int32).reshape(-1)
@@ -85,8 +96,9 @@ def render_prompt(tokenizer, system_prompt: str, problem: str, max_tokens: int, 
 def prompt_ids(tokenizer, problem: str, cfg: RunConfig) -> np.ndarray:
     """``render_prompt`` with the run's data settings and answer format."""
     d = cfg.data
-    return render_prompt(tokenizer, d.system_prompt, problem, d.max_prompt_tokens, d.few_shot,
-                         d.user_template, cfg.rewards.answer_format)
+    return render_prompt(
+        tokenizer, d.system_prompt, problem, d.max_prompt_tokens, d.few_shot, d.user_template, cfg.rewards.answer_format
+    )
 
 
 def pool_prompts(problems: list[Problem], tokenizer, cfg: RunConfig) -> list[PoolPrompt]:

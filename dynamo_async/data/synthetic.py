@@ -13,7 +13,7 @@ larger sets repeat some (never one of the held-out texts).
 from __future__ import annotations
 
 import random
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from dynamo_async.config.schema import SyntheticConfig
 from dynamo_async.data.problems import Problem
@@ -66,8 +66,7 @@ def _level5(rng: random.Random) -> Drawn:
     return f"{a} * ({b} + {c}) - {d}", a * (b + c) - d
 
 
-_DRAW: dict[int, Callable[[random.Random], Drawn]] = {
-    1: _level1, 2: _level2, 3: _level3, 4: _level4, 5: _level5}
+_DRAW: dict[int, Callable[[random.Random], Drawn]] = {1: _level1, 2: _level2, 3: _level3, 4: _level4, 5: _level5}
 
 
 def generate(n: int, levels: Sequence[int], seed: int) -> list[Problem]:
@@ -80,16 +79,15 @@ def train_eval_split(cfg: SyntheticConfig) -> tuple[list[Problem], list[Problem]
 
     The held-out set is drawn first from its own stream, so it does not change with num_train.
     """
-    eval_set = _generate(cfg.num_eval, cfg.levels, random.Random(f"{cfg.seed}-eval"),
-                         prefix="syn-eval", exclude=frozenset())
+    eval_set = _generate(
+        cfg.num_eval, cfg.levels, random.Random(f"{cfg.seed}-eval"), prefix="syn-eval", exclude=frozenset()
+    )
     held_out = frozenset(p.problem for p in eval_set)
-    train = _generate(cfg.num_train, cfg.levels, random.Random(f"{cfg.seed}-train"),
-                      prefix="syn", exclude=held_out)
+    train = _generate(cfg.num_train, cfg.levels, random.Random(f"{cfg.seed}-train"), prefix="syn", exclude=held_out)
     return train, eval_set
 
 
-def _generate(n: int, levels: Sequence[int], rng: random.Random, prefix: str,
-              exclude: frozenset[str]) -> list[Problem]:
+def _generate(n: int, levels: Sequence[int], rng: random.Random, prefix: str, exclude: frozenset[str]) -> list[Problem]:
     _check(n, levels)
     used: set[str] = set()
     problems = []
@@ -97,8 +95,9 @@ def _generate(n: int, levels: Sequence[int], rng: random.Random, prefix: str,
         level = levels[i % len(levels)]
         text, value = _draw_new(level, rng, used, exclude)
         used.add(text)
-        problems.append(Problem(id=f"{prefix}-L{level}-{i:06d}", problem=text,
-                                answer=str(value), source=SOURCE, level=level))
+        problems.append(
+            Problem(id=f"{prefix}-L{level}-{i:06d}", problem=text, answer=str(value), source=SOURCE, level=level)
+        )
     return problems
 
 
@@ -114,8 +113,10 @@ def _draw_new(level: int, rng: random.Random, used: set[str], exclude: frozenset
             return text, value
         fallback = fallback or (text, value)
     if fallback is None:
-        raise ValueError(f"synthetic level {level}: got no problem outside the held-out set in "
-                         f"{_MAX_TRIES} draws, expected fewer held-out problems for this level")
+        raise ValueError(
+            f"synthetic level {level}: got no problem outside the held-out set in "
+            f"{_MAX_TRIES} draws, expected fewer held-out problems for this level"
+        )
     return fallback  # the level's distinct problems are used up: repeat one
 
 

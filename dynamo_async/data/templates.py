@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import re
 
-DAPO = ("Solve the following math problem step by step. The last line of your response should be of the "
-        "form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\n"
-        "Remember to put your answer on its own line after \"Answer:\".")
+DAPO = (
+    "Solve the following math problem step by step. The last line of your response should be of the "
+    "form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\n"
+    'Remember to put your answer on its own line after "Answer:".'
+)
 
 KNOWN: dict[str, str] = {"dapo": DAPO}
 
-_DAPO_HEAD = re.compile(r"\ASolve the following math problem step by step\. The last line of your response "
-                        r"should be of the form Answer: [^\n]*? where \$Answer is the answer to the problem\.\s*")
+_DAPO_HEAD = re.compile(
+    r"\ASolve the following math problem step by step\. The last line of your response "
+    r"should be of the form Answer: [^\n]*? where \$Answer is the answer to the problem\.\s*"
+)
 _DAPO_TAIL = re.compile(r"\s*Remember to put your answer on its own line after \"Answer:\"\.?\s*\Z")
 _STRIPPERS: dict[str, tuple[re.Pattern, re.Pattern]] = {"dapo": (_DAPO_HEAD, _DAPO_TAIL)}
 
@@ -36,8 +40,10 @@ def expand(template: str) -> str:
     """The template text of ``template``: a known name (``dapo``) or a text holding ``{problem}``."""
     text = KNOWN.get(template, template)
     if "{problem}" not in text:
-        raise ValueError(f"data.user_template: got {template!r}, expected a text with '{{problem}}' in it "
-                         f"or one of the known names {sorted(KNOWN)}")
+        raise ValueError(
+            f"data.user_template: got {template!r}, expected a text with '{{problem}}' in it "
+            f"or one of the known names {sorted(KNOWN)}"
+        )
     return text
 
 
@@ -49,7 +55,9 @@ def apply(template: str, problem: str) -> str:
 def strip(name: str, text: str) -> str:
     """``text`` without the known template ``name`` around it; a text without it is returned as is."""
     if name not in _STRIPPERS:
-        raise ValueError(f"data.strip_template: got {name!r}, expected one of {sorted(_STRIPPERS)} (or '' to keep "
-                         "the data's own text)")
+        raise ValueError(
+            f"data.strip_template: got {name!r}, expected one of {sorted(_STRIPPERS)} (or '' to keep "
+            "the data's own text)"
+        )
     head, tail = _STRIPPERS[name]
     return tail.sub("", head.sub("", text, count=1), count=1).strip()

@@ -15,9 +15,17 @@ from pathlib import Path
 
 from dynamo_async.data.problems import Problem, ReadOptions, load_spec
 
-PAPER_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23", "math500": "MATH500",
-               "math-500": "MATH500", "minerva": "Minerva", "minerva_math": "Minerva",
-               "olympiadbench": "Olympiad", "olympiad": "Olympiad"}
+PAPER_NAMES = {
+    "aime24": "AIME24",
+    "aime25": "AIME25",
+    "amc23": "AMC23",
+    "math500": "MATH500",
+    "math-500": "MATH500",
+    "minerva": "Minerva",
+    "minerva_math": "Minerva",
+    "olympiadbench": "Olympiad",
+    "olympiad": "Olympiad",
+}
 
 
 @dataclass(frozen=True)
@@ -27,8 +35,9 @@ class Benchmark:
     problems: tuple[Problem, ...]
 
 
-def load_benchmarks(specs: list[str], limit: int | None = None, synthetic=None,
-                    opts: ReadOptions = ReadOptions()) -> list[Benchmark]:
+def load_benchmarks(
+    specs: list[str], limit: int | None = None, synthetic=None, opts: ReadOptions = ReadOptions()
+) -> list[Benchmark]:
     """Load every ``--data`` spec; ``limit`` keeps the first problems of each; ``synthetic``
     (a ``SyntheticConfig``) defines the ``synthetic`` spec; ``opts`` how rows are read (the
     run's ``data.strip_template``)."""
@@ -47,8 +56,7 @@ def load_benchmarks(specs: list[str], limit: int | None = None, synthetic=None,
     if "Avg." in names:
         raise ValueError("--data: got a benchmark labelled 'Avg.', expected another label (the average's column)")
     if len(set(names)) != len(names):
-        raise ValueError(f"--data: got benchmark names {names}, expected distinct names "
-                         "(label them as NAME=FILE)")
+        raise ValueError(f"--data: got benchmark names {names}, expected distinct names (label them as NAME=FILE)")
     return out
 
 

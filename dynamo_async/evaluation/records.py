@@ -35,7 +35,7 @@ class EvalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dtype: str
     system_prompt: str
     few_shot: tuple[tuple[str, str], ...] = ()
-    reward_timeout_s: float = 5.0      # math-verify's timeout and input cap can change scores
+    reward_timeout_s: float = 5.0  # math-verify's timeout and input cap can change scores
     reward_max_chars: int = 50_000
     user_template: str = "{problem}"
     answer_format: str = "boxed"
@@ -47,11 +47,11 @@ class ProblemRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     benchmark: str
     id: str
     answer: str
-    digest: str                         # of the problem text and gold answer (``problem_digest``)
-    acc: tuple[int, ...]                # 1 = correct, per sample
-    tokens: tuple[int, ...]             # response length, per sample
-    finish: tuple[str, ...]             # "stop" | "length" | "abort", per sample
-    responses: tuple[str, ...] = ()     # the texts, with --save-responses
+    digest: str  # of the problem text and gold answer (``problem_digest``)
+    acc: tuple[int, ...]  # 1 = correct, per sample
+    tokens: tuple[int, ...]  # response length, per sample
+    finish: tuple[str, ...]  # "stop" | "length" | "abort", per sample
+    responses: tuple[str, ...] = ()  # the texts, with --save-responses
 
     @property
     def n(self) -> int:
@@ -105,23 +105,30 @@ class RecordFile:
         try:
             header = decoder.decode(lines[0]).header if lines else None
         except msgspec.DecodeError as err:
-            raise ValueError(f"{self.path}: got an unreadable header ({err}), expected the record file of "
-                             "an earlier `dynamo-async eval`; delete it or pass another --out") from None
+            raise ValueError(
+                f"{self.path}: got an unreadable header ({err}), expected the record file of "
+                "an earlier `dynamo-async eval`; delete it or pass another --out"
+            ) from None
         if header != settings and len(lines) <= 1:  # nothing sampled yet: start over
             self.path.write_bytes(msgspec.json.encode(_Line(header=settings)) + b"\n")
             return
         if header != settings:
-            raise ValueError(f"{self.path}: got records sampled with {_diff(header, settings)}; expected the "
-                             "same settings to resume; pass another --out or delete the file to start over")
+            raise ValueError(
+                f"{self.path}: got records sampled with {_diff(header, settings)}; expected the "
+                "same settings to resume; pass another --out or delete the file to start over"
+            )
         for number, line in enumerate(lines[1:], start=2):
             try:
                 record = decoder.decode(line).record
             except msgspec.DecodeError as err:
-                raise ValueError(f"{self.path}, line {number}: got {err}, expected a problem record; "
-                                 "delete the file to start over") from None
+                raise ValueError(
+                    f"{self.path}, line {number}: got {err}, expected a problem record; delete the file to start over"
+                ) from None
             if record is None:
-                raise ValueError(f"{self.path}, line {number}: got a second header, expected problem records; "
-                                 "delete the file to start over")
+                raise ValueError(
+                    f"{self.path}, line {number}: got a second header, expected problem records; "
+                    "delete the file to start over"
+                )
             self.done[(record.benchmark, record.id)] = record
 
     def check(self, benchmark: str, problem_id: str, digest: str) -> bool:
@@ -131,8 +138,10 @@ class RecordFile:
         if record is None:
             return False
         if record.digest != digest:
-            raise ValueError(f"{self.path}: got a record of {benchmark} problem {problem_id!r} for another problem "
-                             "text or answer, expected the same data as before; pass another --out for new data")
+            raise ValueError(
+                f"{self.path}: got a record of {benchmark} problem {problem_id!r} for another problem "
+                "text or answer, expected the same data as before; pass another --out for new data"
+            )
         return True
 
 

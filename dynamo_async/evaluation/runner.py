@@ -20,8 +20,7 @@ from dynamo_async.config import load_config
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.data.prompts import read_options
 from dynamo_async.evaluation.benchmarks import load_benchmarks
-from dynamo_async.evaluation.records import (EvalSettings, ProblemRecord, RecordFile, problem_digest,
-                                              records_path)
+from dynamo_async.evaluation.records import EvalSettings, ProblemRecord, RecordFile, problem_digest, records_path
 from dynamo_async.evaluation.table import format_table, summarize, write_results
 
 
@@ -72,8 +71,10 @@ def resolve_eval_model(spec: str) -> str:
 
         ckpt = latest_checkpoint(path)
         if ckpt is None:
-            raise ValueError(f"--model: got run directory {spec!r} whose checkpoints/latest names no checkpoint, "
-                             "expected RUN_DIR/checkpoints/step-N/ to exist")
+            raise ValueError(
+                f"--model: got run directory {spec!r} whose checkpoints/latest names no checkpoint, "
+                "expected RUN_DIR/checkpoints/step-N/ to exist"
+            )
         path = ckpt
     if (path / "model" / "config.json").is_file():
         return str(path / "model")
@@ -81,21 +82,33 @@ def resolve_eval_model(spec: str) -> str:
 
 
 def settings_of(cfg: RunConfig, req: EvalRequest) -> EvalSettings:
-    return EvalSettings(model=cfg.model.name, engine=cfg.rollout.engine, n=req.n, seed=req.seed,
-                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                        max_new_tokens=cfg.rollout.max_new_tokens, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                        dtype=cfg.model.compute_dtype, system_prompt=cfg.data.system_prompt,
-                        few_shot=tuple((e.problem, e.answer) for e in cfg.data.few_shot),
-                        reward_timeout_s=cfg.rewards.timeout_s, reward_max_chars=cfg.rewards.max_chars,
-                        user_template=cfg.data.user_template, answer_format=cfg.rewards.answer_format)
+    return EvalSettings(
+        model=cfg.model.name,
+        engine=cfg.rollout.engine,
+        n=req.n,
+        seed=req.seed,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        max_prompt_tokens=cfg.data.max_prompt_tokens,
+        dtype=cfg.model.compute_dtype,
+        system_prompt=cfg.data.system_prompt,
+        few_shot=tuple((e.problem, e.answer) for e in cfg.data.few_shot),
+        reward_timeout_s=cfg.rewards.timeout_s,
+        reward_max_chars=cfg.rewards.max_chars,
+        user_template=cfg.data.user_template,
+        answer_format=cfg.rewards.answer_format,
+    )
 
 
 def check_request(req: EvalRequest) -> None:
     if req.n < 1 or req.batch_size < 1:
         raise ValueError(f"got --n {req.n}, --batch-size {req.batch_size}, expected both >= 1")
     if max(req.ks) > req.n:
-        raise ValueError(f"--k: got {','.join(map(str, req.ks))}, expected every k <= --n {req.n} "
-                         f"(pass@{max(req.ks)} needs at least {max(req.ks)} samples per problem)")
+        raise ValueError(
+            f"--k: got {','.join(map(str, req.ks))}, expected every k <= --n {req.n} "
+            f"(pass@{max(req.ks)} needs at least {max(req.ks)} samples per problem)"
+        )
     if req.out.suffix != ".json":
         raise ValueError(f"--out: got {str(req.out)!r}, expected a .json path (records go beside it)")
 
@@ -108,14 +121,22 @@ def run_eval(req: EvalRequest) -> dict:
     benchmarks = load_benchmarks(req.data, req.limit, cfg.data.synthetic, read_options(cfg.data, train=False))
     records = RecordFile(records_path(req.out), settings)
     try:
-        todo = [(b.name, p) for b in benchmarks for p in b.problems
-                if not records.check(b.name, p.id, problem_digest(p.problem, p.answer))]
+        todo = [
+            (b.name, p)
+            for b in benchmarks
+            for p in b.problems
+            if not records.check(b.name, p.id, problem_digest(p.problem, p.answer))
+        ]
         if todo:
             _sample_all(cfg, req, todo, records, [(b.name, p.id) for b in benchmarks for p in b.problems])
     finally:
         records.close()
-    results = summarize(req.label or req.model, settings, req.ks, [
-        (b.name, b.spec, [records.done[(b.name, p.id)] for p in b.problems]) for b in benchmarks])
+    results = summarize(
+        req.label or req.model,
+        settings,
+        req.ks,
+        [(b.name, b.spec, [records.done[(b.name, p.id)] for p in b.problems]) for b in benchmarks],
+    )
     write_results(req.out, results)
     return results
 
@@ -131,11 +152,20 @@ def _sample_all(cfg: RunConfig, req: EvalRequest, todo: list, records: RecordFil
     per_batch = max(1, req.batch_size // req.n)
     done = sum(len(records.done[key].acc) for key in selected if key in records.done)
     pending: Pending | None = None
-    with MathVerifyScorer.from_config(cfg.rewards) as scorer, tqdm(
-            total=done + len(todo) * req.n, initial=done, desc="eval", unit="sample", disable=not req.show_progress,
-            dynamic_ncols=True, file=sys.stderr) as bar:
+    with (
+        MathVerifyScorer.from_config(cfg.rewards) as scorer,
+        tqdm(
+            total=done + len(todo) * req.n,
+            initial=done,
+            desc="eval",
+            unit="sample",
+            disable=not req.show_progress,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        ) as bar,
+    ):
         for start in range(0, len(todo), per_batch):
-            chunk = todo[start:start + per_batch]
+            chunk = todo[start : start + per_batch]
             bar.set_postfix_str(chunk[0][0])
             current = generate_chunk(engine, tokenizer, scorer, chunk, cfg, req)
             bar.update(len(chunk) * req.n)
@@ -147,7 +177,7 @@ def _sample_all(cfg: RunConfig, req: EvalRequest, todo: list, records: RecordFil
     engine.close()
 
 
-def _finish(pending: "Pending", records: RecordFile, req: EvalRequest) -> None:
+def _finish(pending: Pending, records: RecordFile, req: EvalRequest) -> None:
     for record in pending.records(req.save_responses):
         records.add(record)
 
@@ -168,12 +198,18 @@ class Pending:
         out = []
         for i, (bench, p) in enumerate(self.chunk):
             part = slice(i * n, (i + 1) * n)
-            out.append(ProblemRecord(
-                benchmark=bench, id=p.id, answer=p.answer, digest=problem_digest(p.problem, p.answer),
-                acc=tuple(int(s.acc) for s in scores[part]),
-                tokens=tuple(len(r.token_ids) for r in self.results[part]),
-                finish=tuple(r.finish_reason for r in self.results[part]),
-                responses=tuple(self.texts[part]) if save_responses else ()))
+            out.append(
+                ProblemRecord(
+                    benchmark=bench,
+                    id=p.id,
+                    answer=p.answer,
+                    digest=problem_digest(p.problem, p.answer),
+                    acc=tuple(int(s.acc) for s in scores[part]),
+                    tokens=tuple(len(r.token_ids) for r in self.results[part]),
+                    finish=tuple(r.finish_reason for r in self.results[part]),
+                    responses=tuple(self.texts[part]) if save_responses else (),
+                )
+            )
         return out
 
 
@@ -186,7 +222,7 @@ def generate_chunk(engine, tokenizer, scorer, chunk: list, cfg: RunConfig, req: 
     for bench, p in chunk:
         ids = prompt_ids(tokenizer, p.problem, cfg)
         reqs += [GenRequest(ids, sample_seed(req.seed, bench, p.id, k)) for k in range(req.n)]
-    results = [r for i in range(0, len(reqs), req.batch_size) for r in engine.generate(reqs[i:i + req.batch_size])]
+    results = [r for i in range(0, len(reqs), req.batch_size) for r in engine.generate(reqs[i : i + req.batch_size])]
     texts = [tokenizer.decode(r.token_ids.tolist(), skip_special_tokens=True) for r in results]
     golds = [p.answer for _, p in chunk for _ in range(req.n)]
     return Pending(chunk, results, texts, [scorer.submit(t, g) for t, g in zip(texts, golds)])
@@ -217,4 +253,3 @@ def eval_main(req: EvalRequest) -> int:
     sys.stdout.write(format_table([results]))
     print(f"wrote {req.out} (per-problem records: {records_path(req.out)})")
     return 0
-

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynamo_async.data.prompts import prompt_ids
 from dynamo_async.data.problems import Problem
+from dynamo_async.data.prompts import prompt_ids
 from workers.engine import GenRequest
 
 
@@ -27,14 +27,18 @@ class EvalResult:
         return f"{self.correct}/{self.total} = {100 * self.accuracy:.1f}%"
 
 
-def sampled_accuracy(engine, tokenizer, scorer, problems: list[Problem], cfg, samples: int = 1,
-                     batch_size: int = 32, seed: int = 12345) -> EvalResult:
+def sampled_accuracy(
+    engine, tokenizer, scorer, problems: list[Problem], cfg, samples: int = 1, batch_size: int = 32, seed: int = 12345
+) -> EvalResult:
     """Generate ``samples`` responses per problem with ``engine`` and count the correct ones."""
     jobs = [(p, k) for p in problems for k in range(samples)]
     correct = 0
     for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        reqs = [GenRequest(prompt_ids(tokenizer, p.problem, cfg), seed + 1000 * i + k) for i, (p, k) in enumerate(chunk, start)]
+        chunk = jobs[start : start + batch_size]
+        reqs = [
+            GenRequest(prompt_ids(tokenizer, p.problem, cfg), seed + 1000 * i + k)
+            for i, (p, k) in enumerate(chunk, start)
+        ]
         results = engine.generate(reqs)
         texts = [tokenizer.decode(r.token_ids.tolist(), skip_special_tokens=True) for r in results]
         scores = scorer.score(texts, [p.answer for p, _ in chunk])

@@ -19,8 +19,9 @@ from dynamo_async.evaluation.pass_at_k import mean_pass_at_k
 from dynamo_async.evaluation.records import EvalSettings, ProblemRecord
 
 
-def summarize(label: str, settings: EvalSettings, ks: tuple[int, ...],
-              benchmarks: list[tuple[str, str, list[ProblemRecord]]]) -> dict:
+def summarize(
+    label: str, settings: EvalSettings, ks: tuple[int, ...], benchmarks: list[tuple[str, str, list[ProblemRecord]]]
+) -> dict:
     """The results.json object: per benchmark (name, spec, its records) and the average."""
     rows = []
     for name, spec, records in benchmarks:
@@ -28,14 +29,24 @@ def summarize(label: str, settings: EvalSettings, ks: tuple[int, ...],
         counts = [(r.n, r.correct) for r in records]
         tokens = [t for r in records for t in r.tokens]
         finishes = [f for r in records for f in r.finish]
-        row = {"name": name, "data": spec, "problems": len(records), "samples_per_problem": settings.n,
-               **{f"pass@{k}": 100.0 * mean_pass_at_k(counts, k) for k in ks},
-               "mean_response_tokens": sum(tokens) / len(tokens),
-               "truncated_frac": finishes.count("length") / len(finishes)}
+        row = {
+            "name": name,
+            "data": spec,
+            "problems": len(records),
+            "samples_per_problem": settings.n,
+            **{f"pass@{k}": 100.0 * mean_pass_at_k(counts, k) for k in ks},
+            "mean_response_tokens": sum(tokens) / len(tokens),
+            "truncated_frac": finishes.count("length") / len(finishes),
+        }
         rows.append(row)
     average = {f"pass@{k}": sum(r[f"pass@{k}"] for r in rows) / len(rows) for k in ks}
-    return {"model": label, "settings": msgspec.to_builtins(settings), "k": list(ks),
-            "benchmarks": rows, "average": average}
+    return {
+        "model": label,
+        "settings": msgspec.to_builtins(settings),
+        "k": list(ks),
+        "benchmarks": rows,
+        "average": average,
+    }
 
 
 def format_table(results: list[dict]) -> str:
@@ -54,8 +65,7 @@ def format_table(results: list[dict]) -> str:
         cells = []
         for name, w in zip(names + ["Avg."], group):
             src = r["average"] if name == "Avg." else by_name.get(name)
-            vals = "".join((f"{src[f'pass@{k}']:.1f}" if src and f"pass@{k}" in src else "-").rjust(cell)
-                           for k in ks)
+            vals = "".join((f"{src[f'pass@{k}']:.1f}" if src and f"pass@{k}" in src else "-").rjust(cell) for k in ks)
             cells.append(vals.ljust(w))
         lines.append((r["model"].ljust(first) + "  ".join(cells)).rstrip())
     return "\n".join(lines) + "\n"
@@ -75,6 +85,8 @@ def read_results(path: Path) -> dict:
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"table: got {str(path)!r} ({err}), expected a results.json of dynamo-async eval") from None
     if not isinstance(data, dict) or not {"model", "k", "benchmarks", "average"} <= set(data) or not data["k"]:
-        raise ValueError(f"table: got {str(path)!r} without model, k, benchmarks and average, "
-                         "expected a results.json of dynamo-async eval")
+        raise ValueError(
+            f"table: got {str(path)!r} without model, k, benchmarks and average, "
+            "expected a results.json of dynamo-async eval"
+        )
     return data

@@ -23,12 +23,12 @@ from dynamo_async.config.schema import RunConfig
 
 @dataclass
 class MicroBatch:
-    input_ids: torch.Tensor        # [B, L] right-padded prompt + response
-    attention_mask: torch.Tensor   # [B, L]
-    targets: torch.Tensor          # [B, L-1] ids[:, 1:]
-    mask: torch.Tensor             # [B, L-1] 1 on response targets
-    advantages: torch.Tensor       # [B]
-    logp_behavior: torch.Tensor    # [B, L-1] worker log-probs on response targets
+    input_ids: torch.Tensor  # [B, L] right-padded prompt + response
+    attention_mask: torch.Tensor  # [B, L]
+    targets: torch.Tensor  # [B, L-1] ids[:, 1:]
+    mask: torch.Tensor  # [B, L-1] 1 on response targets
+    advantages: torch.Tensor  # [B]
+    logp_behavior: torch.Tensor  # [B, L-1] worker log-probs on response targets
     total_tokens: float = 0.0
     total_seqs: float = 0.0
     logp_old: torch.Tensor | None = None
@@ -36,7 +36,7 @@ class MicroBatch:
     vocab_sum: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
-    def to(self, device: str) -> "MicroBatch":
+    def to(self, device: str) -> MicroBatch:
         for name in ("input_ids", "attention_mask", "targets", "mask", "advantages", "logp_behavior"):
             setattr(self, name, getattr(self, name).to(device))
         return self
@@ -66,24 +66,31 @@ def group_rows(groups: tuple[ReadyGroup, ...], cfg: RunConfig) -> list[list[_Row
     return rows
 
 
-def mini_batches(batch: LearnerBatch, cfg: RunConfig, pad_id: int, rank: int = 0,
-                 world: int = 1) -> list[list[MicroBatch]]:
+def mini_batches(
+    batch: LearnerBatch, cfg: RunConfig, pad_id: int, rank: int = 0, world: int = 1
+) -> list[list[MicroBatch]]:
     """The batch's groups in mini-batches (optimizer steps) of micro-batches; with several
     learner ranks, rank r keeps groups r, r+world, ... of each mini-batch, and the totals stay
     those of the whole mini-batch."""
     groups = group_rows(batch.groups, cfg)
     size = cfg.optim.mini_batch_prompts
     if size % world:
-        raise ValueError(f"optim.mini_batch_prompts: got {size} for {world} learner ranks, expected a multiple "
-                         "of the number of ranks")
+        raise ValueError(
+            f"optim.mini_batch_prompts: got {size} for {world} learner ranks, expected a multiple "
+            "of the number of ranks"
+        )
     out = []
     for start in range(0, len(groups), size):
-        mini = groups[start:start + size]
+        mini = groups[start : start + size]
         rows = [r for g in mini for r in g]
         total_tokens = float(sum(len(r.ids) - r.prompt_len for r in rows))
         mine = [r for g in mini[rank::world] for r in g]
-        out.append([_collate(chunk, pad_id, total_tokens, float(len(rows)))
-                    for chunk in _pack(mine, cfg.optim.micro_batch_tokens)])
+        out.append(
+            [
+                _collate(chunk, pad_id, total_tokens, float(len(rows)))
+                for chunk in _pack(mine, cfg.optim.micro_batch_tokens)
+            ]
+        )
     return out
 
 

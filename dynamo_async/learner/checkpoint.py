@@ -32,8 +32,9 @@ class TrainerState(msgspec.Struct):
     lrs: list[float]
 
 
-def save_checkpoint(run_dir: Path, step: int, version: int, model, tokenizer, opt, sched, service,
-                    full: "FullState") -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, version: int, model, tokenizer, opt, sched, service, full: FullState
+) -> Path:
     """Write a checkpoint; ``full`` holds the float32 master weights and the optimizer moments
     (``Trainer.full_state``, gathered from every rank when sharded): the model is saved from it."""
     root = Path(run_dir) / "checkpoints"
@@ -105,9 +106,11 @@ def load_trainer_state(ckpt: Path, named: dict, opt, sched) -> TrainerState:
     moments = load_file(str(ckpt / "optimizer.safetensors"))
     for name, p in named.items():
         if name in state.param_steps:
-            opt.state[p] = {"step": torch.tensor(state.param_steps[name]),
-                            "exp_avg": _like(p, moments[f"{name}/exp_avg"]),
-                            "exp_avg_sq": _like(p, moments[f"{name}/exp_avg_sq"])}
+            opt.state[p] = {
+                "step": torch.tensor(state.param_steps[name]),
+                "exp_avg": _like(p, moments[f"{name}/exp_avg"]),
+                "exp_avg_sq": _like(p, moments[f"{name}/exp_avg_sq"]),
+            }
     sched.last_epoch = state.scheduler_epoch
     for group, lr in zip(opt.param_groups, state.lrs):
         group["lr"] = lr

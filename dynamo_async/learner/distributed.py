@@ -47,8 +47,10 @@ def shard_model(model: torch.nn.Module, compute: torch.dtype = torch.float32) ->
 
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
-        raise ValueError(f"FSDP sharding: got a {type(model).__name__} without model.layers, expected a "
-                         "decoder-only transformers model (Llama, Qwen2, ...)")
+        raise ValueError(
+            f"FSDP sharding: got a {type(model).__name__} without model.layers, expected a "
+            "decoder-only transformers model (Llama, Qwen2, ...)"
+        )
     for layer in layers:
         fully_shard(layer, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
@@ -80,8 +82,12 @@ def equalize(minis: list[list], info: DistInfo) -> list[list]:
 
 def _masked_copy(mb):
     """A micro-batch that runs the same collectives but contributes no loss or gradient."""
-    return dataclasses.replace(mb, mask=torch.zeros_like(mb.mask), advantages=torch.zeros_like(mb.advantages),
-                               extra={**mb.extra, "padding": True})
+    return dataclasses.replace(
+        mb,
+        mask=torch.zeros_like(mb.mask),
+        advantages=torch.zeros_like(mb.advantages),
+        extra={**mb.extra, "padding": True},
+    )
 
 
 # ---------------------------------------------------------------- rank 0 -> other ranks
@@ -136,20 +142,54 @@ def receive_batch() -> LearnerBatch | None:
 
 
 def _to_wire(b: LearnerBatch) -> _WireBatch:
-    groups = [_WireGroup(g.group_id, g.prompt_id, g.prompt_token_ids.astype("<i4").tobytes(), g.answer,
-                         [_WireSample(s.sample_index, s.token_ids.astype("<i4").tobytes(),
-                                      s.logprobs.astype("<f4").tobytes(), s.versions.astype("<i4").tobytes(),
-                                      s.acc, s.reward, s.finish_reason, s.worker_id) for s in g.samples])
-              for g in b.groups]
+    groups = [
+        _WireGroup(
+            g.group_id,
+            g.prompt_id,
+            g.prompt_token_ids.astype("<i4").tobytes(),
+            g.answer,
+            [
+                _WireSample(
+                    s.sample_index,
+                    s.token_ids.astype("<i4").tobytes(),
+                    s.logprobs.astype("<f4").tobytes(),
+                    s.versions.astype("<i4").tobytes(),
+                    s.acc,
+                    s.reward,
+                    s.finish_reason,
+                    s.worker_id,
+                )
+                for s in g.samples
+            ],
+        )
+        for g in b.groups
+    ]
     return _WireBatch(b.step, b.policy_version, groups, b.dropped_stale, b.dropped_zero_variance, list(b.staleness))
 
 
 def _from_wire(w: _WireBatch) -> LearnerBatch:
-    groups = tuple(ReadyGroup(g.group_id, g.prompt_id, np.frombuffer(g.prompt, "<i4"), g.answer,
-                              tuple(Sample(s.index, np.frombuffer(s.tokens, "<i4"), np.frombuffer(s.logprobs, "<f4"),
-                                           np.frombuffer(s.versions, "<i4"), s.acc, s.reward, s.finish, s.worker)
-                                    for s in g.samples))
-                   for g in w.groups)
+    groups = tuple(
+        ReadyGroup(
+            g.group_id,
+            g.prompt_id,
+            np.frombuffer(g.prompt, "<i4"),
+            g.answer,
+            tuple(
+                Sample(
+                    s.index,
+                    np.frombuffer(s.tokens, "<i4"),
+                    np.frombuffer(s.logprobs, "<f4"),
+                    np.frombuffer(s.versions, "<i4"),
+                    s.acc,
+                    s.reward,
+                    s.finish,
+                    s.worker,
+                )
+                for s in g.samples
+            ),
+        )
+        for g in w.groups
+    )
     return LearnerBatch(w.step, w.version, groups, w.dropped_stale, w.dropped_zero_variance, tuple(w.staleness))
 
 

@@ -26,9 +26,9 @@ from buffer.store import RunStore
 from dynamo_async.config import config_to_yaml
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.learner import checkpoint
+from dynamo_async.learner.distributed import DistInfo, checkpoint_due, send_batch
 from dynamo_async.learner.metrics import MetricsLog
 from dynamo_async.learner.sinks import StatusSink, make_sinks
-from dynamo_async.learner.distributed import DistInfo, checkpoint_due, send_batch
 from dynamo_async.learner.trainer import Trainer
 from dynamo_async.protocol import Hello, Welcome
 from dynamo_async.weights.sender import WeightSender
@@ -53,8 +53,10 @@ class Learner:
         self.cfg, self.ctx = cfg, ctx
         ckpt = checkpoint.latest_checkpoint(ctx.run_dir) if resume else None
         if resume and ckpt is None:
-            raise ValueError(f"--resume: got run directory {ctx.run_dir} without a checkpoint, expected "
-                             "one written by an earlier run (RUN_DIR/checkpoints/latest)")
+            raise ValueError(
+                f"--resume: got run directory {ctx.run_dir} without a checkpoint, expected "
+                "one written by an earlier run (RUN_DIR/checkpoints/latest)"
+            )
         self.dist = dist_info
         self.trainer = Trainer(cfg, ctx.device, ckpt, dist_info)
         self.store = RunStore(ctx.run_dir, cfg.buffer.segment_bytes, cfg.buffer.flush_rows)
@@ -89,7 +91,7 @@ class Learner:
     def endpoints(self):
         return self.server.endpoints
 
-    def start(self) -> "Learner":
+    def start(self) -> Learner:
         self.server.start()
         return self
 
@@ -154,8 +156,9 @@ class Learner:
     def save(self) -> Path:
         t = self.trainer
         full = t.full_state()  # a collective with the other ranks when sharded
-        return checkpoint.save_checkpoint(self.ctx.run_dir, t.step, t.version, t.model, t.tokenizer, t.opt,
-                                          t.sched, self.service, full)
+        return checkpoint.save_checkpoint(
+            self.ctx.run_dir, t.step, t.version, t.model, t.tokenizer, t.opt, t.sched, self.service, full
+        )
 
     # ------------------------------------------------------------------ the step
 
@@ -173,10 +176,15 @@ class Learner:
         self.broadcast(force=True)
         self.trainer.step += 1
         metrics.update(self.batch_metrics(batch))
-        metrics.update(step=self.step, version=self.version, learner_idle_s=t_pulled - t0,
-                       step_s=time.perf_counter() - t0, lr=self.trainer.opt.param_groups[0]["lr"],
-                       sync_s=self.last_sync.seconds if self.last_sync else None,
-                       sync_error=self.last_sync.error if self.last_sync else None)
+        metrics.update(
+            step=self.step,
+            version=self.version,
+            learner_idle_s=t_pulled - t0,
+            step_s=time.perf_counter() - t0,
+            lr=self.trainer.opt.param_groups[0]["lr"],
+            sync_s=self.last_sync.seconds if self.last_sync else None,
+            sync_error=self.last_sync.error if self.last_sync else None,
+        )
         metrics["tokens_per_s"] = metrics["response_tokens"] / max(metrics["step_s"], 1e-9)
         idle = self.service.worker_idle_seconds()  # reported by heartbeats, summed over workers
         metrics["worker_idle_s"], self._worker_idle = idle - self._worker_idle, idle
@@ -221,19 +229,28 @@ class Learner:
         rewards = [s.reward for g in batch.groups for s in g.samples]
         sizes = Counter(len(g.samples) for g in batch.groups)
         return {
-            "accuracy": float(np.mean(accs)), "reward": float(np.mean(rewards)),
-            "groups": len(batch.groups), "samples": len(accs),
+            "accuracy": float(np.mean(accs)),
+            "reward": float(np.mean(rewards)),
+            "groups": len(batch.groups),
+            "samples": len(accs),
             "zero_variance_frac": float(np.mean([g.zero_variance for g in batch.groups])),
             "allocation_hist": {str(k): v for k, v in sorted(sizes.items())},
-            "staleness_mean": float(np.mean(batch.staleness)), "staleness_max": int(max(batch.staleness)),
-            "dropped_stale": batch.dropped_stale, "dropped_zero_variance": batch.dropped_zero_variance,
+            "staleness_mean": float(np.mean(batch.staleness)),
+            "staleness_max": int(max(batch.staleness)),
+            "dropped_stale": batch.dropped_stale,
+            "dropped_zero_variance": batch.dropped_zero_variance,
             "response_tokens": int(sum(len(s.token_ids) for g in batch.groups for s in g.samples)),
             "workers": len(self._sent_to),
         }
 
     def _welcome(self, hello: Hello) -> Welcome:
-        return Welcome(worker_id=hello.worker_id, config_yaml=config_to_yaml(self.cfg),
-                       sync_host=self._advertised(), sync_port=self.sender.port, policy_version=self.version)
+        return Welcome(
+            worker_id=hello.worker_id,
+            config_yaml=config_to_yaml(self.cfg),
+            sync_host=self._advertised(),
+            sync_port=self.sender.port,
+            policy_version=self.version,
+        )
 
     def _advertised(self) -> str:
         if self.ctx.advertise:

@@ -13,11 +13,16 @@ BAR_KEYS = ("accuracy", "reward", "entropy", "grad_norm", "staleness_mean")
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, show: bool = True,
-                 sinks: list[MetricSink] | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        total_steps: int,
+        start_step: int = 0,
+        show: bool = True,
+        sinks: list[MetricSink] | None = None,
+    ):
         self.sinks = sinks if sinks is not None else [JsonlSink(Path(run_dir) / "metrics.jsonl")]
-        self._bar = tqdm(total=total_steps, initial=start_step, desc="learner", disable=not show,
-                         dynamic_ncols=True)
+        self._bar = tqdm(total=total_steps, initial=start_step, desc="learner", disable=not show, dynamic_ncols=True)
 
     def write(self, row: dict) -> None:
         for sink in self.sinks:

@@ -8,7 +8,9 @@ import torch
 from dynamo_async.config.schema import OptimConfig
 
 
-def make_optimizer(params: list[torch.Tensor], cfg: OptimConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(
+    params: list[torch.Tensor], cfg: OptimConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over ``params`` (the float32 masters) and its warm-up schedule."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps

@@ -75,6 +75,7 @@ class MasterWeights:
             else:
                 master.grad.add_(param.grad)
             param.grad = None
+
         return hook
 
     def parameters(self) -> list[torch.Tensor]:

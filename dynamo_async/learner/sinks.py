@@ -86,8 +86,10 @@ class TensorBoardSink:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ValueError("metrics.tensorboard: got true, but the tensorboard package is missing; expected "
-                             "`pip install -e '.[tensorboard]'`, or set metrics.tensorboard=false") from None
+            raise ValueError(
+                "metrics.tensorboard: got true, but the tensorboard package is missing; expected "
+                "`pip install -e '.[tensorboard]'`, or set metrics.tensorboard=false"
+            ) from None
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def write(self, row: dict) -> None:
@@ -118,15 +120,24 @@ class WandbSink:
         try:
             import wandb
         except ImportError:
-            raise ValueError("metrics.wandb: got true, but the wandb package is missing; expected "
-                             "`pip install -e '.[wandb]'`, or set metrics.wandb=false") from None
+            raise ValueError(
+                "metrics.wandb: got true, but the wandb package is missing; expected "
+                "`pip install -e '.[wandb]'`, or set metrics.wandb=false"
+            ) from None
         self.wandb = wandb
         id_file = run_dir / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:16]
         id_file.write_text(run_id + "\n")
-        self.run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity or None,
-                              name=cfg.wandb_name or run_dir.resolve().name, dir=str(run_dir), mode=cfg.wandb_mode,
-                              config=config, id=run_id, resume="allow")
+        self.run = wandb.init(
+            project=cfg.wandb_project,
+            entity=cfg.wandb_entity or None,
+            name=cfg.wandb_name or run_dir.resolve().name,
+            dir=str(run_dir),
+            mode=cfg.wandb_mode,
+            config=config,
+            id=run_id,
+            resume="allow",
+        )
         self.run.define_metric("train/step")
         for pattern in ("train/*", "eval/*"):
             self.run.define_metric(pattern, step_metric="train/step")

@@ -28,8 +28,9 @@ class Trainer:
     ``cfg.model.name`` or from ``checkpoint_dir``. The model computes in ``model.compute_dtype``
     while the optimizer updates float32 masters (``precision.py``)."""
 
-    def __init__(self, cfg: RunConfig, device: str = "cpu", checkpoint_dir: Path | None = None,
-                 dist_info: DistInfo = DistInfo()):
+    def __init__(
+        self, cfg: RunConfig, device: str = "cpu", checkpoint_dir: Path | None = None, dist_info: DistInfo = DistInfo()
+    ):
         from dynamo_async.models import load_model, load_tokenizer
 
         self.cfg, self.device, self.dist = cfg, device, dist_info
@@ -41,8 +42,10 @@ class Trainer:
         self.compute_dtype = compute_dtype(cfg.model.compute_dtype)
         if dist_info.sharded:
             if checkpoint_dir is not None:
-                raise ValueError("--resume with several learner ranks: got a checkpoint, expected a fresh run "
-                                 "(resuming a sharded run is not supported yet)")
+                raise ValueError(
+                    "--resume with several learner ranks: got a checkpoint, expected a fresh run "
+                    "(resuming a sharded run is not supported yet)"
+                )
             shard_model(self.model, self.compute_dtype)
         self.masters = MasterWeights(self.model, self.compute_dtype, sharded=dist_info.sharded)
         self.opt, self.sched = make_optimizer(self.masters.parameters(), cfg.optim)
@@ -121,10 +124,17 @@ class Trainer:
         return self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
 
     def _policy_batch(self, mb: MicroBatch) -> PolicyBatch:
-        return PolicyBatch(tokens=mb.targets, mask=mb.mask, advantages=mb.advantages, logp_old=mb.logp_old,
-                           logp_behavior=mb.logp_behavior if self.cfg.off_policy.mode == "decoupled" else None,
-                           total_tokens=mb.total_tokens, total_seqs=mb.total_seqs,
-                           entropy=mb.entropy, vocab_sum=mb.vocab_sum)
+        return PolicyBatch(
+            tokens=mb.targets,
+            mask=mb.mask,
+            advantages=mb.advantages,
+            logp_old=mb.logp_old,
+            logp_behavior=mb.logp_behavior if self.cfg.off_policy.mode == "decoupled" else None,
+            total_tokens=mb.total_tokens,
+            total_seqs=mb.total_seqs,
+            entropy=mb.entropy,
+            vocab_sum=mb.vocab_sum,
+        )
 
 
 def replay_step(cfg: RunConfig, run_dir: Path, checkpoint_dir: Path, device: str = "cpu") -> dict:
@@ -136,5 +146,7 @@ def replay_step(cfg: RunConfig, run_dir: Path, checkpoint_dir: Path, device: str
     for batch in iter_batches(run_dir):
         if batch.step == trainer.step:
             return trainer.train_on(batch)
-    raise ValueError(f"replay: got checkpoint at step {trainer.step}, expected {run_dir} to have recorded "
-                     "the batch of that step (its store has no such step)")
+    raise ValueError(
+        f"replay: got checkpoint at step {trainer.step}, expected {run_dir} to have recorded "
+        "the batch of that step (its store has no such step)"
+    )

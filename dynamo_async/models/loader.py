@@ -42,7 +42,7 @@ def resolve_model(name: str) -> str:
     """Map a builtin name to its cache directory (building it on first use); else return ``name``."""
     if not is_builtin(name):
         return name
-    key = name[len(BUILTIN_PREFIX):]
+    key = name[len(BUILTIN_PREFIX) :]
     if key not in BUILTINS:
         choices = ", ".join(BUILTIN_PREFIX + k for k in BUILTINS)
         raise ValueError(f"unknown builtin model, got {name!r}, expected one of: {choices}")
@@ -54,8 +54,10 @@ def _complete(build: Callable[[Path], object], tmp: Path) -> None:
     """Run a builtin's builder and check it wrote a loadable checkpoint."""
     build(tmp)
     if not (tmp / "config.json").exists():
-        raise RuntimeError(f"building {tmp.name} wrote no config.json: transformers writes checkpoint files only "
-                           "on rank 0 once torch.distributed is initialised; resolve builtin models first")
+        raise RuntimeError(
+            f"building {tmp.name} wrote no config.json: transformers writes checkpoint files only "
+            "on rank 0 once torch.distributed is initialised; resolve builtin models first"
+        )
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -65,7 +67,8 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         if tokenizer.eos_token is None:
             raise ValueError(
                 f"tokenizer of {name!r} has no pad token and no eos token, expected at least an "
-                "eos token; use a checkpoint whose tokenizer defines one")
+                "eos token; use a checkpoint whose tokenizer defines one"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -75,5 +78,6 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu") -> PreTra
     if dtype not in DTYPES:
         raise ValueError(f"model dtype got {dtype!r}, expected one of {sorted(DTYPES)}")
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_model(name), dtype=DTYPES[dtype], local_files_only=is_builtin(name))
+        resolve_model(name), dtype=DTYPES[dtype], local_files_only=is_builtin(name)
+    )
     return model.to(device)

@@ -33,12 +33,14 @@ def find_gguf() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(
             f"builtin:smollm2-135m-instruct got no installed package {PACKAGE!r}, expected it "
-            f"installed; run `{INSTALL_HINT}`")
+            f"installed; run `{INSTALL_HINT}`"
+        )
     files = sorted(f for d in spec.submodule_search_locations for f in Path(d).glob("*.gguf"))
     if len(files) != 1:
         raise ValueError(
             f"package {PACKAGE!r} holds {len(files)} .gguf files ({[f.name for f in files]}), expected "
-            f"exactly 1; reinstall it with `{INSTALL_HINT}`")
+            f"exactly 1; reinstall it with `{INSTALL_HINT}`"
+        )
     return files[0]
 
 

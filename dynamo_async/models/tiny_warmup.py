@@ -44,7 +44,9 @@ def _batch(tokenizer, system: str, rng: random.Random, size: int) -> tuple[torch
         a, b = rng.randint(0, 9), rng.randint(0, 9)
         prompt = tokenizer.apply_chat_template(
             [{"role": "system", "content": system}, {"role": "user", "content": f"What is {a} + {b}?"}],
-            add_generation_prompt=True, tokenize=False)
+            add_generation_prompt=True,
+            tokenize=False,
+        )
         answer = f"\\boxed{{{a + b}}}{tokenizer.eos_token}"
         p, r = tokenizer.encode(prompt), tokenizer.encode(answer)
         rows.append((p + r, [-100] * len(p) + r))
@@ -52,6 +54,6 @@ def _batch(tokenizer, system: str, rng: random.Random, size: int) -> tuple[torch
     ids = torch.full((size, width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((size, width), -100, dtype=torch.long)
     for i, (x, y) in enumerate(rows):
-        ids[i, :len(x)] = torch.tensor(x)
-        labels[i, :len(y)] = torch.tensor(y)
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
     return ids, labels

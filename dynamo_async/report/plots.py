@@ -115,8 +115,14 @@ def allocation(plt, run: RunData):
     sizes = np.arange(every.min(), every.max() + 1)
     grid, (x0, x1) = _columns(run.group_sizes, len(sizes), lambda g: [np.sum(g == k) for k in sizes])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
-    im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", interpolation="nearest",
-                   extent=(x0, x1, sizes[0] - 0.5, sizes[-1] + 0.5))
+    im = ax.imshow(
+        grid,
+        origin="lower",
+        aspect="auto",
+        cmap="viridis",
+        interpolation="nearest",
+        extent=(x0, x1, sizes[0] - 0.5, sizes[-1] + 0.5),
+    )
     fig.colorbar(im, ax=ax, label="prompts in the batch")
     ax.set_ylabel("rollouts per prompt (group size)")
     _steps_axis(ax)
@@ -134,19 +140,24 @@ def allocation(plt, run: RunData):
 def beta(plt, run: RunData):
     keys = [k for k in ("beta_comp_hist", "beta_stab_hist") if run.has(k)]
     if not keys:
-        return (f"no beta factor histograms in metrics.jsonl (method {run.config.get('method', '?')} "
-                "without modulation, or a run recorded before they were logged)")
+        return (
+            f"no beta factor histograms in metrics.jsonl (method {run.config.get('method', '?')} "
+            "without modulation, or a run recorded before they were logged)"
+        )
     mod = _section(run, "modulation")
-    ranges = {"beta_comp_hist": (1.0, 1.0 + mod.get("alpha", 1.0), "beta_comp (tokens with A > 0)"),
-              "beta_stab_hist": (mod.get("lambda_min", 0.0), 1.0, "beta_stab (every response token)")}
+    ranges = {
+        "beta_comp_hist": (1.0, 1.0 + mod.get("alpha", 1.0), "beta_comp (tokens with A > 0)"),
+        "beta_stab_hist": (mod.get("lambda_min", 0.0), 1.0, "beta_stab (every response token)"),
+    }
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         low, high, label = ranges[key]
         per_step = {r["step"]: np.asarray(r[key], dtype=float) for r in run.steps if key in r}
         bins = len(next(iter(per_step.values())))
         hist, (x0, x1) = _columns(per_step, bins, lambda h: h / max(h.sum(), 1))
-        im = ax.imshow(hist, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
-                       extent=(x0, x1, low, high))
+        im = ax.imshow(
+            hist, origin="lower", aspect="auto", cmap="magma", interpolation="nearest", extent=(x0, x1, low, high)
+        )
         fig.colorbar(im, ax=ax, label="fraction of tokens")
         centers = low + (high - low) * (np.arange(bins) + 0.5) / bins
         steps = sorted(per_step)
@@ -196,8 +207,12 @@ def throughput(plt, run: RunData):
     ax.set_ylabel("tokens / s")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
-    for key, label in (("step_s", "step time"), ("learner_idle_s", "learner waiting for a batch"),
-                       ("worker_idle_s", "workers waiting for work (summed)"), ("sync_s", "weight broadcast")):
+    for key, label in (
+        ("step_s", "step time"),
+        ("learner_idle_s", "learner waiting for a batch"),
+        ("worker_idle_s", "workers waiting for work (summed)"),
+        ("sync_s", "weight broadcast"),
+    ):
         if run.has(key):
             ax2.plot(*run.series(key), marker=".", label=label)
     ax2.set_ylabel("seconds per step")
@@ -210,8 +225,15 @@ def throughput(plt, run: RunData):
     return fig
 
 
-FIGURES = {"accuracy_reward": accuracy_reward, "entropy": entropy, "grad_norm": grad_norm,
-           "allocation": allocation, "beta": beta, "staleness": staleness, "throughput": throughput}
+FIGURES = {
+    "accuracy_reward": accuracy_reward,
+    "entropy": entropy,
+    "grad_norm": grad_norm,
+    "allocation": allocation,
+    "beta": beta,
+    "staleness": staleness,
+    "throughput": throughput,
+}
 
 
 def plot_run(run_dir: Path, out_dir: Path | None = None) -> tuple[list[Path], dict[str, str]]:

@@ -20,11 +20,11 @@ from buffer.store import read_table, store_dir
 @dataclass(frozen=True)
 class RunData:
     run_dir: Path
-    steps: list[dict]            # learner rows, ordered by step
-    evals: list[dict]            # held-out evaluation rows, in order
-    config: dict                 # the resolved config (RUN_DIR/config.yaml), {} if absent
-    group_sizes: dict[int, np.ndarray] | None = None   # step -> rollouts per prompt (store)
-    staleness: dict[int, np.ndarray] | None = None     # step -> staleness per group (store)
+    steps: list[dict]  # learner rows, ordered by step
+    evals: list[dict]  # held-out evaluation rows, in order
+    config: dict  # the resolved config (RUN_DIR/config.yaml), {} if absent
+    group_sizes: dict[int, np.ndarray] | None = None  # step -> rollouts per prompt (store)
+    staleness: dict[int, np.ndarray] | None = None  # step -> staleness per group (store)
     dropped: dict[int, tuple[int, int]] | None = None  # step -> (stale, zero-variance) groups (store)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -43,8 +43,10 @@ def load_run(run_dir: Path) -> RunData:
     """Read what ``dynamo-async plot`` needs; a directory without metrics is an error."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
-        raise ValueError(f"got RUN_DIR {str(run_dir)!r} without metrics.jsonl, expected the directory of a run "
-                         "(the --run-dir given to dynamo-async run or learner)")
+        raise ValueError(
+            f"got RUN_DIR {str(run_dir)!r} without metrics.jsonl, expected the directory of a run "
+            "(the --run-dir given to dynamo-async run or learner)"
+        )
     by_step: dict[int, dict] = {}
     evals = []
     lines = path.read_text().splitlines()
@@ -81,15 +83,16 @@ def _store_arrays(run_dir: Path) -> dict:
     written again after a resume replaces the earlier write: its rows are the last
     ``num_samples`` rows of that step (rows left by a crash before the steps row are ignored
     the same way). Batch k trains learner step k + 1."""
-    steps = read_table(run_dir, "steps", ["step", "num_samples", "staleness", "dropped_stale",
-                                          "dropped_zero_variance"]).to_pydict()
+    steps = read_table(
+        run_dir, "steps", ["step", "num_samples", "staleness", "dropped_stale", "dropped_zero_variance"]
+    ).to_pydict()
     table = read_table(run_dir, "batches", ["step", "group_id"])
     step_col, groups = table.column("step").to_numpy(), table.column("group_id").to_numpy()
     last = {int(step): i for i, step in enumerate(steps["step"])}  # the final write of each step
     sizes, staleness, dropped = {}, {}, {}
     for step, i in sorted(last.items()):
         rows = np.flatnonzero(step_col == step)
-        rows = rows[max(0, len(rows) - int(steps["num_samples"][i])):]
+        rows = rows[max(0, len(rows) - int(steps["num_samples"][i])) :]
         _, per_group = np.unique(groups[rows], return_counts=True)
         sizes[step + 1] = per_group
         staleness[step + 1] = np.asarray(steps["staleness"][i], dtype=float)

@@ -14,9 +14,25 @@ import time
 from dynamo_async.protocol import PROTOCOL_VERSION, Status
 
 STATES = ("waiting", "in_flight", "ready", "consumed")
-STEP_KEYS = ("accuracy", "reward", "entropy", "loss", "grad_norm", "clip_frac", "beta_comp_mean",
-             "beta_stab_mean", "zero_variance_frac", "staleness_mean", "staleness_max", "step_s",
-             "tokens_per_s", "learner_idle_s", "worker_idle_s", "sync_s", "lr")
+STEP_KEYS = (
+    "accuracy",
+    "reward",
+    "entropy",
+    "loss",
+    "grad_norm",
+    "clip_frac",
+    "beta_comp_mean",
+    "beta_stab_mean",
+    "zero_variance_frac",
+    "staleness_mean",
+    "staleness_max",
+    "step_s",
+    "tokens_per_s",
+    "learner_idle_s",
+    "worker_idle_s",
+    "sync_s",
+    "lr",
+)
 
 
 def _duration(seconds: float) -> str:
@@ -46,8 +62,11 @@ def render(st: Status, address: str, prev: tuple[float, Status] | None, now: flo
         f"learner     version {st.policy_version}   batches handed out {st.step}   up {_duration(st.uptime_s)}",
         f"groups      {groups}",
         f"staleness   limit {st.max_staleness} versions   gate {gate}, admits {st.gate_room} more groups"
-        + (f"   last batch: mean {_fmt(st.last_step['staleness_mean'])}, max {_fmt(st.last_step['staleness_max'])}"
-           if "staleness_mean" in st.last_step and "staleness_max" in st.last_step else ""),
+        + (
+            f"   last batch: mean {_fmt(st.last_step['staleness_mean'])}, max {_fmt(st.last_step['staleness_max'])}"
+            if "staleness_mean" in st.last_step and "staleness_max" in st.last_step
+            else ""
+        ),
         f"dropped     {st.dropped_groups} groups (too stale or zero variance)",
         f"throughput  {st.completions} completions ({(st.completions - base_c) / span:.2f}/s), "
         f"{st.completion_tokens} response tokens ({(st.completion_tokens - base_t) / span:.1f}/s)",
@@ -55,19 +74,23 @@ def render(st: Status, address: str, prev: tuple[float, Status] | None, now: flo
         f"workers     {st.workers} connected",
     ]
     for w in st.worker_list:
-        lines.append(f"  {w.worker_id:<32} last seen {w.last_seen_s:5.1f} s ago   "
-                     f"leased {w.samples_leased:<4} completions {w.completions}")
+        lines.append(
+            f"  {w.worker_id:<32} last seen {w.last_seen_s:5.1f} s ago   "
+            f"leased {w.samples_leased:<4} completions {w.completions}"
+        )
     shown = [k for k in STEP_KEYS if k in st.last_step]
     if shown:
         lines.append(f"last step   (step {_fmt(st.last_step.get('step', st.step))})")
         for i in range(0, len(shown), 4):
-            lines.append("  " + "   ".join(f"{k} {_fmt(st.last_step[k])}" for k in shown[i:i + 4]))
+            lines.append("  " + "   ".join(f"{k} {_fmt(st.last_step[k])}" for k in shown[i : i + 4]))
     else:
         lines.append("last step   none yet")
     evals = {k: v for k, v in st.last_eval.items() if k.startswith("eval/")}
     if evals:
-        lines.append(f"last eval   (step {_fmt(st.last_eval.get('step', 0))})   "
-                     + "   ".join(f"{k[5:]} {100 * v:.1f}%" for k, v in sorted(evals.items())))
+        lines.append(
+            f"last eval   (step {_fmt(st.last_eval.get('step', 0))})   "
+            + "   ".join(f"{k[5:]} {100 * v:.1f}%" for k, v in sorted(evals.items()))
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -83,8 +106,10 @@ def status_main(host: str, port: int, interval: float, once: bool, timeout_s: fl
             try:
                 st = query_status(host, port + 2, timeout_s)
             except (TimeoutError, ConnectionError) as err:
-                message = (f"{err} (the status port of work port {port}); check that the learner runs "
-                           f"and that {port} is its work port")
+                message = (
+                    f"{err} (the status port of work port {port}); check that the learner runs "
+                    f"and that {port} is its work port"
+                )
                 if once:
                     print(f"dynamo-async status: error: {message}", file=sys.stderr)
                     return 1

@@ -87,7 +87,7 @@ def _clean_answer(raw: str) -> str | None:
     answer = answer.strip().removesuffix(".").strip()
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if len(answer) > len(left) + len(right) - 1 and answer.startswith(left) and answer.endswith(right):
-            answer = answer[len(left):len(answer) - len(right)].strip()
+            answer = answer[len(left) : len(answer) - len(right)].strip()
             break
     answer = answer.removesuffix(".").strip()
     return answer or None
@@ -126,6 +126,6 @@ def _braced(text: str, open_pos: int) -> str | None:
         elif char == "}":
             depth -= 1
             if depth == 0:
-                return text[open_pos + 1:i]
+                return text[open_pos + 1 : i]
         i += 1
     return None

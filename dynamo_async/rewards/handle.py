@@ -22,11 +22,19 @@ _JOIN_S = 2.0
 class WorkerHandle:
     """One worker process: its pipe, the job it is scoring and the time limit of that job."""
 
-    def __init__(self, ctx: SpawnContext, name: str, timeout_s: float, max_chars: int,
-                 start_timeout_s: float, answer_format: str = "boxed") -> None:
+    def __init__(
+        self,
+        ctx: SpawnContext,
+        name: str,
+        timeout_s: float,
+        max_chars: int,
+        start_timeout_s: float,
+        answer_format: str = "boxed",
+    ) -> None:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=worker_main, args=(child_conn, timeout_s, max_chars, answer_format),
-                                name=name, daemon=True)
+        self.proc = ctx.Process(
+            target=worker_main, args=(child_conn, timeout_s, max_chars, answer_format), name=name, daemon=True
+        )
         self.proc.start()
         child_conn.close()  # the child holds its own copy; EOF is seen once it exits
         self.conn: Connection = parent_conn

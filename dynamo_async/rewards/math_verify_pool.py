@@ -17,18 +17,24 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from typing import Sequence
 
 import msgspec
 
 from dynamo_async.config.schema import RewardConfig
 from dynamo_async.rewards.extract import FORMATS
 from dynamo_async.rewards.handle import WorkerHandle
-from dynamo_async.rewards.messages import (SCORER_PROTOCOL_VERSION, ScoreJob, ScoreResult, Status,
-                                           WorkerMessage, WorkerReady)
+from dynamo_async.rewards.messages import (
+    SCORER_PROTOCOL_VERSION,
+    ScoreJob,
+    ScoreResult,
+    Status,
+    WorkerMessage,
+    WorkerReady,
+)
 from dynamo_async.rewards.worker import alarm_seconds
 
 __all__ = ["MathVerifyScorer", "ScoreResult", "Status"]
@@ -56,8 +62,14 @@ class MathVerifyScorer:
     ``if __name__ == "__main__":`` guard. Call ``close()`` or use it as a context manager.
     """
 
-    def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, hard_timeout_s: float = 30.0,
-                 max_chars: int = 50_000, answer_format: str = "boxed") -> None:
+    def __init__(
+        self,
+        num_workers: int = 2,
+        timeout_s: float = 5.0,
+        hard_timeout_s: float = 30.0,
+        max_chars: int = 50_000,
+        answer_format: str = "boxed",
+    ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers: got {num_workers}, expected >= 1")
         if max_chars < 1:
@@ -66,8 +78,10 @@ class MathVerifyScorer:
             raise ValueError(f"answer_format: got {answer_format!r}, expected one of {FORMATS}")
         alarm_seconds(timeout_s)  # validates timeout_s
         if not hard_timeout_s > timeout_s:
-            raise ValueError(f"hard_timeout_s: got {hard_timeout_s} with timeout_s={timeout_s}, "
-                             "expected the outer timeout to exceed the inner one")
+            raise ValueError(
+                f"hard_timeout_s: got {hard_timeout_s} with timeout_s={timeout_s}, "
+                "expected the outer timeout to exceed the inner one"
+            )
         self._timeout_s, self._hard_timeout_s, self._max_chars = timeout_s, hard_timeout_s, max_chars
         self._answer_format = answer_format
         self._ctx = multiprocessing.get_context("spawn")
@@ -91,8 +105,13 @@ class MathVerifyScorer:
 
     @classmethod
     def from_config(cls, cfg: RewardConfig) -> MathVerifyScorer:
-        return cls(num_workers=cfg.num_workers, timeout_s=cfg.timeout_s,
-                   hard_timeout_s=cfg.hard_timeout_s, max_chars=cfg.max_chars, answer_format=cfg.answer_format)
+        return cls(
+            num_workers=cfg.num_workers,
+            timeout_s=cfg.timeout_s,
+            hard_timeout_s=cfg.hard_timeout_s,
+            max_chars=cfg.max_chars,
+            answer_format=cfg.answer_format,
+        )
 
     def __enter__(self) -> MathVerifyScorer:
         return self
@@ -112,15 +131,14 @@ class MathVerifyScorer:
             if self._refusal is not None:
                 raise RuntimeError(f"MathVerifyScorer does not accept jobs: {self._refusal}")
             # Keep the end, where the answer is; the worker cuts again (same result).
-            self._queue.append(_Job(next(self._ids), response[-self._max_chars:], gold, future))
+            self._queue.append(_Job(next(self._ids), response[-self._max_chars :], gold, future))
             self._wake()
         return future
 
     def score(self, responses: Sequence[str], golds: Sequence[str]) -> list[ScoreResult]:
         """Score a batch in parallel across the pool; results in the order of ``responses``."""
         if len(responses) != len(golds):
-            raise ValueError(f"got {len(responses)} responses and {len(golds)} gold answers, "
-                             "expected equal lengths")
+            raise ValueError(f"got {len(responses)} responses and {len(golds)} gold answers, expected equal lengths")
         futures = [self.submit(r, g) for r, g in zip(responses, golds)]
         return [f.result() for f in futures]
 
@@ -152,13 +170,13 @@ class MathVerifyScorer:
     # ----- start-up -------------------------------------------------------------------------
 
     def _new_worker(self, index: int) -> WorkerHandle:
-        return WorkerHandle(self._ctx, f"math-verify-{index}", self._timeout_s, self._max_chars,
-                            _START_TIMEOUT_S, self._answer_format)
+        return WorkerHandle(
+            self._ctx, f"math-verify-{index}", self._timeout_s, self._max_chars, _START_TIMEOUT_S, self._answer_format
+        )
 
     def _await_ready(self) -> None:
         with self._lock:
-            self._lock.wait_for(lambda: self._refusal is not None
-                                or all(w.ready for w in self._workers))
+            self._lock.wait_for(lambda: self._refusal is not None or all(w.ready for w in self._workers))
             refusal = self._refusal
         if refusal is not None:
             self.close()
@@ -261,8 +279,10 @@ class MathVerifyScorer:
             if not worker.ready:
                 self._start_failures += 1
             if self._start_failures >= _MAX_START_FAILURES:
-                self._refusal = (f"{self._start_failures} workers in a row exited or hung before "
-                                 f"start-up finished (last exit code {worker.proc.exitcode})")
+                self._refusal = (
+                    f"{self._start_failures} workers in a row exited or hung before "
+                    f"start-up finished (last exit code {worker.proc.exitcode})"
+                )
                 self._closing = True
                 self._lock.notify_all()
         if not self._closing:

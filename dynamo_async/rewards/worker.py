@@ -21,8 +21,7 @@ from multiprocessing.connection import Connection
 import msgspec
 
 from dynamo_async.rewards.extract import final_answer
-from dynamo_async.rewards.messages import (SCORER_PROTOCOL_VERSION, ScoreJob, ScoreReply,
-                                           ScoreResult, WorkerReady)
+from dynamo_async.rewards.messages import SCORER_PROTOCOL_VERSION, ScoreJob, ScoreReply, ScoreResult, WorkerReady
 
 
 def alarm_seconds(timeout_s: float) -> int:
@@ -40,11 +39,13 @@ def alarm_seconds(timeout_s: float) -> int:
 def _parse_gold(gold: str, timeout: int) -> list:
     """Parsed gold answer; cached because every rollout of a prompt shares it."""
     from math_verify import parse
+
     return parse("\\boxed{" + gold + "}", parsing_timeout=timeout, raise_on_error=True)
 
 
-def score_response(response: str, gold: str, timeout_s: float, max_chars: int,
-                   answer_format: str = "boxed") -> ScoreResult:
+def score_response(
+    response: str, gold: str, timeout_s: float, max_chars: int, answer_format: str = "boxed"
+) -> ScoreResult:
     """Score one response; must run in a main thread (math-verify's SIGALRM timeouts)."""
     from math_verify import parse, verify
     from math_verify.errors import TimeoutException

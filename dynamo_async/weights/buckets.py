@@ -15,8 +15,14 @@ from collections.abc import Iterable, Sequence
 import msgspec
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
@@ -40,8 +46,9 @@ class Manifest(msgspec.Struct, frozen=True):
         return [e for e in self.entries if e.bucket == bucket]
 
 
-def plan_manifest(specs: Iterable[tuple[str, torch.dtype, Sequence[int]]], version: int,
-                  bucket_bytes: int = 256 << 20) -> Manifest:
+def plan_manifest(
+    specs: Iterable[tuple[str, torch.dtype, Sequence[int]]], version: int, bucket_bytes: int = 256 << 20
+) -> Manifest:
     """Assign (name, dtype, shape) specs, in order, to dtype-homogeneous buckets."""
     if bucket_bytes < 1:
         raise ValueError(f"bucket size: got {bucket_bytes}, expected >= 1 byte")
@@ -63,8 +70,13 @@ def plan_manifest(specs: Iterable[tuple[str, torch.dtype, Sequence[int]]], versi
     return Manifest(version, tuple(sizes), tuple(entries))
 
 
-def pack_bucket(manifest: Manifest, bucket: int, tensors: dict[str, torch.Tensor],
-                device: torch.device | str = "cpu", out: torch.Tensor | None = None) -> torch.Tensor:
+def pack_bucket(
+    manifest: Manifest,
+    bucket: int,
+    tensors: dict[str, torch.Tensor],
+    device: torch.device | str = "cpu",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The flat uint8 bucket ``bucket`` filled from ``tensors`` (by name), into ``out`` if given."""
     if out is None:
         out = torch.empty(manifest.bucket_bytes[bucket], dtype=torch.uint8, device=device)
@@ -72,7 +84,7 @@ def pack_bucket(manifest: Manifest, bucket: int, tensors: dict[str, torch.Tensor
     for e in manifest.bucket_entries(bucket):
         t = tensors[e.name].detach()
         assert DTYPE_NAMES[t.dtype] == e.dtype and tuple(t.shape) == e.shape, f"{e.name} changed shape or dtype"
-        dest = out[e.offset:e.offset + e.nbytes]
+        dest = out[e.offset : e.offset + e.nbytes]
         if t.is_contiguous() and t.data_ptr() == dest.data_ptr():
             continue  # the tensor already lives in this bucket (WeightSender.bind)
         dest.copy_(t.contiguous().reshape(-1).view(torch.uint8))
@@ -82,8 +94,10 @@ def pack_bucket(manifest: Manifest, bucket: int, tensors: dict[str, torch.Tensor
 def unpack_bucket(manifest: Manifest, bucket: int, flat: torch.Tensor) -> dict[str, torch.Tensor]:
     """Views of every tensor of bucket ``bucket`` inside ``flat`` (no copies)."""
     assert flat.dtype == torch.uint8 and flat.numel() == manifest.bucket_bytes[bucket]
-    return {e.name: flat[e.offset:e.offset + e.nbytes].view(DTYPES[e.dtype]).reshape(e.shape)
-            for e in manifest.bucket_entries(bucket)}
+    return {
+        e.name: flat[e.offset : e.offset + e.nbytes].view(DTYPES[e.dtype]).reshape(e.shape)
+        for e in manifest.bucket_entries(bucket)
+    }
 
 
 def _numel(shape: Sequence[int]) -> int:

@@ -37,12 +37,19 @@ class SyncPlan(msgspec.Struct, frozen=True):
 
 def open_store(host: str, port: int, is_master: bool, timeout_s: float) -> dist.TCPStore:
     """The rendezvous store (``port`` 0 on the master picks a free port: ``store.port``)."""
-    return dist.TCPStore(host, port, is_master=is_master, wait_for_workers=False,
-                         timeout=datetime.timedelta(seconds=timeout_s), use_libuv=True)
+    return dist.TCPStore(
+        host,
+        port,
+        is_master=is_master,
+        wait_for_workers=False,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        use_libuv=True,
+    )
 
 
-def make_group(store: dist.Store, generation: int, rank: int, world: int, backend: str,
-               timeout_s: float) -> dist.ProcessGroup:
+def make_group(
+    store: dist.Store, generation: int, rank: int, world: int, backend: str, timeout_s: float
+) -> dist.ProcessGroup:
     """A standalone process group of one generation (blocks until all ranks arrive or times out)."""
     prefixed = dist.PrefixStore(f"wsync/gen/{generation}/", store)
     timeout = datetime.timedelta(seconds=timeout_s)

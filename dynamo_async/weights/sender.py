@@ -36,8 +36,15 @@ class SyncReport(msgspec.Struct, frozen=True):
 class WeightSender:
     """Rank 0 of the weight-sync group; hosts the rendezvous store."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, backend: str = "gloo",
-                 timeout_s: float = 60.0, bucket_bytes: int = 1 << 30, device: str = "cpu"):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        backend: str = "gloo",
+        timeout_s: float = 60.0,
+        bucket_bytes: int = 1 << 30,
+        device: str = "cpu",
+    ):
         self.backend, self.timeout_s, self.bucket_bytes, self.device = backend, timeout_s, bucket_bytes, device
         self.store = open_store(host, port, True, timeout_s)
         self._plan = 0

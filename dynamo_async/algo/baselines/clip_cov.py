@@ -18,9 +18,16 @@ from dynamo_async.algo.baselines.covariance import token_covariance
 
 
 @torch.no_grad()
-def clip_cov_keep(advantages: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor,
-                  already_clipped: torch.Tensor, ratio: float, lb: float, ub: float,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def clip_cov_keep(
+    advantages: torch.Tensor,
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    already_clipped: torch.Tensor,
+    ratio: float,
+    lb: float,
+    ub: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Float mask: 0 on the randomly chosen high-covariance tokens, 1 elsewhere."""
     valid = mask.bool()
     cov = token_covariance(advantages, logp, mask)

@@ -10,6 +10,8 @@ from __future__ import annotations
 def clip_range(eps_low: float, eps_high: float) -> tuple[float, float]:
     """The (eps_low, eps_high) pair Clip-Higher trains with; eps_high must exceed eps_low."""
     if eps_high <= eps_low:
-        raise ValueError(f"clip_higher: got eps_high={eps_high} <= eps_low={eps_low}, "
-                         "expected eps_high > eps_low (DAPO: 0.28 vs 0.2)")
+        raise ValueError(
+            f"clip_higher: got eps_high={eps_high} <= eps_low={eps_low}, "
+            "expected eps_high > eps_low (DAPO: 0.28 vs 0.2)"
+        )
     return eps_low, eps_high

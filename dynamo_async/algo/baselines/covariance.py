@@ -1,6 +1,6 @@
 """Centred token covariance shared by Clip-Cov and KL-Cov (Cui et al. 2025, arXiv 2505.22617).
 
-    cov_t = (A_t - mean(A)) * (logp_t - mean(logp))       means over the valid tokens
+cov_t = (A_t - mean(A)) * (logp_t - mean(logp))       means over the valid tokens
 """
 
 from __future__ import annotations

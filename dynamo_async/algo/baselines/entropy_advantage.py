@@ -13,8 +13,9 @@ import torch
 
 
 @torch.no_grad()
-def entropy_shaped_advantages(advantages: torch.Tensor, entropy: torch.Tensor, alpha: float,
-                              kappa: float) -> torch.Tensor:
+def entropy_shaped_advantages(
+    advantages: torch.Tensor, entropy: torch.Tensor, alpha: float, kappa: float
+) -> torch.Tensor:
     """``A + min(alpha * H, |A| / kappa)`` per token (detached)."""
     if kappa <= 1.0:
         raise ValueError(f"entropy advantages: got kappa={kappa}, expected kappa > 1")

@@ -16,8 +16,14 @@ from dynamo_async.algo.baselines.covariance import token_covariance
 from dynamo_async.algo.policy_loss import ratio
 
 
-def kl_cov_token_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
-                      mask: torch.Tensor, top_ratio: float, coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_cov_token_loss(
+    logp: torch.Tensor,
+    logp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    top_ratio: float,
+    coef: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss and the boolean mask of penalised tokens."""
     loss = -advantages * ratio(logp, logp_old)
     selected = top_covariance_mask(advantages, logp, mask, top_ratio)
@@ -26,8 +32,9 @@ def kl_cov_token_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: to
 
 
 @torch.no_grad()
-def top_covariance_mask(advantages: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor,
-                        top_ratio: float) -> torch.Tensor:
+def top_covariance_mask(
+    advantages: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor, top_ratio: float
+) -> torch.Tensor:
     """Boolean mask of the ``max(1, floor(top_ratio * N_valid))`` highest-covariance valid tokens."""
     valid = mask.bool().reshape(-1)
     out = torch.zeros_like(valid)
