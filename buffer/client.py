@@ -13,6 +13,7 @@ import socket
 
 import zmq
 
+from dynamo_async.errors import UsageError
 from dynamo_async.protocol import (
     Completion,
     Goodbye,
@@ -116,7 +117,7 @@ def parse_address(text: str, flag: str = "HOST:PORT") -> tuple[str, int]:
     """``"10.0.0.5:5555"`` -> ``("10.0.0.5", 5555)``."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{flag}: got {text!r}, expected HOST:PORT such as 10.0.0.5:5555")
+        raise UsageError(f"{flag}: got {text!r}, expected HOST:PORT such as 10.0.0.5:5555")
     return host, int(port)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from dynamo_async.algo.allocation import allocation_priority
+from dynamo_async.errors import UsageError
 
 STATS_SCHEMA = pa.schema(
     [("prompt_id", pa.string()), ("successes", pa.int64()), ("attempts", pa.int64()), ("last_version", pa.int64())]
@@ -37,10 +38,10 @@ class PromptPool:
 
     def __init__(self, prompts: Sequence[PoolPrompt], seed: int = 0):
         if not prompts:
-            raise ValueError("prompt pool: got no prompts, expected at least one")
+            raise UsageError("prompt pool: got no prompts, expected at least one")
         ids = [p.prompt_id for p in prompts]
         if len(set(ids)) != len(ids):
-            raise ValueError("prompt pool: got duplicate prompt ids, expected unique ids")
+            raise UsageError("prompt pool: got duplicate prompt ids, expected unique ids")
         self.prompts = list(prompts)
         self.index = {pid: i for i, pid in enumerate(ids)}
         n = len(prompts)

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from buffer.batch import LearnerBatch, ReadyGroup, Sample
 from buffer.store import read_table
+from dynamo_async.errors import UsageError
 
 TOP_PROMPTS = 10
 FILTERS = {
@@ -168,10 +169,10 @@ def _filter_expression(table: str, filters: dict[str, Any]) -> pc.Expression | N
     given = {k: v for k, v in filters.items() if v is not None}
     invalid = sorted(set(given) - set(FILTERS[table]))
     if invalid:
-        raise ValueError(f"got filters {invalid} for table {table}, expected only {list(FILTERS[table])}")
+        raise UsageError(f"got filters {invalid} for table {table}, expected only {list(FILTERS[table])}")
     lo, hi = given.get("min_version"), given.get("max_version")
     if lo is not None and hi is not None and lo > hi:
-        raise ValueError(f"got min_version={lo} > max_version={hi}, expected min_version <= max_version")
+        raise UsageError(f"got min_version={lo} > max_version={hi}, expected min_version <= max_version")
     terms = []
     if "prompt_id" in given:
         terms.append(pc.field("prompt_id") == given["prompt_id"])
@@ -198,7 +199,7 @@ def export_rows(
 ) -> int:
     """Write the selected rows of ``table`` to ``out_path`` as JSONL; return how many."""
     if table not in FILTERS:
-        raise ValueError(f"got table {table!r}, expected one of {list(FILTERS)}")
+        raise UsageError(f"got table {table!r}, expected one of {list(FILTERS)}")
     expr = _filter_expression(
         table, dict(prompt_id=prompt_id, min_version=min_version, max_version=max_version, step=step)
     )
@@ -303,13 +304,13 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = args.min_version, args.max_version
     if args.version is not None:
         if lo is not None or hi is not None:
-            raise ValueError("got --version with --min-version/--max-version, expected one or the other")
+            raise UsageError("got --version with --min-version/--max-version, expected one or the other")
         lo = hi = args.version
     filters = dict(prompt_id=args.prompt, min_version=lo, max_version=hi, step=args.step)
     if args.export is None:
         given = sorted(k for k, v in filters.items() if v is not None)
         if given or args.table != "completions":
-            raise ValueError(
+            raise UsageError(
                 f"got {given or ['--table']} without --export, expected --export FILE "
                 "to select rows (without it the run is summarized)"
             )

@@ -150,7 +150,7 @@ class BufferServer:
         try:
             return decode(frame, self.max_bytes)
         except ProtocolError as err:
-            self.service.reject(_reason(str(err)))
+            self.service.reject(err.reason)
             return None
 
     def _drain_pull(self) -> None:
@@ -226,14 +226,6 @@ class BufferServer:
             self.service.reject("unexpected_type")
         # REP must answer every request: a bare status keeps the socket usable.
         self._status.send(encode(self.service.status()))
-
-
-def _reason(message: str) -> str:
-    if "-byte message" in message:
-        return "oversized"
-    if "protocol version" in message:
-        return "version"
-    return "malformed"
 
 
 __all__ = ["BufferServer", "Endpoints", "Status"]

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from buffer.batch import LearnerBatch
+from dynamo_async.errors import UsageError
 from dynamo_async.protocol import Completion
 
 _I32_LIST = pa.list_(pa.int32())
@@ -138,7 +139,7 @@ class SegmentWriter:
         max_delay_s: float | None = 1.0,
     ) -> None:
         if segment_bytes < 1 or flush_rows < 1:
-            raise ValueError(f"got segment_bytes={segment_bytes}, flush_rows={flush_rows}, expected both >= 1")
+            raise UsageError(f"got segment_bytes={segment_bytes}, flush_rows={flush_rows}, expected both >= 1")
         self.table, self.schema = table, schema
         self.segment_bytes, self.flush_rows, self.max_delay_s = segment_bytes, flush_rows, max_delay_s
         self.folder = store_dir(run_dir) / table
@@ -394,9 +395,9 @@ def _read_segment(path: Path, columns: list[str] | None) -> list[pa.RecordBatch]
 def read_table(run_dir: str | Path, table: str, columns: list[str] | None = None) -> pa.Table:
     """All segments of ``table`` concatenated in write order (empty with the schema if none)."""
     if table not in SCHEMAS:
-        raise ValueError(f"got table {table!r}, expected one of {sorted(SCHEMAS)}")
+        raise UsageError(f"got table {table!r}, expected one of {sorted(SCHEMAS)}")
     if not store_dir(run_dir).is_dir():
-        raise ValueError(
+        raise UsageError(
             f"got run directory {str(run_dir)!r} without a store, expected a run "
             f"directory written by the buffer (one containing {store_dir(run_dir)})"
         )
@@ -404,7 +405,7 @@ def read_table(run_dir: str | Path, table: str, columns: list[str] | None = None
     if columns is not None:
         unknown = sorted(set(columns) - set(schema.names))
         if unknown:
-            raise ValueError(f"got columns {unknown}, expected columns of {table}: {schema.names}")
+            raise UsageError(f"got columns {unknown}, expected columns of {table}: {schema.names}")
         schema = pa.schema([schema.field(name) for name in columns])
     batches = [b for path in segment_paths(run_dir, table) for b in _read_segment(path, columns)]
     return pa.Table.from_batches(batches, schema=schema)

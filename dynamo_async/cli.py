@@ -23,6 +23,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from dynamo_async.errors import UsageError
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -167,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.num_workers < 1 or args.capacity < 1:
-        raise ValueError(f"got --num-workers {args.num_workers}, --capacity {args.capacity}, expected both >= 1")
+        raise UsageError(f"got --num-workers {args.num_workers}, --capacity {args.capacity}, expected both >= 1")
     from dynamo_async.learner.main import check_run_dir
 
     check_run_dir(Path(args.run_dir), args.resume)
@@ -181,7 +183,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
     parse_connect(args.connect)
     if args.capacity < 1:
-        raise ValueError(f"--capacity: got {args.capacity}, expected at least 1")
+        raise UsageError(f"--capacity: got {args.capacity}, expected at least 1")
     from workers.launcher import launch_workers
 
     return launch_workers(args.connect, args.num_workers, args.device, args.capacity, threads=args.threads)
@@ -222,7 +224,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     results = [read_results(Path(p)) for p in args.results]
     ks = {tuple(r["k"]) for r in results}
     if len(ks) != 1:
-        raise ValueError(f"table: got results with k values {sorted(ks)}, expected the same k in every file")
+        raise UsageError(f"table: got results with k values {sorted(ks)}, expected the same k in every file")
     sys.stdout.write(format_table(results))
     return 0
 
@@ -239,9 +241,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     host, port = parse_address(args.address)
     if port + 2 > 65535:
-        raise ValueError(f"HOST:PORT: got work port {port}, expected at most 65533 (the status port is PORT + 2)")
+        raise UsageError(f"HOST:PORT: got work port {port}, expected at most 65533 (the status port is PORT + 2)")
     if args.interval <= 0 or args.timeout <= 0:
-        raise ValueError(f"got --interval {args.interval}, --timeout {args.timeout}, expected both > 0")
+        raise UsageError(f"got --interval {args.interval}, --timeout {args.timeout}, expected both > 0")
     return status_main(host, port, args.interval, args.once, args.timeout)
 
 
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ValueError as err:
+    except UsageError as err:  # a user's mistake: one line; anything else keeps its traceback
         print(f"dynamo-async {args.command}: error: {err}", file=sys.stderr)
         return 2
 

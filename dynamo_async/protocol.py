@@ -32,7 +32,16 @@ MAX_GROUP = 4096
 
 
 class ProtocolError(ValueError):
-    """A message that is malformed, oversized, of another protocol version, or inconsistent."""
+    """A message that is malformed, oversized, of another protocol version, or inconsistent;
+    ``reason`` is the rejection counter it goes to: "malformed", "oversized" or "version"."""
+
+    def __init__(self, message: str, reason: str = "malformed"):
+        super().__init__(message)
+        assert reason in REJECT_REASONS, reason
+        self.reason = reason
+
+
+REJECT_REASONS = ("malformed", "oversized", "version")
 
 
 class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True):
@@ -234,7 +243,7 @@ def encode(msg: Message) -> bytes:
 def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Typed decode; anything malformed, oversized or of another version is a ProtocolError."""
     if len(data) > max_bytes:
-        raise ProtocolError(f"got a {len(data)}-byte message, expected at most {max_bytes}")
+        raise ProtocolError(f"got a {len(data)}-byte message, expected at most {max_bytes}", "oversized")
     try:
         msg = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as err:
@@ -242,7 +251,7 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     except RecursionError:
         raise ProtocolError("got msgpack nested too deeply, expected a flat message") from None
     if msg.v != PROTOCOL_VERSION:
-        raise ProtocolError(f"got protocol version {msg.v}, expected {PROTOCOL_VERSION}")
+        raise ProtocolError(f"got protocol version {msg.v}, expected {PROTOCOL_VERSION}", "version")
     return msg
 
 

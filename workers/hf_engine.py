@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.errors import UsageError
 from workers.engine import GenRequest, GenResult, WeightSource
 from workers.receiver import load_staged
 
@@ -192,5 +193,5 @@ def _eos_ids(tokenizer) -> set[int]:
     out = set(ids) if isinstance(ids, (list, tuple)) else {ids}
     out.discard(None)
     if not out:
-        raise ValueError("tokenizer has no eos token, expected one to stop generation on")
+        raise UsageError("tokenizer has no eos token, expected one to stop generation on")
     return out

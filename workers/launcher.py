@@ -15,6 +15,8 @@ import sys
 import threading
 from multiprocessing.connection import wait
 
+from dynamo_async.errors import UsageError
+
 
 def _child(connect: str, index: int, device: str, capacity: int, threads: int | None) -> None:
     if threads:
@@ -36,7 +38,7 @@ def launch_workers(
 ) -> int:
     """Run the workers until they finish or the launcher is told to stop; returns an exit code."""
     if num_workers < 1:
-        raise ValueError(f"--num-workers: got {num_workers}, expected at least 1")
+        raise UsageError(f"--num-workers: got {num_workers}, expected at least 1")
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(target=_child, args=(connect, i, _device(device, i), capacity, threads), name=f"worker-{i}")
@@ -81,5 +83,5 @@ def _device(device: str, index: int) -> str:
 
     count = torch.cuda.device_count()
     if count == 0:
-        raise ValueError("--device cuda: got no visible CUDA device, expected at least one")
+        raise UsageError("--device cuda: got no visible CUDA device, expected at least one")
     return f"cuda:{index % count}"

@@ -30,6 +30,7 @@ import threading
 import numpy as np
 
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.errors import UsageError
 from workers.engine import GenRequest, GenResult
 
 VLLM_VERSION = "0.33.0"
@@ -154,7 +155,7 @@ def start_vllm_engine(cfg: RunConfig) -> VLLMEngine:
     try:
         import vllm
     except ImportError:
-        raise ValueError(
+        raise UsageError(
             "engine 'vllm': got no vllm package, expected vLLM "
             f"{VLLM_VERSION} (on a GPU node: pip install -e '.[vllm]'), or use the hf engine"
         ) from None
@@ -166,7 +167,7 @@ def start_vllm_engine(cfg: RunConfig) -> VLLMEngine:
     from dynamo_async.models import resolve_model
 
     if vllm.__version__ != VLLM_VERSION:
-        raise ValueError(f"vllm: got {vllm.__version__}, expected {VLLM_VERSION} (pip install -e '.[vllm]')")
+        raise UsageError(f"vllm: got {vllm.__version__}, expected {VLLM_VERSION} (pip install -e '.[vllm]')")
     args = AsyncEngineArgs(
         model=resolve_model(cfg.model.name),
         dtype=cfg.model.compute_dtype,

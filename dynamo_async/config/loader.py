@@ -15,6 +15,7 @@ import msgspec
 import yaml
 
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.errors import UsageError
 
 _TOKEN_RE = re.compile(r"\.(\w+)|\[(\d+)\]")
 # Fields renamed since an earlier release: the old key's error says what it became.
@@ -52,10 +53,10 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"config file: got {str(path)!r}, expected an existing YAML file")
+            raise UsageError(f"config file: got {str(path)!r}, expected an existing YAML file")
         loaded = parse_yaml(path.read_text())
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"config file {path}: got a {type(loaded).__name__}, expected a mapping")
+            raise UsageError(f"config file {path}: got a {type(loaded).__name__}, expected a mapping")
         raw = loaded or {}
     for item in overrides:
         apply_override(raw, item)
@@ -67,21 +68,21 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     try:
         return msgspec.convert(raw, RunConfig)
     except msgspec.ValidationError as err:
-        raise ValueError(_explain(str(err), raw)) from None
+        raise UsageError(_explain(str(err), raw)) from None
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Set ``a.b.c=value`` in ``raw``; the value is parsed as YAML (numbers, bools, lists)."""
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ValueError(f"override: got {item!r}, expected key=value such as loss.eps_high=0.28")
+        raise UsageError(f"override: got {item!r}, expected key=value such as loss.eps_high=0.28")
     parts = key.strip().split(".")
     _check_key(parts)
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ValueError(f"override {item!r}: {part} is a value, expected a section")
+            raise UsageError(f"override {item!r}: {part} is a value, expected a section")
         node = child
     node[parts[-1]] = parse_yaml(text) if text.strip() else ""
 
@@ -129,16 +130,16 @@ def _check_key(parts: list[str]) -> None:
     for i, part in enumerate(parts):
         names = {f.name: f for f in msgspec.structs.fields(cls)}
         if ".".join(parts[: i + 1]) in RENAMED:
-            raise ValueError(f"override key {'.'.join(parts)!r}: renamed to {RENAMED['.'.join(parts[: i + 1])]}")
+            raise UsageError(f"override key {'.'.join(parts)!r}: renamed to {RENAMED['.'.join(parts[: i + 1])]}")
         if part not in names:
             where = ".".join(parts[:i]) or "the top level"
-            raise ValueError(
+            raise UsageError(
                 f"override key {'.'.join(parts)!r}: got {part!r} in {where}, expected one of {sorted(names)}"
             )
         inner, _ = _unwrap(typing.get_type_hints(cls, include_extras=True)[part])
         is_section = isinstance(inner, type) and issubclass(inner, msgspec.Struct)
         if i < len(parts) - 1 and not is_section:
-            raise ValueError(f"override key {'.'.join(parts)!r}: {part} is a value, expected a section")
+            raise UsageError(f"override key {'.'.join(parts)!r}: {part} is a value, expected a section")
         cls = inner
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from dynamo_async.errors import UsageError
+
 if TYPE_CHECKING:
     from dynamo_async.data.problems import Located, ReadOptions
 
@@ -22,7 +24,7 @@ def iter_hub_problems(spec: str, field: str, opts: ReadOptions) -> Iterator[Loca
     try:
         import datasets
     except ImportError:
-        raise ValueError(
+        raise UsageError(
             f"{field}: got {spec!r}, which is not a local file; loading a Hugging Face "
             "dataset needs `pip install datasets` (or save it as JSONL/Parquet and pass the "
             "path)"
@@ -37,12 +39,12 @@ def iter_hub_problems(spec: str, field: str, opts: ReadOptions) -> Iterator[Loca
         split = split or _default_split(datasets, name, field)
         rows = datasets.load_dataset(name, split=split)
     except not_found as err:  # a FileNotFoundError: before the OSError below
-        raise ValueError(
+        raise UsageError(
             f"{field}: got {spec!r}, which is neither a local file nor a Hugging Face dataset that "
             f"could be found ({str(err)[:200]}); check the name, or, {local_copy}"
         ) from None
     except (ConnectionError, OSError) as err:  # no network and no local cache
-        raise ValueError(
+        raise UsageError(
             f"{field}: got {spec!r}, a Hugging Face dataset that could not be reached "
             f"({type(err).__name__}: {str(err)[:200]}); {local_copy}"
         ) from None
@@ -58,4 +60,4 @@ def _default_split(datasets, name: str, field: str) -> str:
     preferred = "train" if field == "data.train" else "test"
     if preferred in splits:
         return preferred
-    raise ValueError(f"{field}: dataset {name!r} has splits {splits}, expected one of them named as {name}:SPLIT")
+    raise UsageError(f"{field}: dataset {name!r} has splits {splits}, expected one of them named as {name}:SPLIT")

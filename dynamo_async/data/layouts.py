@@ -20,6 +20,8 @@ from typing import Any
 
 import msgspec
 
+from dynamo_async.errors import UsageError
+
 LAYOUTS = ("auto", "plain", "verl")
 _DEFAULTS = {
     "plain": {"problem": "problem", "answer": "answer", "id": "id", "source": "source"},
@@ -51,7 +53,7 @@ class FieldMap(msgspec.Struct, frozen=True):
 def detect(row: Any, fields: FieldMap, where: str) -> str:
     """``plain`` or ``verl`` from a row's keys (explicit fields count as present)."""
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: got {type(row).__name__}, expected a record (a JSON object / Parquet row)")
+        raise UsageError(f"{where}: got {type(row).__name__}, expected a record (a JSON object / Parquet row)")
     for layout in ("plain", "verl"):  # a mapped field stands in for the layout's own
         defaults = _DEFAULTS[layout]
         if all(
@@ -59,7 +61,7 @@ def detect(row: Any, fields: FieldMap, where: str) -> str:
             for key, mapped in (("problem", fields.problem), ("answer", fields.answer))
         ):
             return layout
-    raise ValueError(
+    raise UsageError(
         f"{where}: got a row with fields {sorted(row)}, expected 'problem' and 'answer' (plain layout) or "
         "'prompt' and 'reward_model.ground_truth' (verl's layout); map other fields with "
         "data.problem_field=..., data.answer_field=... (dotted paths into nested fields, e.g. "
@@ -85,11 +87,11 @@ def problem_text(value: Any, path: str, where: str) -> str:
         users = [m.get("content") for m in value if m.get("role") == "user"]
         if users and isinstance(users[-1], str):
             return users[-1]
-        raise ValueError(
+        raise UsageError(
             f"{where}: field {path!r} got chat messages with roles "
             f"{[m.get('role') for m in value]}, expected a 'user' message with text content"
         )
-    raise ValueError(
+    raise UsageError(
         f"{where}: field {path!r} got {type(value).__name__}, expected text or a list of chat "
         "messages ({'role': 'user', 'content': ...})"
     )

@@ -23,6 +23,7 @@ import msgspec
 
 from dynamo_async.data import templates
 from dynamo_async.data.layouts import FieldMap, lookup, problem_text
+from dynamo_async.errors import UsageError
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -60,14 +61,14 @@ def iter_problems(path: str | os.PathLike[str], opts: ReadOptions = ReadOptions(
     repeated rows is never held whole), ids unchecked."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"problems file: got {str(path)!r}, expected an existing file")
+        raise UsageError(f"problems file: got {str(path)!r}, expected an existing file")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         rows = _read_jsonl(path)
     elif suffix == ".parquet":
         rows = _read_parquet(path)
     else:
-        raise ValueError(f"problems file {str(path)!r}: got suffix {suffix!r}, expected '.jsonl' or '.parquet'")
+        raise UsageError(f"problems file {str(path)!r}: got suffix {suffix!r}, expected '.jsonl' or '.parquet'")
     return convert_rows(rows, path.stem, str(path), opts)
 
 
@@ -85,7 +86,7 @@ def check_unique_ids(located: list[Located], hint: str = _DUPLICATE_HINT) -> Non
     seen: dict[str, str] = {}
     for where, p in located:
         if p.id in seen:
-            raise ValueError(
+            raise UsageError(
                 f"{where}: got duplicate id {p.id!r} (first at {seen[p.id]}), expected unique ids ({hint})"
             )
         seen[p.id] = where
@@ -100,7 +101,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, int, Any]]:
             try:
                 row = msgspec.json.decode(line)
             except msgspec.DecodeError as e:
-                raise ValueError(
+                raise UsageError(
                     f"{path}, line {line_no}: got invalid JSON ({e}), expected one JSON object per line"
                 ) from e
             yield f"line {line_no}", index, row
@@ -119,14 +120,14 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, int, Any]]:
 
 def _to_problem(row: Any, index: int, paths: dict[str, str], stem: str, where: str, strip: str) -> Problem:
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: got {type(row).__name__}, expected a JSON object")
+        raise UsageError(f"{where}: got {type(row).__name__}, expected a JSON object")
     text = problem_text(_required(row, paths["problem"], where), paths["problem"], where)
     if strip:
         text = templates.strip(strip, text)
     answer = _scalar(_required(row, paths["answer"], where), paths["answer"], where)
     for name, value in ((paths["problem"], text), (paths["answer"], answer)):
         if not value.strip():
-            raise ValueError(f"{where}: field {name!r} got an empty string, expected text")
+            raise UsageError(f"{where}: field {name!r} got an empty string, expected text")
     ident, source = lookup(row, paths["id"]), lookup(row, paths["source"])
     return Problem(
         id=_scalar(ident, paths["id"], where) if ident is not None else str(index),
@@ -140,7 +141,7 @@ def _to_problem(row: Any, index: int, paths: dict[str, str], stem: str, where: s
 def _required(row: dict[str, Any], path: str, where: str) -> Any:
     value = lookup(row, path)
     if value is None:
-        raise ValueError(
+        raise UsageError(
             f"{where}: missing field {path!r}, expected fields 'problem' and 'answer' (or verl's "
             "'prompt' and 'reward_model.ground_truth'; other layouts: data.problem_field and "
             f"data.answer_field); the row has fields {sorted(row)}"
@@ -150,7 +151,7 @@ def _required(row: dict[str, Any], path: str, where: str) -> Any:
 
 def _scalar(value: Any, name: str, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError(f"{where}: field {name!r} got {type(value).__name__}, expected a string or a number")
+        raise UsageError(f"{where}: field {name!r} got {type(value).__name__}, expected a string or a number")
     return value if isinstance(value, str) else str(value)
 
 
@@ -174,7 +175,7 @@ def iter_spec(spec: str, field: str, opts: ReadOptions = ReadOptions()) -> Itera
     if Path(spec).exists():
         return iter_problems(spec, opts)
     if spec.endswith((".jsonl", ".ndjson", ".parquet")):
-        raise ValueError(f"{field}: got {spec!r}, expected an existing file (it does not exist)")
+        raise UsageError(f"{field}: got {spec!r}, expected an existing file (it does not exist)")
     from dynamo_async.data.hub import iter_hub_problems
 
     return iter_hub_problems(spec, field, opts)

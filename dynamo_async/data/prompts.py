@@ -22,6 +22,7 @@ from dynamo_async.data.dedup import DedupReport, dedup_problems
 from dynamo_async.data.layouts import FieldMap
 from dynamo_async.data.problems import Problem, ReadOptions, check_unique_ids, iter_spec, load_spec
 from dynamo_async.data.synthetic import train_eval_split
+from dynamo_async.errors import UsageError
 
 
 def read_options(cfg: DataConfig, train: bool) -> ReadOptions:
@@ -42,7 +43,7 @@ def load_training_set(cfg: DataConfig) -> tuple[list[Problem], DedupReport | Non
     kept, report = dedup_problems(located)
     check_unique_ids(kept, hint="two different problems share this id; name another id field with data.id_field")
     if not kept:
-        raise ValueError(
+        raise UsageError(
             f"data.train: got {cfg.train!r} with no usable prompt ({report.line()}), expected at "
             "least one problem with an answer"
         )

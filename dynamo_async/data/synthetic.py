@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from dynamo_async.config.schema import SyntheticConfig
 from dynamo_async.data.problems import Problem
+from dynamo_async.errors import UsageError
 
 LEVELS = (1, 2, 3, 4, 5)
 SOURCE = "synthetic"
@@ -113,7 +114,7 @@ def _draw_new(level: int, rng: random.Random, used: set[str], exclude: frozenset
             return text, value
         fallback = fallback or (text, value)
     if fallback is None:
-        raise ValueError(
+        raise UsageError(
             f"synthetic level {level}: got no problem outside the held-out set in "
             f"{_MAX_TRIES} draws, expected fewer held-out problems for this level"
         )
@@ -122,9 +123,9 @@ def _draw_new(level: int, rng: random.Random, used: set[str], exclude: frozenset
 
 def _check(n: int, levels: Sequence[int]) -> None:
     if n < 0:
-        raise ValueError(f"number of problems: got {n}, expected >= 0")
+        raise UsageError(f"number of problems: got {n}, expected >= 0")
     if not levels:
-        raise ValueError("levels: got an empty sequence, expected at least one of 1..5")
+        raise UsageError("levels: got an empty sequence, expected at least one of 1..5")
     for level in levels:
         if level not in _DRAW:
-            raise ValueError(f"level: got {level!r}, expected one of {LEVELS}")
+            raise UsageError(f"level: got {level!r}, expected one of {LEVELS}")

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+from dynamo_async.errors import UsageError
+
 DAPO = (
     "Solve the following math problem step by step. The last line of your response should be of the "
     "form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\n"
@@ -40,7 +42,7 @@ def expand(template: str) -> str:
     """The template text of ``template``: a known name (``dapo``) or a text holding ``{problem}``."""
     text = KNOWN.get(template, template)
     if "{problem}" not in text:
-        raise ValueError(
+        raise UsageError(
             f"data.user_template: got {template!r}, expected a text with '{{problem}}' in it "
             f"or one of the known names {sorted(KNOWN)}"
         )
@@ -55,7 +57,7 @@ def apply(template: str, problem: str) -> str:
 def strip(name: str, text: str) -> str:
     """``text`` without the known template ``name`` around it; a text without it is returned as is."""
     if name not in _STRIPPERS:
-        raise ValueError(
+        raise UsageError(
             f"data.strip_template: got {name!r}, expected one of {sorted(_STRIPPERS)} (or '' to keep "
             "the data's own text)"
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dynamo_async.data.problems import Problem, ReadOptions, load_spec
+from dynamo_async.errors import UsageError
 
 PAPER_NAMES = {
     "aime24": "AIME24",
@@ -42,21 +43,21 @@ def load_benchmarks(
     (a ``SyntheticConfig``) defines the ``synthetic`` spec; ``opts`` how rows are read (the
     run's ``data.strip_template``)."""
     if not specs:
-        raise ValueError("--data: got nothing, expected at least one file or dataset")
+        raise UsageError("--data: got nothing, expected at least one file or dataset")
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit: got {limit}, expected at least 1")
+        raise UsageError(f"--limit: got {limit}, expected at least 1")
     out: list[Benchmark] = []
     for spec in specs:
         label, path = _split_label(spec)
         problems = _synthetic(synthetic) if path == "synthetic" else load_spec(path, "--data", opts)
         if not problems:
-            raise ValueError(f"--data {spec!r}: got no problems, expected at least one row")
+            raise UsageError(f"--data {spec!r}: got no problems, expected at least one row")
         out.append(Benchmark(label or default_name(path), path, tuple(problems[:limit])))
     names = [b.name for b in out]
     if "Avg." in names:
-        raise ValueError("--data: got a benchmark labelled 'Avg.', expected another label (the average's column)")
+        raise UsageError("--data: got a benchmark labelled 'Avg.', expected another label (the average's column)")
     if len(set(names)) != len(names):
-        raise ValueError(f"--data: got benchmark names {names}, expected distinct names (label them as NAME=FILE)")
+        raise UsageError(f"--data: got benchmark names {names}, expected distinct names (label them as NAME=FILE)")
     return out
 
 

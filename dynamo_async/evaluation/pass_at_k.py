@@ -18,13 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from dynamo_async.errors import UsageError
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """pass@k of one problem with ``c`` correct out of ``n`` samples."""
     if n < 1 or not 0 <= c <= n:
-        raise ValueError(f"got n={n}, c={c}, expected n >= 1 and 0 <= c <= n")
+        raise UsageError(f"got n={n}, c={c}, expected n >= 1 and 0 <= c <= n")
     if not 1 <= k <= n:
-        raise ValueError(f"got k={k}, expected 1 <= k <= n={n} (sample at least k responses per problem)")
+        raise UsageError(f"got k={k}, expected 1 <= k <= n={n} (sample at least k responses per problem)")
     if n - c < k:
         return 1.0
     fail = 1.0
@@ -37,7 +39,7 @@ def mean_pass_at_k(counts: Iterable[tuple[int, int]], k: int) -> float:
     """Mean pass@k over problems given as ``(n, c)`` pairs."""
     values = [pass_at_k(n, c, k) for n, c in counts]
     if not values:
-        raise ValueError("got no problems, expected at least one (n, c) pair")
+        raise UsageError("got no problems, expected at least one (n, c) pair")
     return sum(values) / len(values)
 
 
@@ -46,7 +48,7 @@ def parse_ks(text: str) -> tuple[int, ...]:
     try:
         ks = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise ValueError(f"--k: got {text!r}, expected comma-separated integers like 1,32") from None
+        raise UsageError(f"--k: got {text!r}, expected comma-separated integers like 1,32") from None
     if not ks or ks[0] < 1:
-        raise ValueError(f"--k: got {text!r}, expected positive integers like 1,32")
+        raise UsageError(f"--k: got {text!r}, expected positive integers like 1,32")
     return tuple(ks)

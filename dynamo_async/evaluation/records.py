@@ -18,6 +18,7 @@ from pathlib import Path
 
 import msgspec
 
+from dynamo_async.errors import UsageError
 from dynamo_async.lines import cut_torn_tail
 
 
@@ -105,7 +106,7 @@ class RecordFile:
         try:
             header = decoder.decode(lines[0]).header if lines else None
         except msgspec.DecodeError as err:
-            raise ValueError(
+            raise UsageError(
                 f"{self.path}: got an unreadable header ({err}), expected the record file of "
                 "an earlier `dynamo-async eval`; delete it or pass another --out"
             ) from None
@@ -113,7 +114,7 @@ class RecordFile:
             self.path.write_bytes(msgspec.json.encode(_Line(header=settings)) + b"\n")
             return
         if header != settings:
-            raise ValueError(
+            raise UsageError(
                 f"{self.path}: got records sampled with {_diff(header, settings)}; expected the "
                 "same settings to resume; pass another --out or delete the file to start over"
             )
@@ -121,11 +122,11 @@ class RecordFile:
             try:
                 record = decoder.decode(line).record
             except msgspec.DecodeError as err:
-                raise ValueError(
+                raise UsageError(
                     f"{self.path}, line {number}: got {err}, expected a problem record; delete the file to start over"
                 ) from None
             if record is None:
-                raise ValueError(
+                raise UsageError(
                     f"{self.path}, line {number}: got a second header, expected problem records; "
                     "delete the file to start over"
                 )
@@ -138,7 +139,7 @@ class RecordFile:
         if record is None:
             return False
         if record.digest != digest:
-            raise ValueError(
+            raise UsageError(
                 f"{self.path}: got a record of {benchmark} problem {problem_id!r} for another problem "
                 "text or answer, expected the same data as before; pass another --out for new data"
             )

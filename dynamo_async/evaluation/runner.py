@@ -19,6 +19,7 @@ from pathlib import Path
 from dynamo_async.config import load_config
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.data.prompts import read_options
+from dynamo_async.errors import UsageError
 from dynamo_async.evaluation.benchmarks import load_benchmarks
 from dynamo_async.evaluation.records import EvalSettings, ProblemRecord, RecordFile, problem_digest, records_path
 from dynamo_async.evaluation.table import format_table, summarize, write_results
@@ -71,7 +72,7 @@ def resolve_eval_model(spec: str) -> str:
 
         ckpt = latest_checkpoint(path)
         if ckpt is None:
-            raise ValueError(
+            raise UsageError(
                 f"--model: got run directory {spec!r} whose checkpoints/latest names no checkpoint, "
                 "expected RUN_DIR/checkpoints/step-N/ to exist"
             )
@@ -103,14 +104,14 @@ def settings_of(cfg: RunConfig, req: EvalRequest) -> EvalSettings:
 
 def check_request(req: EvalRequest) -> None:
     if req.n < 1 or req.batch_size < 1:
-        raise ValueError(f"got --n {req.n}, --batch-size {req.batch_size}, expected both >= 1")
+        raise UsageError(f"got --n {req.n}, --batch-size {req.batch_size}, expected both >= 1")
     if max(req.ks) > req.n:
-        raise ValueError(
+        raise UsageError(
             f"--k: got {','.join(map(str, req.ks))}, expected every k <= --n {req.n} "
             f"(pass@{max(req.ks)} needs at least {max(req.ks)} samples per problem)"
         )
     if req.out.suffix != ".json":
-        raise ValueError(f"--out: got {str(req.out)!r}, expected a .json path (records go beside it)")
+        raise UsageError(f"--out: got {str(req.out)!r}, expected a .json path (records go beside it)")
 
 
 def run_eval(req: EvalRequest) -> dict:

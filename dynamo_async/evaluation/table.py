@@ -15,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 
+from dynamo_async.errors import UsageError
 from dynamo_async.evaluation.pass_at_k import mean_pass_at_k
 from dynamo_async.evaluation.records import EvalSettings, ProblemRecord
 
@@ -83,9 +84,9 @@ def read_results(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"table: got {str(path)!r} ({err}), expected a results.json of dynamo-async eval") from None
+        raise UsageError(f"table: got {str(path)!r} ({err}), expected a results.json of dynamo-async eval") from None
     if not isinstance(data, dict) or not {"model", "k", "benchmarks", "average"} <= set(data) or not data["k"]:
-        raise ValueError(
+        raise UsageError(
             f"table: got {str(path)!r} without model, k, benchmarks and average, "
             "expected a results.json of dynamo-async eval"
         )

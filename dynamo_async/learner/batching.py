@@ -19,6 +19,7 @@ import torch
 from buffer.batch import LearnerBatch, ReadyGroup
 from dynamo_async.algo.objective import sequence_advantages
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.errors import UsageError
 
 
 @dataclass
@@ -75,7 +76,7 @@ def mini_batches(
     groups = group_rows(batch.groups, cfg)
     size = cfg.optim.mini_batch_prompts
     if size % world:
-        raise ValueError(
+        raise UsageError(
             f"optim.mini_batch_prompts: got {size} for {world} learner ranks, expected a multiple "
             "of the number of ranks"
         )

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from dynamo_async.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def shard_model(model: torch.nn.Module, compute: torch.dtype = torch.float32) ->
 
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
-        raise ValueError(
+        raise UsageError(
             f"FSDP sharding: got a {type(model).__name__} without model.layers, expected a "
             "decoder-only transformers model (Llama, Qwen2, ...)"
         )

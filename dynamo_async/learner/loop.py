@@ -25,6 +25,7 @@ from buffer.service import BufferService
 from buffer.store import RunStore
 from dynamo_async.config import config_to_yaml
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.errors import UsageError
 from dynamo_async.learner import checkpoint
 from dynamo_async.learner.distributed import DistInfo, checkpoint_due, send_batch
 from dynamo_async.learner.metrics import MetricsLog
@@ -53,7 +54,7 @@ class Learner:
         self.cfg, self.ctx = cfg, ctx
         ckpt = checkpoint.latest_checkpoint(ctx.run_dir) if resume else None
         if resume and ckpt is None:
-            raise ValueError(
+            raise UsageError(
                 f"--resume: got run directory {ctx.run_dir} without a checkpoint, expected "
                 "one written by an earlier run (RUN_DIR/checkpoints/latest)"
             )

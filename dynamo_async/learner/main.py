@@ -14,13 +14,14 @@ from pathlib import Path
 
 from dynamo_async.config import dump_config
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.errors import UsageError
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """A new run needs a fresh directory; an earlier run's directory needs ``--resume``."""
     earlier = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
     if earlier and not resume:
-        raise ValueError(
+        raise UsageError(
             f"--run-dir: got {run_dir}, which holds an earlier run, expected a new directory "
             "(or --resume to continue that run)"
         )

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import torch
 
+from dynamo_async.errors import UsageError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def compute_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise ValueError(f"model.compute_dtype: got {name!r}, expected one of {sorted(DTYPES)}")
+        raise UsageError(f"model.compute_dtype: got {name!r}, expected one of {sorted(DTYPES)}")
     return DTYPES[name]
 
 

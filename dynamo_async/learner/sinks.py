@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from dynamo_async.config.schema import MetricsConfig
+from dynamo_async.errors import UsageError
 from dynamo_async.lines import cut_torn_tail
 
 
@@ -86,7 +87,7 @@ class TensorBoardSink:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ValueError(
+            raise UsageError(
                 "metrics.tensorboard: got true, but the tensorboard package is missing; expected "
                 "`pip install -e '.[tensorboard]'`, or set metrics.tensorboard=false"
             ) from None
@@ -120,7 +121,7 @@ class WandbSink:
         try:
             import wandb
         except ImportError:
-            raise ValueError(
+            raise UsageError(
                 "metrics.wandb: got true, but the wandb package is missing; expected "
                 "`pip install -e '.[wandb]'`, or set metrics.wandb=false"
             ) from None

@@ -16,6 +16,7 @@ import torch
 from buffer.batch import LearnerBatch
 from dynamo_async.algo.objective import PolicyBatch, policy_objective, proximal_stats
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.errors import UsageError
 from dynamo_async.learner import checkpoint
 from dynamo_async.learner.batching import MicroBatch, mini_batches
 from dynamo_async.learner.distributed import DistInfo, equalize, full_weights, shard_model
@@ -42,7 +43,7 @@ class Trainer:
         self.compute_dtype = compute_dtype(cfg.model.compute_dtype)
         if dist_info.sharded:
             if checkpoint_dir is not None:
-                raise ValueError(
+                raise UsageError(
                     "--resume with several learner ranks: got a checkpoint, expected a fresh run "
                     "(resuming a sharded run is not supported yet)"
                 )
@@ -146,7 +147,7 @@ def replay_step(cfg: RunConfig, run_dir: Path, checkpoint_dir: Path, device: str
     for batch in iter_batches(run_dir):
         if batch.step == trainer.step:
             return trainer.train_on(batch)
-    raise ValueError(
+    raise UsageError(
         f"replay: got checkpoint at step {trainer.step}, expected {run_dir} to have recorded "
         "the batch of that step (its store has no such step)"
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from dynamo_async.errors import UsageError
 from dynamo_async.models.cache import build_once, cache_dir
 from dynamo_async.models.smollm2 import build_smollm2
 from dynamo_async.models.tiny import build_tiny, build_tiny_math
@@ -45,7 +46,7 @@ def resolve_model(name: str) -> str:
     key = name[len(BUILTIN_PREFIX) :]
     if key not in BUILTINS:
         choices = ", ".join(BUILTIN_PREFIX + k for k in BUILTINS)
-        raise ValueError(f"unknown builtin model, got {name!r}, expected one of: {choices}")
+        raise UsageError(f"unknown builtin model, got {name!r}, expected one of: {choices}")
     dirname, build = BUILTINS[key]
     return str(build_once(cache_dir() / dirname, lambda tmp: _complete(build, tmp)))
 
@@ -65,7 +66,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), local_files_only=is_builtin(name))
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(
+            raise UsageError(
                 f"tokenizer of {name!r} has no pad token and no eos token, expected at least an "
                 "eos token; use a checkpoint whose tokenizer defines one"
             )
@@ -76,7 +77,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 def load_model(name: str, dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
     """The causal LM ``name`` with parameters in ``dtype``, on ``device``, as loaded (no eval())."""
     if dtype not in DTYPES:
-        raise ValueError(f"model dtype got {dtype!r}, expected one of {sorted(DTYPES)}")
+        raise UsageError(f"model dtype got {dtype!r}, expected one of {sorted(DTYPES)}")
     model = AutoModelForCausalLM.from_pretrained(
         resolve_model(name), dtype=DTYPES[dtype], local_files_only=is_builtin(name)
     )

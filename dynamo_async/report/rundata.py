@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from buffer.store import read_table, store_dir
+from dynamo_async.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def load_run(run_dir: Path) -> RunData:
     """Read what ``dynamo-async plot`` needs; a directory without metrics is an error."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
-        raise ValueError(
+        raise UsageError(
             f"got RUN_DIR {str(run_dir)!r} without metrics.jsonl, expected the directory of a run "
             "(the --run-dir given to dynamo-async run or learner)"
         )
@@ -58,13 +59,13 @@ def load_run(run_dir: Path) -> RunData:
         except json.JSONDecodeError:
             if number == len(lines):
                 continue  # the learner died while writing its last line
-            raise ValueError(f"{path}, line {number}: got invalid JSON, expected one object per line") from None
+            raise UsageError(f"{path}, line {number}: got invalid JSON, expected one object per line") from None
         if row.get("eval"):
             evals.append(row)
         elif "step" in row:
             by_step[int(row["step"])] = row
     if not by_step:
-        raise ValueError(f"{path}: got no learner steps, expected at least one (has the run trained a step?)")
+        raise UsageError(f"{path}: got no learner steps, expected at least one (has the run trained a step?)")
     steps = [by_step[s] for s in sorted(by_step)]
     store = _store_arrays(run_dir) if store_dir(run_dir).is_dir() else {}
     return RunData(run_dir, steps, evals, _config(run_dir), **store)

@@ -25,6 +25,7 @@ from multiprocessing.connection import wait
 import msgspec
 
 from dynamo_async.config.schema import RewardConfig
+from dynamo_async.errors import UsageError
 from dynamo_async.rewards.extract import FORMATS
 from dynamo_async.rewards.handle import WorkerHandle
 from dynamo_async.rewards.messages import (
@@ -71,14 +72,14 @@ class MathVerifyScorer:
         answer_format: str = "boxed",
     ) -> None:
         if num_workers < 1:
-            raise ValueError(f"num_workers: got {num_workers}, expected >= 1")
+            raise UsageError(f"num_workers: got {num_workers}, expected >= 1")
         if max_chars < 1:
-            raise ValueError(f"max_chars: got {max_chars}, expected >= 1")
+            raise UsageError(f"max_chars: got {max_chars}, expected >= 1")
         if answer_format not in FORMATS:
-            raise ValueError(f"answer_format: got {answer_format!r}, expected one of {FORMATS}")
+            raise UsageError(f"answer_format: got {answer_format!r}, expected one of {FORMATS}")
         alarm_seconds(timeout_s)  # validates timeout_s
         if not hard_timeout_s > timeout_s:
-            raise ValueError(
+            raise UsageError(
                 f"hard_timeout_s: got {hard_timeout_s} with timeout_s={timeout_s}, "
                 "expected the outer timeout to exceed the inner one"
             )
@@ -125,7 +126,7 @@ class MathVerifyScorer:
         """Queue one response for scoring; returns at once with a future of its result."""
         for name, value in (("response", response), ("gold", gold)):
             if not isinstance(value, str):
-                raise ValueError(f"{name}: got {type(value).__name__}, expected str")
+                raise UsageError(f"{name}: got {type(value).__name__}, expected str")
         future: Future[ScoreResult] = Future()
         with self._lock:
             if self._refusal is not None:
@@ -138,7 +139,7 @@ class MathVerifyScorer:
     def score(self, responses: Sequence[str], golds: Sequence[str]) -> list[ScoreResult]:
         """Score a batch in parallel across the pool; results in the order of ``responses``."""
         if len(responses) != len(golds):
-            raise ValueError(f"got {len(responses)} responses and {len(golds)} gold answers, expected equal lengths")
+            raise UsageError(f"got {len(responses)} responses and {len(golds)} gold answers, expected equal lengths")
         futures = [self.submit(r, g) for r, g in zip(responses, golds)]
         return [f.result() for f in futures]
 

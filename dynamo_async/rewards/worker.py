@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 
 import msgspec
 
+from dynamo_async.errors import UsageError
 from dynamo_async.rewards.extract import final_answer
 from dynamo_async.rewards.messages import SCORER_PROTOCOL_VERSION, ScoreJob, ScoreReply, ScoreResult, WorkerReady
 
@@ -31,7 +32,7 @@ def alarm_seconds(timeout_s: float) -> int:
     silently turns into "no parse"; 0 disables the timeout.)
     """
     if not timeout_s > 0:
-        raise ValueError(f"math-verify timeout: got {timeout_s}, expected > 0 seconds")
+        raise UsageError(f"math-verify timeout: got {timeout_s}, expected > 0 seconds")
     return max(1, math.ceil(timeout_s))
 
 
