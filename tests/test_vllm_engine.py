@@ -404,3 +404,13 @@ def test_real_vllm_generates_through_build_vllm_parts():
         assert [r.token_ids.tolist() for r in again] == [r.token_ids.tolist() for r in results]
     finally:
         parts.close()
+
+
+def test_wait_for_weights_swaps_in_the_staged_version(engines):
+    llm = FakeAsyncLLM(tp=2)
+    engine = engines(llm)
+    llm.stage(2, 2)
+    engine.wait_for_weights(2, timeout_s=10, step_s=0.01)
+    assert engine.policy_version == 2
+    with pytest.raises(RuntimeError, match="no weights of version 3 arrived"):
+        engine.wait_for_weights(3, timeout_s=0.1, step_s=0.01)

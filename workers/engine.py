@@ -52,5 +52,9 @@ class Engine(Protocol):
     def apply_weights(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
         """Load ``tensors`` now and serve ``version`` from here on."""
 
+    def wait_for_weights(self, version: int, timeout_s: float) -> None:
+        """Block until serving weights of at least ``version`` (a worker that joins a running
+        learner first loads its current weights); RuntimeError after ``timeout_s``."""
+
     def close(self) -> None:
         """Release the engine's resources."""

@@ -16,14 +16,17 @@ every later token is exactly the new policy's and is tagged with the new version
 from __future__ import annotations
 
 import inspect
+import time
 
 import numpy as np
 import torch
 
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
+from dynamo_async.weights.group import collective_backend
 from workers.engine import GenRequest, GenResult, WeightSource
-from workers.receiver import load_staged
+from workers.parts import WorkerParts, register_engine
+from workers.receiver import WeightReceiver, load_staged
 
 
 class HFEngine:
@@ -52,6 +55,21 @@ class HFEngine:
     def apply_weights(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
         load_staged(self.model, tensors)
         self.policy_version = version
+
+    def wait_for_weights(self, version: int, timeout_s: float, poll_s: float = 0.05) -> None:
+        """Load staged weights until serving ``version`` (a late joiner's first weights)."""
+        deadline = time.monotonic() + timeout_s
+        while self.policy_version < version:
+            staged = self.weight_source() if self.weight_source is not None else None
+            if staged is not None:
+                self.apply_weights(*staged)
+                continue
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"no weights of version {version} arrived from the learner within {timeout_s:.0f} s; "
+                    "check that the learner can reach this worker's weight-sync connection"
+                )
+            time.sleep(poll_s)
 
     def close(self) -> None:
         self.model = None
@@ -195,3 +213,22 @@ def _eos_ids(tokenizer) -> set[int]:
     if not out:
         raise UsageError("tokenizer has no eos token, expected one to stop generation on")
     return out
+
+
+@register_engine("hf")
+def build_hf_parts(cfg: RunConfig, worker_id: str, welcome, device: str, scorer) -> WorkerParts:
+    """The model of ``cfg.model.name`` in the compute dtype, with one weight receiver."""
+    from dynamo_async.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.name)
+    model = load_model(cfg.model.name, cfg.model.compute_dtype, device)
+    receivers = []
+    source = None
+    if welcome.sync_port:
+        backend = collective_backend(device)
+        receiver = WeightReceiver(worker_id, welcome.sync_host, welcome.sync_port, backend, device=device)
+        receiver.start()
+        receivers.append(receiver)
+        source = receiver.take_staged
+    engine = HFEngine(model, tokenizer, cfg, device, weight_source=source)
+    return WorkerParts(engine, tokenizer, scorer, receivers, (worker_id,) if receivers else ())

@@ -26,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 
 import numpy as np
 
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
 from workers.engine import GenRequest, GenResult
+from workers.parts import WorkerParts, register_engine
 
 VLLM_VERSION = "0.33.0"
 
@@ -64,6 +66,18 @@ class VLLMEngine:
     def swap_now(self) -> int | None:
         """Apply staged weights if any (the watcher does this on its own); returns the new version."""
         return asyncio.run_coroutine_threadsafe(self._swap_if_staged(), self._loop).result()
+
+    def wait_for_weights(self, version: int, timeout_s: float, step_s: float = 0.5) -> None:
+        """A late joiner first loads the learner's current weights (version > 0)."""
+        deadline = time.monotonic() + timeout_s
+        while self.policy_version < version:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"no weights of version {version} arrived from the learner within {timeout_s:.0f} s; check "
+                    "that the learner can reach this worker's weight-sync connection"
+                )
+            self.swap_now()
+            time.sleep(step_s)
 
     def close(self) -> None:
         self._watcher.cancel()
@@ -130,10 +144,10 @@ def to_result(output, started_version: int) -> GenResult:
     return GenResult(tokens, logprobs, versions, reason)
 
 
-def build_vllm_parts(cfg: RunConfig, worker_id: str, welcome, device: str, scorer):
+@register_engine("vllm")
+def build_vllm_parts(cfg: RunConfig, worker_id: str, welcome, device: str, scorer) -> WorkerParts:
     """Start AsyncLLM with the receiver extension and connect every rank's receiver."""
     from dynamo_async.models import load_tokenizer
-    from workers.factory import WorkerParts
 
     engine = start_vllm_engine(cfg)
     ids: tuple[str, ...] = ()
@@ -192,18 +206,3 @@ def start_vllm_engine(cfg: RunConfig) -> VLLMEngine:
         )
 
     return VLLMEngine(llm, cfg, lambda ids: TokensPrompt(prompt_token_ids=[int(i) for i in ids]), make_params)
-
-
-def wait_for_version(engine: VLLMEngine, version: int, timeout_s: float, step_s: float = 0.5) -> None:
-    """A late joiner first loads the learner's current weights (version > 0)."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while engine.policy_version < version:
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"no weights of version {version} arrived from the learner; check that "
-                "the learner can reach this worker's weight-sync connection"
-            )
-        engine.swap_now()
-        time.sleep(step_s)

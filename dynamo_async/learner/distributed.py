@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from buffer.batch import LearnerBatch, ReadyGroup, Sample
 from dynamo_async.errors import UsageError
+from dynamo_async.weights.group import collective_backend
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def init_from_env(device: str) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return DistInfo()
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    dist.init_process_group(collective_backend(device))
     return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
@@ -218,22 +219,6 @@ def leave(info: DistInfo, code: int) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
-
-
-def follow(cfg, device: str, info: DistInfo, run_dir, resume: bool) -> int:
-    """A learner rank other than 0: train on the batches rank 0 sends, join every gather."""
-    from dynamo_async.learner.checkpoint import latest_checkpoint
-    from dynamo_async.learner.trainer import Trainer
-
-    trainer = Trainer(cfg, device, latest_checkpoint(run_dir) if resume else None, dist_info=info)
-    while (batch := receive_batch()) is not None:
-        trainer.train_on(batch)
-        trainer.step += 1
-        trainer.named_weights()  # rank 0 gathers the full weights to broadcast them
-        if checkpoint_due(cfg, trainer.step):
-            trainer.full_state()
-    trainer.full_state()  # the final checkpoint
-    return 0
 
 
 def checkpoint_due(cfg, step: int) -> bool:

@@ -32,6 +32,7 @@ from dynamo_async.learner.metrics import MetricsLog
 from dynamo_async.learner.sinks import StatusSink, make_sinks
 from dynamo_async.learner.trainer import Trainer
 from dynamo_async.protocol import Hello, Welcome
+from dynamo_async.weights.group import collective_backend
 from dynamo_async.weights.sender import WeightSender
 
 
@@ -67,7 +68,7 @@ class Learner:
         self.service = BufferService(cfg, prompts, self.store)
         if ckpt is not None:
             self.service.restore_state(ckpt / "buffer")
-        backend = "nccl" if ctx.device.startswith("cuda") else "gloo"
+        backend = collective_backend(ctx.device)
         self.sender = WeightSender(ctx.host, 0, backend=backend, device=ctx.device)
         if not dist_info.sharded:
             self.sender.bind(dict(self.trainer.model.named_parameters()))  # parameters live in the buckets

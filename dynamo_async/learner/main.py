@@ -44,7 +44,8 @@ def learner_main(
 
     if threads:
         torch.set_num_threads(threads)
-    from dynamo_async.learner.distributed import follow, init_from_env, leave
+    from dynamo_async.learner.distributed import init_from_env, leave
+    from dynamo_async.learner.follower import follow
     from dynamo_async.models import resolve_model
 
     # Builtin models are built before the process group exists: transformers writes checkpoint

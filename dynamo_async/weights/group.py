@@ -47,6 +47,12 @@ def open_store(host: str, port: int, is_master: bool, timeout_s: float) -> dist.
     )
 
 
+def collective_backend(device: str) -> str:
+    """The torch.distributed backend for tensors on ``device``: NCCL on GPUs, gloo on CPUs (the
+    one place this choice is made: learner ranks, weight sync, workers)."""
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
 def make_group(
     store: dist.Store, generation: int, rank: int, world: int, backend: str, timeout_s: float
 ) -> dist.ProcessGroup:

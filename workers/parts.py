@@ -1,0 +1,65 @@
+"""What a worker process runs (``WorkerParts``), and the registry of engines by name.
+
+An engine module registers a builder under its ``rollout.engine`` name::
+
+    @register_engine("hf")
+    def build_hf_parts(cfg, worker_id, welcome, device, scorer) -> WorkerParts: ...
+
+``workers/factory.py`` imports the engine modules (vLLM itself is imported only when its
+builder runs) and builds the parts for the configured name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from workers.engine import Engine
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from dynamo_async.config.schema import RunConfig
+    from dynamo_async.protocol import Welcome
+    from dynamo_async.rewards import MathVerifyScorer
+    from workers.receiver import WeightReceiver
+
+
+@dataclass
+class WorkerParts:
+    """An engine with its tokenizer, scorer and weight receivers (threads in this process; the
+    vLLM engine's live in its own worker processes and only their ids are here)."""
+
+    engine: Engine
+    tokenizer: PreTrainedTokenizerBase
+    scorer: MathVerifyScorer
+    receivers: list[WeightReceiver] = field(default_factory=list)
+    receiver_ids: tuple[str, ...] = ()
+
+    def wait_for_weights(self, version: int, timeout_s: float) -> None:
+        """A late joiner first loads the learner's current weights (``version`` > 0)."""
+        self.engine.wait_for_weights(version, timeout_s)
+
+    def close(self) -> None:
+        for r in self.receivers:
+            r.stop()
+        for r in self.receivers:
+            r.join(timeout=5)
+        self.scorer.close()
+        self.engine.close()
+
+
+Builder = Callable[["RunConfig", str, "Welcome", str, "MathVerifyScorer"], WorkerParts]
+ENGINES: dict[str, Builder] = {}
+
+
+def register_engine(name: str) -> Callable[[Builder], Builder]:
+    """Register ``builder`` as the engine ``name`` (a ``rollout.engine`` value)."""
+
+    def register(builder: Builder) -> Builder:
+        assert name not in ENGINES, f"engine {name!r} registered twice"
+        ENGINES[name] = builder
+        return builder
+
+    return register
