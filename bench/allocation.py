@@ -1,7 +1,7 @@
 """Time water_fill on a large generation batch.
 
 Prints ``water_fill N=1000000 seconds=<float>`` (median of a few runs) as its last line.
-Target: under 1 s on a 2-core CPU machine (DESIGN 4.1: O(N log N), 10^6 prompts well under a second).
+Target: under 1 s on a 2-core CPU machine (docs/design.md section 4.1: O(N log N), 10^6 prompts well under a second).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ factors, and the modulated loss.
 Two placements of DynaMO's statistics are timed:
 - ``in_step`` (the headline): computed inside the loss-and-backward step itself, as in
   ``off_policy.mode: behavior``;
-- ``proximal``: computed in the proximal pass that decoupled PPO runs anyway (DESIGN 8);
+- ``proximal``: computed in the proximal pass that decoupled PPO runs anyway (docs/design.md section 8);
   here both methods are timed as proximal pass + loss-and-backward.
 
 Prints the median times and, as its last line, ``modulation_overhead ratio=<float>``

@@ -1,7 +1,7 @@
 """What the buffer hands the learner: ready groups of one prompt's samples (in-process).
 
 A ``LearnerBatch`` is what one learner step consumes: ``groups`` of unequal size, each
-keeping its own prompt id, prompt tokens and gold answer with every sample (DESIGN 4.1:
+keeping its own prompt id, prompt tokens and gold answer with every sample (docs/design.md section 4.1:
 responses never drift to another prompt's metadata). Arrays are numpy views of the
 packed bytes that arrived on the wire.
 """

@@ -1,4 +1,4 @@
-"""Staleness control (DESIGN section 6; AReaL's admission rule, Fu et al. 2025).
+"""Staleness control (docs/design.md section 6; AReaL's admission rule, Fu et al. 2025).
 
 Admission: with ``v`` the learner version, ``B`` groups per learner step and ``eta`` the
 maximum staleness, a new group may be created only while

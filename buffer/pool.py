@@ -1,4 +1,4 @@
-"""Prompt pool with cumulative Bernoulli statistics (DESIGN 4.1 and 6).
+"""Prompt pool with cumulative Bernoulli statistics (docs/design.md section 4.1 and 6).
 
 Per prompt i: ``k_i`` correct of ``G_i`` attempts, cumulative over the run, updated when a
 group completes (``G_i += n``, ``k_i += correct``), and the learner version last seen.

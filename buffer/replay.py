@@ -1,4 +1,4 @@
-"""Inspect and replay a recorded run (``dynamo-async replay RUN_DIR ...``, DESIGN 6 "Replay").
+"""Inspect and replay a recorded run (``dynamo-async replay RUN_DIR ...``, docs/design.md section 6 "Replay").
 
 Reads the Arrow store written by ``buffer.store.RunStore``:
 

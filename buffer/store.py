@@ -1,6 +1,6 @@
 """The run's Arrow store: every completion received and every batch handed to the learner.
 
-Layout (DESIGN 6, "Arrow store")::
+Layout (docs/design.md section 6, "Arrow store")::
 
     RUN_DIR/store/completions/completions-000000.arrows, -000001, ...   one row per completion
     RUN_DIR/store/batches/batches-000000.arrows, ...                    one row per learner sample

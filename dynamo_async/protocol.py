@@ -1,4 +1,4 @@
-"""Wire protocol between learner, buffer and rollout workers (DESIGN section 5).
+"""Wire protocol between learner, buffer and rollout workers (docs/design.md section 5).
 
 Every message is a versioned, frozen ``msgspec.Struct`` in one tagged union, encoded as
 msgpack and decoded by a typed decoder; nothing is pickled. Token ids and float arrays

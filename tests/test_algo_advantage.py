@@ -1,4 +1,4 @@
-"""Group-relative advantages for groups of unequal size (DESIGN 4.1 alignment, 4.2)."""
+"""Group-relative advantages for groups of unequal size (docs/design.md section 4.1 alignment, 4.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bernoulli variance proxy and water-filling allocation (DESIGN 4.1, DynaMO App. C/D)."""
+"""Bernoulli variance proxy and water-filling allocation (docs/design.md section 4.1, DynaMO App. C/D)."""
 
 from __future__ import annotations
 
@@ -271,7 +271,7 @@ def test_water_fill_large_n_is_fast():
     counts = water_fill(p, budget=16 * p.size, g_min=8, g_max=24)
     elapsed = time.perf_counter() - start
     assert counts.sum() == 16 * p.size
-    assert elapsed < 5.0  # DESIGN: well under a second for 1e6 prompts; generous for a loaded CI box
+    assert elapsed < 5.0  # docs/design.md: well under a second for 1e6 prompts; generous for a loaded CI box
 
 
 def test_water_fill_is_scale_invariant_for_extreme_finite_priorities():

@@ -1,4 +1,4 @@
-"""Table 1 baselines against their formulas, and every method through policy_objective (DESIGN 4.4)."""
+"""Table 1 baselines against their formulas, and every method through policy_objective (docs/design.md section 4.4)."""
 
 from __future__ import annotations
 

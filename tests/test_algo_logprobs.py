@@ -1,4 +1,4 @@
-"""Chunked log-probs, entropy and the Theorem 1 vocabulary sum (DESIGN 4.2, 4.3)."""
+"""Chunked log-probs, entropy and the Theorem 1 vocabulary sum (docs/design.md section 4.2, 4.3)."""
 
 from __future__ import annotations
 

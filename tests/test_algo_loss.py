@@ -1,4 +1,4 @@
-"""Clipped policy loss, IS weights, aggregation, and the gradient of the full objective (DESIGN 4.2, 4.3)."""
+"""Clipped policy loss, IS weights, aggregation and the full objective's gradient (docs/design.md 4.2, 4.3)."""
 
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def _grad_example(temperature):
 
 
 def _reference_objective(logits64, batch, cfg):
-    """The DESIGN 4.2/4.3 formulas with plain autograd, float64, nothing from dynamo_async.algo."""
+    """The docs/design.md section 4.2/4.3 formulas with plain autograd, float64, nothing from dynamo_async.algo."""
     temp = cfg.rollout.temperature
     el, eh, c, cap = cfg.loss.eps_low, cfg.loss.eps_high, cfg.loss.dual_clip_c, cfg.off_policy.is_cap
     m = batch.mask.double()
@@ -312,7 +312,7 @@ def test_policy_objective_micro_batches_accumulate_to_whole_batch(method, aggreg
 
 
 def test_stats_from_the_proximal_pass_give_the_same_loss_and_gradient():
-    # DESIGN 8: the proximal pass computes entropy and vocabulary sums; with unchanged weights
+    # docs/design.md section 8: the proximal pass computes entropy and vocabulary sums; with unchanged weights
     # the training step must then give exactly what computing them in the step gives.
     from dynamo_async.algo.objective import proximal_stats
 

@@ -1,4 +1,4 @@
-"""Garbage on every socket of the buffer (DESIGN 5: rejected and counted, never a crash, never in
+"""Garbage on every socket of the buffer (docs/design.md section 5: rejected and counted, never a crash, never in
 the buffer); afterwards a normal worker is served end to end. Real ZeroMQ on 127.0.0.1."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Buffer service in process (DESIGN 6): budgets, statistics, rejection, leases, staleness gate,
+"""Buffer service in process (docs/design.md section 6): budgets, statistics, rejection, leases, staleness gate,
 zero-variance filtering, checkpoints, status. No sockets; a fake clock drives the timeouts."""
 
 from __future__ import annotations

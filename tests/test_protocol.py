@@ -1,4 +1,4 @@
-"""Wire protocol (DESIGN 5): round trips, packed arrays, decode-time invariants, rejection."""
+"""Wire protocol (docs/design.md section 5): round trips, packed arrays, decode-time invariants, rejection."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of last-box extraction and the math-verify process pool (DESIGN section 4.5)."""
+"""Tests of last-box extraction and the math-verify process pool (docs/design.md section 4.5)."""
 
 from __future__ import annotations
 

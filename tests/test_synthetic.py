@@ -1,4 +1,4 @@
-"""Tests of the synthetic arithmetic task and of problem loading (DESIGN section 10, "Data")."""
+"""Tests of the synthetic arithmetic task and of problem loading (docs/design.md section 10, "Data")."""
 
 from __future__ import annotations
 

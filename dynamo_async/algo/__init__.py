@@ -1,4 +1,4 @@
-"""DynaMO's algorithms and the Table 1 baselines, one small module each (DESIGN section 4)."""
+"""DynaMO's algorithms and the Table 1 baselines, one small module each (docs/design.md section 4)."""
 
 from dynamo_async.algo.advantage import group_advantages, training_rewards
 from dynamo_async.algo.aggregation import aggregate

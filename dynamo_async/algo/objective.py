@@ -41,7 +41,7 @@ class PolicyBatch:
     policy (``behavior``); ``logp_behavior`` is the worker's, used for the IS weight.
     ``total_tokens``/``total_seqs`` are the mini-batch totals for gradient accumulation.
     ``entropy``/``vocab_sum``, when given, come from the proximal pass (``proximal_stats``,
-    DESIGN section 8) and the training forward then computes log-probs only.
+    docs/design.md section 8) and the training forward then computes log-probs only.
     """
 
     tokens: torch.Tensor

@@ -1,4 +1,4 @@
-"""Typed, frozen run configuration (DESIGN sections 4 and 9).
+"""Typed, frozen run configuration (docs/design.md sections 4 and 9).
 
 Every field carries its documentation in ``msgspec.Meta(description=...)`` so that
 ``dynamo-async config --describe`` can list it, and its bounds in the same ``Meta`` so

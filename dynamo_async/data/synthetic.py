@@ -1,4 +1,4 @@
-"""A seeded synthetic arithmetic task with difficulty levels 1..5 (DESIGN section 10, "Data").
+"""A seeded synthetic arithmetic task with difficulty levels 1..5 (docs/design.md section 10, "Data").
 
 The embedded default trains on it so that accuracy visibly rises within minutes on a CPU.
 Levels: 1 = single-digit ``a + b``; 2 = two-digit addition or subtraction; 3 = single-digit

@@ -125,7 +125,7 @@ class Learner:
         self.save()
 
     def evaluate(self, log: MetricsLog, label: str) -> dict:
-        """Sampled accuracy of the current weights on the held-out sets (DESIGN 10)."""
+        """Sampled accuracy of the current weights on the held-out sets (docs/design.md section 10)."""
         if not self.cfg.trainer.eval_samples:
             return {}
         from dynamo_async.data.prompts import eval_problems

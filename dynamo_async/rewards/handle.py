@@ -1,4 +1,4 @@
-"""Parent-side handle of one math-verify worker process (DESIGN section 4.5).
+"""Parent-side handle of one math-verify worker process (docs/design.md section 4.5).
 
 A handle owns exactly one process, the parent end of its pipe and a sender thread. Jobs are
 written by the sender thread, so that a worker which stops reading (stuck, or SIGSTOPped) can

@@ -1,6 +1,6 @@
 """math-verify scoring in a small pool of worker processes, with an outer hard timeout.
 
-DESIGN section 4.5 and notes/algorithms.md section 5.3: math-verify's timeouts use SIGALRM (main
+docs/design.md section 4.5: math-verify's timeouts use SIGALRM (main
 thread only) and it can hang on pathological input, so it runs in worker processes (``spawn``
 context: the parent runs threads, ZeroMQ and torch). A dispatcher thread hands one job at a
 time to each idle worker. A worker that has not answered within ``hard_timeout_s`` is killed

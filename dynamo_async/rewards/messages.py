@@ -1,4 +1,4 @@
-"""Typed messages between the math-verify scorer and its worker processes (DESIGN sections 4.5, 5).
+"""Typed messages between the math-verify scorer and its worker processes (docs/design.md sections 4.5, 5).
 
 Every message is a ``msgspec.Struct`` encoded as msgpack and sent with
 ``Connection.send_bytes``; nothing is pickled. Parent -> worker: ``ScoreJob``. Worker -> parent:

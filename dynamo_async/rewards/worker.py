@@ -1,4 +1,4 @@
-"""The scoring rule and the main loop of one math-verify worker process (DESIGN section 4.5).
+"""The scoring rule and the main loop of one math-verify worker process (docs/design.md section 4.5).
 
 Rule (as prime-rl/verifiers ``verify_response``): keep the last ``max_chars`` characters of the
 response, take its final answer in ``rewards.answer_format`` (its last ``\\boxed{}``, its last

@@ -1,1 +1,1 @@
-"""The Table 1 baselines of the DynaMO paper, one small module each (DESIGN section 4.4)."""
+"""The Table 1 baselines of the DynaMO paper, one small module each (docs/design.md section 4.4)."""
