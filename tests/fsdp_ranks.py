@@ -58,6 +58,38 @@ def config(method: str, *extra: str):
     )
 
 
+def run_ranks(out: Path, method: str, *extra: str, nproc: int = 2, device: str = "cpu", timeout_s: float = 240):
+    """Run ``main`` under torchrun with ``nproc`` ranks; returns the float32 masters rank 0 wrote."""
+    import socket
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        __file__,
+        str(out),
+        method,
+        *extra,
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "FSDP_DEVICE": device}
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return load_file(str(out))
+
+
 def main(out: str, method: str, *extra: str) -> None:
     from safetensors.torch import save_file
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 spec = importlib.util.spec_from_file_location("fsdp_ranks", HERE / "fsdp_ranks.py")
@@ -31,25 +30,7 @@ def _free_port() -> int:
 
 
 def _sharded_step(tmp_path: Path, method: str, *extra: str) -> dict[str, torch.Tensor]:
-    out = tmp_path / f"{method}.safetensors"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(_free_port()),
-        str(HERE / "fsdp_ranks.py"),
-        str(out),
-        method,
-        *extra,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return load_file(str(out))
+    return fsdp_ranks.run_ranks(tmp_path / f"{method}.safetensors", method, *extra)
 
 
 def _single_step(method: str, *extra: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

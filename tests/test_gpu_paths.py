@@ -5,10 +5,6 @@ generation with the ``hf`` engine on CUDA, with the builtin tiny-math model."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +79,6 @@ def test_fsdp2_mixed_precision_with_one_rank_on_cuda(tmp_path):
     """FSDP2 (NCCL, one GPU) with MixedPrecisionPolicy(bf16, reduce float32) over float32 shards:
     the gathered masters stay float32 and move at lr 1e-6 like the float32 run's."""
     _cuda()
-    from safetensors.torch import load_file
-
     from dynamo_async.learner.trainer import Trainer
 
     here = Path(__file__).resolve().parent
@@ -92,34 +86,15 @@ def test_fsdp2_mixed_precision_with_one_rank_on_cuda(tmp_path):
     fsdp_ranks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fsdp_ranks)
     lr = ("optim.lr=1e-6", "optim.warmup_steps=0")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "fsdp.safetensors"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "1",
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(port),
-            str(here / "fsdp_ranks.py"),
-            str(out),
-            "grpo",
-            "model.compute_dtype=bfloat16",
-            *lr,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "FSDP_DEVICE": "cuda"},
+    sharded = fsdp_ranks.run_ranks(
+        tmp_path / "fsdp.safetensors",
+        "grpo",
+        "model.compute_dtype=bfloat16",
+        *lr,
+        nproc=1,
+        device="cuda",
+        timeout_s=300,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    sharded = load_file(str(out))
     torch.manual_seed(0)
     single = Trainer(fsdp_ranks.config("grpo", *lr), "cuda")
     before = {n: t.detach().cpu().clone() for n, t in single.masters.named.items()}

@@ -9,6 +9,7 @@ safe point (``WeightSource``), which bumps ``policy_version``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -41,6 +42,23 @@ class GenResult:
     def __post_init__(self) -> None:
         n = len(self.token_ids)
         assert len(self.logprobs) == n and len(self.versions) == n, "result arrays differ in length"
+
+
+def wait_for_version(
+    engine: Engine, try_swap: Callable[[], None], version: int, timeout_s: float, poll_s: float
+) -> None:
+    """``Engine.wait_for_weights`` for an engine whose ``try_swap`` applies staged weights if any."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try_swap()
+        if engine.policy_version >= version:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"no weights of version {version} arrived from the learner within {timeout_s:.0f} s; "
+                "check that the learner can reach this worker's weight-sync connection"
+            )
+        time.sleep(poll_s)
 
 
 class Engine(Protocol):

@@ -16,7 +16,6 @@ every later token is exactly the new policy's and is tagged with the new version
 from __future__ import annotations
 
 import inspect
-import time
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ import torch
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
 from dynamo_async.weights.group import collective_backend
-from workers.engine import GenRequest, GenResult, WeightSource
+from workers.engine import GenRequest, GenResult, WeightSource, wait_for_version
 from workers.parts import WorkerParts, register_engine
 from workers.receiver import WeightReceiver, load_staged
 
@@ -58,18 +57,13 @@ class HFEngine:
 
     def wait_for_weights(self, version: int, timeout_s: float, poll_s: float = 0.05) -> None:
         """Load staged weights until serving ``version`` (a late joiner's first weights)."""
-        deadline = time.monotonic() + timeout_s
-        while self.policy_version < version:
+
+        def try_swap() -> None:
             staged = self.weight_source() if self.weight_source is not None else None
             if staged is not None:
                 self.apply_weights(*staged)
-                continue
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"no weights of version {version} arrived from the learner within {timeout_s:.0f} s; "
-                    "check that the learner can reach this worker's weight-sync connection"
-                )
-            time.sleep(poll_s)
+
+        wait_for_version(self, try_swap, version, timeout_s, poll_s)
 
     def close(self) -> None:
         self.model = None

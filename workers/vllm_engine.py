@@ -26,13 +26,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-import time
 
 import numpy as np
 
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
-from workers.engine import GenRequest, GenResult
+from workers.engine import GenRequest, GenResult, wait_for_version
 from workers.parts import WorkerParts, register_engine
 
 VLLM_VERSION = "0.33.0"
@@ -69,15 +68,7 @@ class VLLMEngine:
 
     def wait_for_weights(self, version: int, timeout_s: float, step_s: float = 0.5) -> None:
         """A late joiner first loads the learner's current weights (version > 0)."""
-        deadline = time.monotonic() + timeout_s
-        while self.policy_version < version:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"no weights of version {version} arrived from the learner within {timeout_s:.0f} s; check "
-                    "that the learner can reach this worker's weight-sync connection"
-                )
-            self.swap_now()
-            time.sleep(step_s)
+        wait_for_version(self, self.swap_now, version, timeout_s, step_s)
 
     def close(self) -> None:
         self._watcher.cancel()

@@ -51,9 +51,7 @@ _DUPLICATE_HINT = "repeated copies of a prompt merge with data.dedup: true; or n
 
 def load_problems(path: str | os.PathLike[str], opts: ReadOptions = ReadOptions()) -> list[Problem]:
     """Read problems from a ``.jsonl`` or ``.parquet`` file; ids must be unique."""
-    located = list(iter_problems(path, opts))
-    check_unique_ids(located)
-    return [p for _, p in located]
+    return with_unique_ids(iter_problems(path, opts))
 
 
 def iter_problems(path: str | os.PathLike[str], opts: ReadOptions = ReadOptions()) -> Iterator[Located]:
@@ -80,6 +78,13 @@ def convert_rows(rows: Iterable[tuple[str, int, Any]], stem: str, name: str, opt
         if paths is None:
             paths = opts.fields.resolve(row, here)
         yield here, _to_problem(row, index, paths, stem, here, opts.strip_template)
+
+
+def with_unique_ids(located: Iterable[Located], hint: str = _DUPLICATE_HINT) -> list[Problem]:
+    """All problems of ``located``, their ids checked unique."""
+    located = list(located)
+    check_unique_ids(located, hint)
+    return [p for _, p in located]
 
 
 def check_unique_ids(located: list[Located], hint: str = _DUPLICATE_HINT) -> None:
@@ -165,9 +170,7 @@ def _level(row: dict[str, Any]) -> int:
 
 def load_spec(spec: str, field: str, opts: ReadOptions = ReadOptions()) -> list[Problem]:
     """A local JSONL/Parquet file, or a Hugging Face dataset ``owner/name[:split]``; ids unique."""
-    located = list(iter_spec(spec, field, opts))
-    check_unique_ids(located)
-    return [p for _, p in located]
+    return with_unique_ids(iter_spec(spec, field, opts))
 
 
 def iter_spec(spec: str, field: str, opts: ReadOptions = ReadOptions()) -> Iterator[Located]:

@@ -20,7 +20,7 @@ from dynamo_async.config.schema import DataConfig, RunConfig
 from dynamo_async.data import templates
 from dynamo_async.data.dedup import DedupReport, dedup_problems
 from dynamo_async.data.layouts import FieldMap
-from dynamo_async.data.problems import Problem, ReadOptions, check_unique_ids, iter_spec, load_spec
+from dynamo_async.data.problems import Problem, ReadOptions, iter_spec, load_spec, with_unique_ids
 from dynamo_async.data.synthetic import train_eval_split
 from dynamo_async.errors import UsageError
 
@@ -37,17 +37,15 @@ def load_training_set(cfg: DataConfig) -> tuple[list[Problem], DedupReport | Non
         return train_eval_split(cfg.synthetic)[0], None
     located = iter_spec(cfg.train, "data.train", read_options(cfg, train=True))
     if not cfg.dedup:
-        located = list(located)
-        check_unique_ids(located)
-        return [p for _, p in located], None
+        return with_unique_ids(located), None
     kept, report = dedup_problems(located)
-    check_unique_ids(kept, hint="two different problems share this id; name another id field with data.id_field")
     if not kept:
         raise UsageError(
             f"data.train: got {cfg.train!r} with no usable prompt ({report.line()}), expected at "
             "least one problem with an answer"
         )
-    return [p for _, p in kept], report
+    hint = "two different problems share this id; name another id field with data.id_field"
+    return with_unique_ids(kept, hint), report
 
 
 def training_problems(cfg: DataConfig) -> list[Problem]:

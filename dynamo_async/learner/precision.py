@@ -25,16 +25,6 @@ from __future__ import annotations
 
 import torch
 
-from dynamo_async.errors import UsageError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def compute_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise UsageError(f"model.compute_dtype: got {name!r}, expected one of {sorted(DTYPES)}")
-    return DTYPES[name]
-
 
 def fsdp_policy(dtype: torch.dtype):
     """FSDP2's mixed-precision policy for ``dtype`` compute over float32 sharded masters."""
@@ -55,9 +45,8 @@ class MasterWeights:
         params = dict(model.named_parameters())
         assert all(p.dtype == torch.float32 for p in params.values()), "masters are loaded in float32"
         self.dtype = dtype
-        self.separate = dtype != torch.float32 and not sharded
         self._pairs: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
-        if not self.separate:
+        if dtype == torch.float32 or sharded:
             self.named = params
             return
         self.named = {}

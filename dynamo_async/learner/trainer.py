@@ -21,7 +21,7 @@ from dynamo_async.learner import checkpoint
 from dynamo_async.learner.batching import MicroBatch, mini_batches
 from dynamo_async.learner.distributed import DistInfo, equalize, full_weights, shard_model
 from dynamo_async.learner.optim import clip_and_step, make_optimizer
-from dynamo_async.learner.precision import MasterWeights, compute_dtype
+from dynamo_async.learner.precision import MasterWeights
 
 
 class Trainer:
@@ -33,6 +33,7 @@ class Trainer:
         self, cfg: RunConfig, device: str = "cpu", checkpoint_dir: Path | None = None, dist_info: DistInfo = DistInfo()
     ):
         from dynamo_async.models import load_model, load_tokenizer
+        from dynamo_async.models.loader import DTYPES
 
         self.cfg, self.device, self.dist = cfg, device, dist_info
         source = str(checkpoint_dir / "model") if checkpoint_dir else cfg.model.name
@@ -40,7 +41,7 @@ class Trainer:
         self.model = load_model(source, "float32", device).train()  # the float32 masters
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-        self.compute_dtype = compute_dtype(cfg.model.compute_dtype)
+        self.compute_dtype = DTYPES[cfg.model.compute_dtype]
         if dist_info.sharded:
             if checkpoint_dir is not None:
                 raise UsageError(
