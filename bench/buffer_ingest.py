@@ -32,6 +32,7 @@ def sender_main(conn) -> None:
     import zmq
 
     from dynamo_async.protocol import Completion, encode, pack_f32, pack_i32
+    from dynamo_async.sample import SampleRecord
 
     ctx = zmq.Context()
     frames: list[bytes] = []
@@ -46,20 +47,22 @@ def sender_main(conn) -> None:
             frames = [
                 encode(
                     Completion(
-                        worker_id="bench-sender",
                         lease_id=lease_id,
-                        group_id=group_id,
-                        prompt_id=prompt_id,
-                        sample_index=i,
-                        token_ids=pack_i32(bases[k % 16]),
-                        logprobs=logprobs,
-                        versions=versions,
-                        finish_reason="stop",
-                        acc=int((k * 7) % 3 == 0),
-                        reward=1.0,
-                        score_status="ok",
-                        gen_seconds=1.0,
-                        score_seconds=0.01,
+                        sample=SampleRecord(
+                            group_id=group_id,
+                            prompt_id=prompt_id,
+                            sample_index=i,
+                            worker_id="bench-sender",
+                            token_ids=pack_i32(bases[k % 16]),
+                            logprobs=logprobs,
+                            versions=versions,
+                            finish_reason="stop",
+                            acc=int((k * 7) % 3 == 0),
+                            reward=1.0,
+                            score_status="ok",
+                            gen_seconds=1.0,
+                            score_seconds=0.01,
+                        ),
                     )
                 )
                 for k, (group_id, lease_id, prompt_id, i) in enumerate(spec)

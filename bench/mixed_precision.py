@@ -28,7 +28,9 @@ import time
 def make_batch(vocab: int, groups: int, samples: int, prompt_len: int, response_len: int, seed: int = 0):
     import numpy as np
 
-    from buffer.batch import LearnerBatch, ReadyGroup, Sample
+    from buffer.batch import LearnerBatch, ReadyGroup
+    from dynamo_async.protocol import pack_f32, pack_i32
+    from dynamo_async.sample import SampleRecord
 
     rng = np.random.default_rng(seed)
     out = []
@@ -38,15 +40,20 @@ def make_batch(vocab: int, groups: int, samples: int, prompt_len: int, response_
         for i in range(samples):
             n = int(response_len * (0.5 + rng.random()))
             items.append(
-                Sample(
-                    i,
-                    rng.integers(5, vocab, n).astype(np.int32),
-                    (-0.5 - rng.random(n)).astype(np.float32),
-                    np.zeros(n, np.int32),
+                SampleRecord(
+                    group_id=g,
+                    prompt_id=f"p{g}",
+                    sample_index=i,
+                    worker_id="bench",
+                    token_ids=pack_i32(rng.integers(5, vocab, n)),
+                    logprobs=pack_f32(-0.5 - rng.random(n)),
+                    versions=pack_i32(np.zeros(n)),
+                    finish_reason="stop",
                     acc=(i + g) % 2,
                     reward=float(2 * ((i + g) % 2) - 1),
-                    finish_reason="stop",
-                    worker_id="bench",
+                    score_status="ok",
+                    gen_seconds=0.0,
+                    score_seconds=0.0,
                 )
             )
         out.append(ReadyGroup(g, f"p{g}", prompt, "1", tuple(items)))

@@ -2,8 +2,8 @@
 
 A ``LearnerBatch`` is what one learner step consumes: ``groups`` of unequal size, each
 keeping its own prompt id, prompt tokens and gold answer with every sample (docs/design.md section 4.1:
-responses never drift to another prompt's metadata). Arrays are numpy views of the
-packed bytes that arrived on the wire.
+responses never drift to another prompt's metadata). The samples are the ``SampleRecord`` s that
+arrived on the wire (``dynamo_async/sample.py``); their arrays are numpy views of the packed bytes.
 """
 
 from __future__ import annotations
@@ -12,23 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Sample:
-    """One response: tokens, behaviour log-probs and the policy version of every token."""
-
-    sample_index: int
-    token_ids: np.ndarray
-    logprobs: np.ndarray
-    versions: np.ndarray
-    acc: int
-    reward: float
-    finish_reason: str
-    worker_id: str
-
-    def __post_init__(self) -> None:
-        n = len(self.token_ids)
-        assert len(self.logprobs) == n and len(self.versions) == n, "sample arrays differ in length"
+from dynamo_async.sample import SampleRecord
 
 
 @dataclass(frozen=True)
@@ -39,12 +23,17 @@ class ReadyGroup:
     prompt_id: str
     prompt_token_ids: np.ndarray
     answer: str
-    samples: tuple[Sample, ...]
+    samples: tuple[SampleRecord, ...]
+
+    def __post_init__(self) -> None:
+        assert all(s.group_id == self.group_id and s.prompt_id == self.prompt_id for s in self.samples), (
+            f"group {self.group_id} ({self.prompt_id}) holds a sample of another group or prompt"
+        )
 
     @property
     def oldest_version(self) -> int:
         """Policy version of the oldest token in the group."""
-        return int(min(int(s.versions.min()) for s in self.samples))
+        return min(s.oldest_version for s in self.samples)
 
     @property
     def zero_variance(self) -> bool:

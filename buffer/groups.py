@@ -2,8 +2,8 @@
 
 A group is created with the rollout budget that water-filling gave its prompt. Its sample
 indices 0..n_i-1 are handed out (possibly to several workers) and come back one completion
-at a time; a completion is accepted only for its own group, prompt and an index not yet
-received.
+at a time; a completion's sample (its ``SampleRecord``) is accepted only for its own group,
+prompt and an index not yet received, and is kept as it arrived: the learner gets the same record.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from buffer.batch import ReadyGroup, Sample
+from buffer.batch import ReadyGroup
 from buffer.lifecycle import GroupState, check_transition
-from dynamo_async.protocol import Completion
+from dynamo_async.sample import SampleRecord
 
 
 @dataclass(eq=False)
@@ -25,7 +25,7 @@ class Group:
     created_version: int
     state: GroupState = GroupState.WAITING
     pending: deque[int] = field(default_factory=deque)
-    received: dict[int, Completion] = field(default_factory=dict)
+    received: dict[int, SampleRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert self.n >= 1
@@ -44,8 +44,8 @@ class Group:
         self.pending.extendleft(reversed(back))
         return len(back)
 
-    def rejection(self, c: Completion) -> str | None:
-        """Why ``c`` cannot join this group, or None if it can."""
+    def rejection(self, c: SampleRecord) -> str | None:
+        """Why sample ``c`` cannot join this group, or None if it can."""
         if self.state not in (GroupState.WAITING, GroupState.IN_FLIGHT):
             return "group_complete"
         if c.prompt_id != self.prompt_id:
@@ -56,7 +56,7 @@ class Group:
             return "duplicate"
         return None
 
-    def add(self, c: Completion) -> bool:
+    def add(self, c: SampleRecord) -> bool:
         """Accept ``c`` (already checked); True when the group just became READY."""
         assert c.sample_index not in self.received, "add() after rejection() said no"
         self.received[c.sample_index] = c
@@ -75,9 +75,5 @@ class Group:
 
     def ready(self, prompt) -> ReadyGroup:
         """The group as the learner gets it (samples in index order); ``prompt`` is its PoolPrompt."""
-        samples = []
-        for index in sorted(self.received):
-            c = self.received[index]
-            tokens, logprobs, versions = c.arrays()
-            samples.append(Sample(index, tokens, logprobs, versions, c.acc, c.reward, c.finish_reason, c.worker_id))
-        return ReadyGroup(self.group_id, self.prompt_id, prompt.token_ids, prompt.answer, tuple(samples))
+        samples = tuple(self.received[index] for index in sorted(self.received))
+        return ReadyGroup(self.group_id, self.prompt_id, prompt.token_ids, prompt.answer, samples)

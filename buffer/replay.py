@@ -8,7 +8,8 @@ Reads the Arrow store written by ``buffer.store.RunStore``:
   assembly dropped. A completion received twice (same group and sample index, e.g. after a lease
   was handed out again) counts once, at its first arrival.
 - ``export_rows``: selected rows as JSONL (lists as JSON arrays).
-- ``iter_batches``: the exact recorded ``LearnerBatch`` es in step order, for trainer-only replay.
+- ``iter_batches``: the exact recorded ``LearnerBatch`` es in step order, for trainer-only replay (each
+  sample the ``SampleRecord`` it was, rebuilt from its row by column name).
 - ``replay_main``: the command line; ``add_arguments`` / ``run`` let the CLI wire it as a subcommand.
 
 Version filters select on the ``policy_version`` column: the learner version when a completion
@@ -28,8 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from buffer.batch import LearnerBatch, ReadyGroup
 from buffer.store import read_table
+from buffer.tables import records_from
 from dynamo_async.errors import UsageError
 
 TOP_PROMPTS = 10
@@ -223,41 +225,19 @@ def _list_rows(column: pa.ChunkedArray) -> list[np.ndarray]:
 
 
 def _groups(rows: pa.Table) -> tuple[ReadyGroup, ...]:
-    """The groups of one step's sample rows, in recorded order, samples by sample_index."""
-    col = {
-        name: rows[name].to_pylist()
-        for name in ("group_id", "prompt_id", "answer", "sample_index", "acc", "reward", "finish_reason", "worker_id")
-    }
-    arrays = {name: _list_rows(rows[name]) for name in ("prompt_token_ids", "token_ids", "logprobs", "versions")}
+    """The groups of one step's sample rows, in recorded order, samples by sample_index; every
+    sample is the ``SampleRecord`` rebuilt from its row by column name."""
+    records = records_from(rows)
+    prompts, answers = _list_rows(rows["prompt_token_ids"]), rows["answer"].to_pylist()
     members: dict[int, list[int]] = {}
-    for i, group_id in enumerate(col["group_id"]):
-        members.setdefault(group_id, []).append(i)
+    for i, r in enumerate(records):
+        members.setdefault(r.group_id, []).append(i)
     groups = []
     for group_id, idx in members.items():
-        idx.sort(key=lambda i: col["sample_index"][i])
-        samples = tuple(
-            Sample(
-                sample_index=col["sample_index"][i],
-                token_ids=arrays["token_ids"][i],
-                logprobs=arrays["logprobs"][i],
-                versions=arrays["versions"][i],
-                acc=col["acc"][i],
-                reward=col["reward"][i],
-                finish_reason=col["finish_reason"][i],
-                worker_id=col["worker_id"][i],
-            )
-            for i in idx
-        )
-        first = idx[0]
-        groups.append(
-            ReadyGroup(
-                group_id=group_id,
-                prompt_id=col["prompt_id"][first],
-                prompt_token_ids=arrays["prompt_token_ids"][first],
-                answer=col["answer"][first],
-                samples=samples,
-            )
-        )
+        idx.sort(key=lambda i: records[i].sample_index)
+        first = records[idx[0]]
+        samples = tuple(records[i] for i in idx)
+        groups.append(ReadyGroup(group_id, first.prompt_id, prompts[idx[0]], answers[idx[0]], samples))
     return tuple(groups)
 
 

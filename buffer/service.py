@@ -101,17 +101,18 @@ class BufferService:
             return reasons
 
     def _accept(self, c: Completion, now: float) -> str | None:
-        group = self.groups.get(c.group_id)
-        reason = "unknown_group" if group is None else group.rejection(c)
+        s = c.sample
+        group = self.groups.get(s.group_id)
+        reason = "unknown_group" if group is None else group.rejection(s)
         if reason is not None:
             self.rejected[reason] += 1
             return reason
-        self.leases.seen(c.worker_id, now)
-        self.leases.settle(c.lease_id, c.group_id, c.sample_index)
+        self.leases.seen(s.worker_id, now)
+        self.leases.settle(c.lease_id, s.group_id, s.sample_index)
         self.counts["completions"] += 1
-        self.counts["completion_tokens"] += len(c.token_ids) // 4
-        self.by_worker[c.worker_id] += 1
-        if group.add(c):
+        self.counts["completion_tokens"] += s.num_tokens
+        self.by_worker[s.worker_id] += 1
+        if group.add(s):
             self.pool.complete(group.prompt_idx, group.correct, group.n, self.version)
             self.counts["groups_ready"] += 1
             self._cond.notify_all()
@@ -250,7 +251,7 @@ class BufferService:
         if not idxs:
             return []
         budget = a.avg_rollouts * len(idxs)
-        if a.dynamic and self.cfg.method == "dynamo":
+        if a.dynamic:
             counts = water_fill(self.pool.priorities(idxs, a.prior, a.priority_power), budget, a.g_min, a.g_max)
         else:
             counts = np.full(len(idxs), a.avg_rollouts)
@@ -321,7 +322,7 @@ class BufferService:
         del self.groups[group.group_id]
 
     def _set_aside_reason(self, group: Group) -> str | None:
-        oldest = min(int(c.arrays()[2].min()) for c in group.received.values())
+        oldest = min(s.oldest_version for s in group.received.values())
         if self.cfg.buffer.stale_groups == "drop" and too_stale(self.version, oldest, self.cfg.buffer.max_staleness):
             return "dropped_stale"
         if self.cfg.advantage.filter_zero_variance and len({c.acc for c in group.received.values()}) == 1:

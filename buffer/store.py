@@ -6,7 +6,7 @@ Layout (docs/design.md section 6, "Arrow store")::
     RUN_DIR/store/batches/batches-000000.arrows, ...                    one row per learner sample
     RUN_DIR/store/steps/steps-000000.arrows, ...                        one row per learner batch
 
-Each file is an Arrow IPC *stream* with the table's explicit schema (module constants below).
+Each file is an Arrow IPC *stream* with the table's explicit schema (``buffer/tables.py``).
 A ``SegmentWriter`` buffers rows column by column and writes one record batch when ``flush_rows``
 rows are pending, when the oldest pending row is ``max_delay_s`` old (checked on append), or on
 ``flush()``; it starts a new segment once the current file exceeds ``segment_bytes``. List columns
@@ -15,8 +15,10 @@ Python lists of ints, so ingest stays cheap. A reopened store continues the segm
 
 ``RunStore`` holds the three writers behind one lock: the buffer's network thread appends
 completions while the learner thread appends batches. ``append_batch`` flushes at once, so a
-batch is on disk as soon as it was handed out. ``read_table`` reads the segments back in order; a
-segment cut short by a crash yields every complete record batch before the damage (with a warning).
+batch is on disk as soon as it was handed out. ``read_table`` reads the segments back in order,
+every column by name (so a segment of an older layout reads too: columns in another order, or a
+column it predates as zeros / empty); a segment cut short by a crash yields every complete record
+batch before the damage (with a warning).
 """
 
 from __future__ import annotations
@@ -33,65 +35,18 @@ import numpy as np
 import pyarrow as pa
 
 from buffer.batch import LearnerBatch
+from buffer.tables import (
+    BATCHES_SCHEMA,
+    COMPLETIONS_SCHEMA,
+    SCHEMAS,
+    STEPS_SCHEMA,
+    batch_rows,
+    completions_batch,
+    conform,
+    to_column,
+)
 from dynamo_async.errors import UsageError
 from dynamo_async.protocol import Completion
-
-_I32_LIST = pa.list_(pa.int32())
-_F32_LIST = pa.list_(pa.float32())
-
-
-def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
-    return pa.schema([pa.field(name, type_, nullable=False) for name, type_ in fields])
-
-
-COMPLETIONS_SCHEMA = _schema(
-    ("group_id", pa.int64()),
-    ("prompt_id", pa.string()),
-    ("sample_index", pa.int32()),
-    ("lease_id", pa.int64()),
-    ("worker_id", pa.string()),
-    ("token_ids", _I32_LIST),
-    ("logprobs", _F32_LIST),
-    ("versions", _I32_LIST),
-    ("finish_reason", pa.string()),
-    ("acc", pa.int8()),
-    ("reward", pa.float32()),
-    ("score_status", pa.string()),
-    ("gen_seconds", pa.float32()),
-    ("score_seconds", pa.float32()),
-    ("received_at", pa.float64()),  # unix time
-    ("policy_version", pa.int32()),  # learner version when the completion arrived
-)
-
-BATCHES_SCHEMA = _schema(
-    ("step", pa.int64()),
-    ("policy_version", pa.int32()),
-    ("group_id", pa.int64()),
-    ("prompt_id", pa.string()),
-    ("prompt_token_ids", _I32_LIST),
-    ("answer", pa.string()),
-    ("sample_index", pa.int32()),
-    ("token_ids", _I32_LIST),
-    ("logprobs", _F32_LIST),
-    ("versions", _I32_LIST),
-    ("acc", pa.int8()),
-    ("reward", pa.float32()),
-    ("finish_reason", pa.string()),
-    ("worker_id", pa.string()),
-)
-
-STEPS_SCHEMA = _schema(
-    ("step", pa.int64()),
-    ("policy_version", pa.int32()),
-    ("num_groups", pa.int32()),
-    ("num_samples", pa.int32()),
-    ("dropped_stale", pa.int32()),
-    ("dropped_zero_variance", pa.int32()),
-    ("written_at", pa.float64()),  # unix time
-    ("staleness", _I32_LIST),  # LearnerBatch.staleness, kept so replay rebuilds it exactly
-)
-
-SCHEMAS: dict[str, pa.Schema] = {"completions": COMPLETIONS_SCHEMA, "batches": BATCHES_SCHEMA, "steps": STEPS_SCHEMA}
 
 _MAX_LIST_VALUES = 2**31 - 1  # int32 offsets of pa.list_
 _SEGMENT_RE = re.compile(r"-(\d+)\.arrows$")
@@ -106,24 +61,6 @@ def segment_paths(run_dir: str | Path, table: str) -> list[Path]:
     folder = store_dir(run_dir) / table
     paths = [p for p in folder.glob(f"{table}-*.arrows") if _SEGMENT_RE.search(p.name)]
     return sorted(paths, key=lambda p: int(_SEGMENT_RE.search(p.name).group(1)))
-
-
-def _list_array(values: list, type_: pa.ListType) -> pa.Array:
-    """A list column from per-row numpy arrays (or sequences), via offsets + one flat array."""
-    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
-    offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    dtype = type_.value_type.to_pandas_dtype()
-    flat = np.concatenate(values).astype(dtype, copy=False) if values else np.empty(0, dtype)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=type_.value_type))
-
-
-def _column(values: list, type_: pa.DataType) -> pa.Array:
-    if isinstance(type_, pa.ListType):
-        return _list_array(values, type_)
-    array = pa.array(values, type=type_)
-    assert array.null_count == 0, "store columns are not nullable"
-    return array
 
 
 class SegmentWriter:
@@ -181,7 +118,7 @@ class SegmentWriter:
         """Write the pending rows as one record batch; rotate the segment if it grew too large."""
         if not self.pending:
             return
-        arrays = [_column(values, f.type) for values, f in zip(self._columns, self.schema)]
+        arrays = [to_column(values, f.type) for values, f in zip(self._columns, self.schema)]
         batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
         self._columns = [[] for _ in self.schema]
         self._pending_values = 0
@@ -274,7 +211,7 @@ class RunStore:
         self._queue.task_done()
 
     def append_batch(self, batch: LearnerBatch) -> None:
-        """One row per sample plus the step's row; both flushed, so the batch is on disk now."""
+        """One row per sample plus the step's row; both written now, so the batch is on disk."""
         step_row = dict(
             step=batch.step,
             policy_version=batch.policy_version,
@@ -285,29 +222,11 @@ class RunStore:
             written_at=time.time(),
             staleness=np.asarray(batch.staleness, dtype=np.int32),
         )
+        samples = batch_rows(batch)
         with self._lock:
-            for group in batch.groups:
-                for s in group.samples:
-                    self._batches.append(
-                        dict(
-                            step=batch.step,
-                            policy_version=batch.policy_version,
-                            group_id=group.group_id,
-                            prompt_id=group.prompt_id,
-                            prompt_token_ids=group.prompt_token_ids,
-                            answer=group.answer,
-                            sample_index=s.sample_index,
-                            token_ids=s.token_ids,
-                            logprobs=s.logprobs,
-                            versions=s.versions,
-                            acc=s.acc,
-                            reward=s.reward,
-                            finish_reason=s.finish_reason,
-                            worker_id=s.worker_id,
-                        )
-                    )
+            if samples is not None:
+                self._batches.write_batch(samples)
             self._steps.append(step_row)
-            self._batches.flush()
             self._steps.flush()
 
     def written(self) -> None:
@@ -341,55 +260,21 @@ class RunStore:
         self.close()
 
 
-def completions_batch(rows: list[tuple[Completion, float, int]]) -> pa.RecordBatch:
-    """A ``completions`` record batch from decoded messages, column by column: the packed
-    token/log-prob/version bytes are joined once and become list columns without a per-element
-    Python step."""
-    cs = [c for c, _, _ in rows]
-    lengths = np.fromiter((len(c.token_ids) >> 2 for c in cs), dtype=np.int64, count=len(cs))
-    offsets = np.zeros(len(cs) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    offsets_array = pa.array(offsets)
-
-    def packed(field: str, dtype: str, type_: pa.DataType) -> pa.Array:
-        flat = np.frombuffer(b"".join(getattr(c, field) for c in cs), dtype=dtype)
-        return pa.ListArray.from_arrays(offsets_array, pa.array(flat, type=type_))
-
-    arrays = [
-        pa.array([c.group_id for c in cs], pa.int64()),
-        pa.array([c.prompt_id for c in cs], pa.string()),
-        pa.array([c.sample_index for c in cs], pa.int32()),
-        pa.array([c.lease_id for c in cs], pa.int64()),
-        pa.array([c.worker_id for c in cs], pa.string()),
-        packed("token_ids", "<i4", pa.int32()),
-        packed("logprobs", "<f4", pa.float32()),
-        packed("versions", "<i4", pa.int32()),
-        pa.array([c.finish_reason for c in cs], pa.string()),
-        pa.array([c.acc for c in cs], pa.int8()),
-        pa.array([c.reward for c in cs], pa.float32()),
-        pa.array([c.score_status for c in cs], pa.string()),
-        pa.array([c.gen_seconds for c in cs], pa.float32()),
-        pa.array([c.score_seconds for c in cs], pa.float32()),
-        pa.array([r for _, r, _ in rows], pa.float64()),
-        pa.array([v for _, _, v in rows], pa.int32()),
-    ]
-    return pa.RecordBatch.from_arrays(arrays, schema=COMPLETIONS_SCHEMA)
-
-
-def _read_segment(path: Path, columns: list[str] | None) -> list[pa.RecordBatch]:
-    """Every complete record batch of one segment; a truncated tail is warned about and skipped."""
+def _read_segment(path: Path, schema: pa.Schema) -> list[pa.RecordBatch]:
+    """Every complete record batch of one segment, as ``schema`` (by name); a truncated tail is
+    warned about and skipped."""
     batches: list[pa.RecordBatch] = []
     source = pa.memory_map(str(path))  # a missing or unreadable file is an error, not damage
     try:
         for batch in pa.ipc.open_stream(source):
-            batches.append(batch.select(columns) if columns is not None else batch)
+            batches.append(batch)
     except (OSError, pa.ArrowInvalid) as err:  # a crash mid-write cuts the file short
         warnings.warn(
             f"{path}: damaged after {len(batches)} record batches ({err}); reading what came before",
             RuntimeWarning,
             stacklevel=3,
         )
-    return batches
+    return [conform(batch, schema) for batch in batches]
 
 
 def read_table(run_dir: str | Path, table: str, columns: list[str] | None = None) -> pa.Table:
@@ -407,5 +292,5 @@ def read_table(run_dir: str | Path, table: str, columns: list[str] | None = None
         if unknown:
             raise UsageError(f"got columns {unknown}, expected columns of {table}: {schema.names}")
         schema = pa.schema([schema.field(name) for name in columns])
-    batches = [b for path in segment_paths(run_dir, table) for b in _read_segment(path, columns)]
+    batches = [b for path in segment_paths(run_dir, table) for b in _read_segment(path, schema)]
     return pa.Table.from_batches(batches, schema=schema)

@@ -11,11 +11,14 @@ Sockets (the buffer's side)::
     status        REP    <- anyone REQ       StatusRequest -> Status
 
 Length invariants (checked on decode; a violation is a rejected message):
-- ``Completion``: ``len(token_ids) == len(logprobs) == len(versions)`` in elements, at least
-  one token, at most ``MAX_TOKENS``; ``0 <= sample_index``; ``acc`` in {0, 1}.
+- ``Completion``: its ``SampleRecord`` (``dynamo_async/sample.py``): ``len(token_ids) ==
+  len(logprobs) == len(versions)`` in elements, at least one token, at most ``MAX_TOKENS``;
+  ``0 <= sample_index``; ``acc`` in {0, 1}.
 - ``WorkItem``: ``1 <= len(sample_indices) <= MAX_GROUP``; prompt tokens packed int32, at
   least one. Workers generate from these exact ids, so the learner scores the same prompt.
 - Every message: ``v == PROTOCOL_VERSION`` and the encoded size at most ``MAX_MESSAGE_BYTES``.
+  A message of another version is a "version" rejection even where its shape differs from
+  this version's (e.g. a version-2 Completion, whose sample fields were not yet nested).
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ from typing import Literal, Union
 import msgspec
 import numpy as np
 
-PROTOCOL_VERSION = 2  # 2: Status carries workers, throughput counters and the last step's figures
+from dynamo_async.sample import MAX_TOKENS as MAX_TOKENS  # re-exported: the record's limit is the wire's
+from dynamo_async.sample import SampleRecord
+
+# 2: Status carries workers, throughput counters and the last step's figures
+# 3: Completion carries its sample as one nested SampleRecord (dynamo_async/sample.py)
+PROTOCOL_VERSION = 3
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-MAX_TOKENS = 1 << 20
 MAX_GROUP = 4096
 
 
@@ -126,46 +133,11 @@ class NoWork(_Msg, tag="no_work"):
 
 
 class Completion(_Msg, tag="completion"):
-    """Worker -> buffer: one finished sample with its behaviour log-probs and token versions."""
+    """Worker -> buffer: one finished sample (its record checks its own invariants) and the
+    lease it was generated under."""
 
-    worker_id: str
     lease_id: int
-    group_id: int
-    prompt_id: str
-    sample_index: int
-    token_ids: bytes
-    logprobs: bytes
-    versions: bytes
-    finish_reason: Literal["stop", "length", "abort"]
-    acc: int
-    reward: float
-    score_status: str
-    gen_seconds: float
-    score_seconds: float
-
-    def __post_init__(self) -> None:
-        n = len(self.token_ids)
-        if n == 0 or n % 4 or n // 4 > MAX_TOKENS:
-            raise ValueError(f"got token_ids of {n} bytes, expected 4..{4 * MAX_TOKENS}, a multiple of 4")
-        if len(self.logprobs) != n or len(self.versions) != n:
-            raise ValueError(
-                f"got {n}, {len(self.logprobs)}, {len(self.versions)} bytes of token_ids, "
-                "logprobs, versions, expected equal lengths"
-            )
-        if self.sample_index < 0 or self.acc not in (0, 1):
-            raise ValueError(f"got sample_index={self.sample_index}, acc={self.acc}, expected >= 0 and 0/1")
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids) // 4
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(token ids int32, behaviour log-probs float32, versions int32), zero-copy views."""
-        return (
-            np.frombuffer(self.token_ids, "<i4"),
-            np.frombuffer(self.logprobs, "<f4"),
-            np.frombuffer(self.versions, "<i4"),
-        )
+    sample: SampleRecord
 
 
 class Heartbeat(_Msg, tag="heartbeat"):
@@ -235,6 +207,24 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 
 
+class _Version(msgspec.Struct):
+    """Only the version of a message (any other field is skipped)."""
+
+    v: int
+
+
+_version_decoder = msgspec.msgpack.Decoder(_Version)
+
+
+def _other_version(data: bytes) -> int | None:
+    """The ``v`` of a message that did not decode, when it names another protocol version."""
+    try:
+        v = _version_decoder.decode(data).v
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        return None
+    return None if v == PROTOCOL_VERSION else v
+
+
 def encode(msg: Message) -> bytes:
     """msgpack bytes of ``msg``."""
     return _encoder.encode(msg)
@@ -247,6 +237,9 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     try:
         msg = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as err:
+        other = _other_version(data)
+        if other is not None:
+            raise ProtocolError(f"got protocol version {other}, expected {PROTOCOL_VERSION}", "version") from None
         raise ProtocolError(str(err)) from None
     except RecursionError:
         raise ProtocolError("got msgpack nested too deeply, expected a flat message") from None

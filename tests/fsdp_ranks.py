@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from sample_records import sample_record
 
-from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from buffer.batch import LearnerBatch, ReadyGroup
 from dynamo_async.config import load_config
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -28,7 +29,9 @@ def fixed_batch(vocab: int, groups: int = 4) -> LearnerBatch:
     for g in range(groups):
         prompt = rng.integers(5, vocab, 12 + g).astype(np.int32)
         samples = tuple(
-            Sample(
+            sample_record(
+                g,
+                f"p{g}",
                 i,
                 rng.integers(5, vocab, 5 + 2 * i + g).astype(np.int32),
                 (-0.5 - rng.random(5 + 2 * i + g)).astype(np.float32),

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sample_records import sample_record
 
-from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from buffer.batch import LearnerBatch, ReadyGroup
 from dynamo_async.config import load_config
 
 HERE = Path(__file__).resolve().parent
@@ -63,7 +64,9 @@ def fixed_batch(vocab: int) -> LearnerBatch:
             n = 4 + int(rng.integers(0, 6))
             acc = int(rng.random() < 0.5) if i else g % 2
             samples.append(
-                Sample(
+                sample_record(
+                    g,
+                    f"p{g}",
                     i,
                     rng.integers(5, vocab, n).astype(np.int32),
                     (-1.0 - 2.0 * rng.random(n)).astype(np.float32),

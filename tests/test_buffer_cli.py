@@ -11,6 +11,7 @@ from pathlib import Path
 
 from buffer.client import BufferClient, query_status
 from dynamo_async.protocol import Completion, NoWork, pack_f32, pack_i32
+from dynamo_async.sample import SampleRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,24 +70,22 @@ def test_standalone_buffer_serves_workers_and_replay_reads_its_run(tmp_path):
             while not isinstance(grant := client.request_work(8, 0), NoWork):
                 for item in grant.items:
                     for index in item.sample_indices:
-                        client.send(
-                            Completion(
-                                worker_id="w-test",
-                                lease_id=item.lease_id,
-                                group_id=item.group_id,
-                                prompt_id=item.prompt_id,
-                                sample_index=index,
-                                token_ids=pack_i32([5, 6]),
-                                logprobs=pack_f32([-0.5, -0.25]),
-                                versions=pack_i32([0, 0]),
-                                finish_reason="stop",
-                                acc=index % 2,
-                                reward=0.0,
-                                score_status="ok",
-                                gen_seconds=0.0,
-                                score_seconds=0.0,
-                            )
+                        sample = SampleRecord(
+                            group_id=item.group_id,
+                            prompt_id=item.prompt_id,
+                            sample_index=index,
+                            worker_id="w-test",
+                            token_ids=pack_i32([5, 6]),
+                            logprobs=pack_f32([-0.5, -0.25]),
+                            versions=pack_i32([0, 0]),
+                            finish_reason="stop",
+                            acc=index % 2,
+                            reward=0.0,
+                            score_status="ok",
+                            gen_seconds=0.0,
+                            score_seconds=0.0,
                         )
+                        client.send(Completion(lease_id=item.lease_id, sample=sample))
                         sent += 1
             assert grant.reason == "staleness"
         deadline = time.monotonic() + 10

@@ -38,6 +38,7 @@ from dynamo_async.protocol import (
     pack_f32,
     pack_i32,
 )
+from dynamo_async.sample import SampleRecord
 
 MAX_BYTES = 4096
 GOOD = "good-worker"
@@ -55,12 +56,11 @@ def make_service(*overrides: str) -> BufferService:
 
 def good_completion(item: WorkItem, i: int) -> Completion:
     tokens = np.array([item.group_id, i, 42, 43], dtype=np.int32)
-    return Completion(
-        worker_id=GOOD,
-        lease_id=item.lease_id,
+    sample = SampleRecord(
         group_id=item.group_id,
         prompt_id=item.prompt_id,
         sample_index=i,
+        worker_id=GOOD,
         token_ids=pack_i32(tokens),
         logprobs=pack_f32([-0.1] * 4),
         versions=pack_i32([0] * 4),
@@ -71,15 +71,16 @@ def good_completion(item: WorkItem, i: int) -> Completion:
         gen_seconds=0.0,
         score_seconds=0.0,
     )
+    return Completion(lease_id=item.lease_id, sample=sample)
 
 
 def fuzz_completion(group_id: int, **changes) -> Completion:
+    """A well-formed completion from the fuzzer; ``changes`` are fields of its record."""
     fields = dict(
-        worker_id="zz-fuzz",
-        lease_id=123456,
         group_id=group_id,
         prompt_id="p0",
         sample_index=0,
+        worker_id="zz-fuzz",
         token_ids=pack_i32([1, 2]),
         logprobs=pack_f32([0.0, 0.0]),
         versions=pack_i32([0, 0]),
@@ -91,7 +92,7 @@ def fuzz_completion(group_id: int, **changes) -> Completion:
         score_seconds=0.0,
     )
     fields.update(changes)
-    return Completion(**fields)
+    return Completion(lease_id=123456, sample=SampleRecord(**fields))
 
 
 def as_raw(msg, **changes) -> bytes:
@@ -205,7 +206,7 @@ class Garbage:
             return f"crash:{type(err).__name__}"
         tag = type(msg).__struct_config__.tag
         if tag in ACCEPTED[socket]:
-            if tag == "completion" and msg.group_id not in self.known_groups:
+            if tag == "completion" and msg.sample.group_id not in self.known_groups:
                 return "rejected"  # unknown group
             if tag == "work_request" and msg.capacity < 1:
                 return "rejected"  # bad capacity
@@ -414,7 +415,7 @@ def test_fuzz_all_sockets_then_serve_a_normal_worker():
         assert [s.sample_index for s in grp.samples] == [0, 1, 2, 3]
         for s in grp.samples:
             assert s.worker_id == GOOD
-            assert s.token_ids.tolist() == [grp.group_id, s.sample_index, 42, 43]
+            assert s.token_array.tolist() == [grp.group_id, s.sample_index, 42, 43]
     assert time.monotonic() - t_start < 20
 
 

@@ -34,6 +34,7 @@ from dynamo_async.protocol import (
     pack_f32,
     pack_i32,
 )
+from dynamo_async.sample import SampleRecord
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -78,12 +79,11 @@ def fake_completion(
     tokens = rng.integers(0, 50_000, n).astype(np.int32)
     tokens[:3] = [item.group_id, sample_index, fingerprint(item.prompt_id)]
     acc = (item.group_id * 7 + sample_index) % 3 == 0
-    return Completion(
-        worker_id=worker_id,
-        lease_id=item.lease_id,
+    sample = SampleRecord(
         group_id=item.group_id,
         prompt_id=item.prompt_id,
         sample_index=sample_index,
+        worker_id=worker_id,
         token_ids=pack_i32(tokens),
         logprobs=pack_f32(-rng.random(n)),
         versions=pack_i32(np.full(n, version)),
@@ -94,6 +94,7 @@ def fake_completion(
         gen_seconds=0.0,
         score_seconds=0.0,
     )
+    return Completion(lease_id=item.lease_id, sample=sample)
 
 
 class Leases:
@@ -180,8 +181,8 @@ def _check_group(group, items: list[WorkItem], leased: set[int]) -> None:
         np.testing.assert_array_equal(np.frombuffer(it.prompt_token_ids, "<i4"), prompt.token_ids)
     assert [s.sample_index for s in group.samples] == sorted(leased)
     for s in group.samples:
-        assert s.token_ids[:3].tolist() == [group.group_id, s.sample_index, fingerprint(group.prompt_id)]
-        assert len(s.logprobs) == len(s.versions) == len(s.token_ids)
+        assert s.token_array[:3].tolist() == [group.group_id, s.sample_index, fingerprint(group.prompt_id)]
+        assert len(s.logprob_array) == len(s.version_array) == len(s.token_array)
         assert s.acc == int((group.group_id * 7 + s.sample_index) % 3 == 0)
 
 

@@ -27,11 +27,12 @@ def test_defaults_are_design_section_4():
     assert (m.alpha, m.lambda_min, m.gamma, m.tau, m.entropy_change) == (0.3, 0.6, 5.0, 0.5, "exact")
     assert cfg.advantage.reward == "pm1" and cfg.advantage.eps == 1e-6
     assert cfg.buffer.max_staleness == 4
-    b = cfg.baselines
-    assert (b.clip_higher_eps_high, b.entropy_coef, b.fork_top_ratio) == (0.28, 0.001, 0.2)
-    assert (b.entropy_adv_alpha, b.entropy_adv_kappa) == (0.4, 2.0)
-    assert (b.clip_cov_ratio, b.clip_cov_lb, b.clip_cov_ub) == (2e-4, 1.0, 5.0)
-    assert (b.kl_cov_ratio, b.kl_cov_coef, b.w_reinforce_positive) == (2e-3, 1.0, 0.1)
+    o = cfg.objective  # the baselines' settings, now their components' own sections
+    assert load_config(None, ["model.name=x", "method=clip_higher"]).loss.eps_high == 0.28
+    assert (o.entropy_bonus.coef, o.fork_tokens.top_ratio) == (0.001, 0.2)
+    assert (o.entropy_advantage.alpha, o.entropy_advantage.kappa) == (0.4, 2.0)
+    assert (o.clip_cov.ratio, o.clip_cov.lb, o.clip_cov.ub) == (2e-4, 1.0, 5.0)
+    assert (o.kl_cov.ratio, o.kl_cov.coef, o.w_reinforce.positive) == (2e-3, 1.0, 0.1)
     assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.grad_clip) == (1e-6, 10, 1.0)
 
 
@@ -52,10 +53,10 @@ def test_authors_preset_has_their_values():
 def test_overrides_parse_yaml_values():
     cfg = load_config(
         ROOT / "configs" / "tiny.yaml",
-        ["loss.eps_high=0.28", "modulation.compensation=false", "data.synthetic.levels=[1, 2]", "method=kl_cov"],
+        ["loss.eps_high=0.28", "modulation.compensation=false", "data.synthetic.levels=[1, 2]", "method=dynamo"],
     )
     assert cfg.loss.eps_high == 0.28 and cfg.modulation.compensation is False
-    assert cfg.data.synthetic.levels == (1, 2) and cfg.method == "kl_cov"
+    assert cfg.data.synthetic.levels == (1, 2) and cfg.method == "dynamo"
 
 
 def test_config_is_frozen():
@@ -175,11 +176,12 @@ def test_numbers_as_users_type_them_on_the_command_line_and_in_yaml(tmp_path):
             "optim.lr=1e-6",
             "advantage.eps=1E-8",
             "loss.eps_high=2.8e-1",
-            "baselines.clip_cov_ratio=+2e-4",
+            "objective.clip_cov.ratio=+2e-4",
+            "method=clip_cov",
         ],
     )
     assert cfg.optim.lr == 1e-6 and cfg.advantage.eps == 1e-8
-    assert cfg.loss.eps_high == 0.28 and cfg.baselines.clip_cov_ratio == 2e-4
+    assert cfg.loss.eps_high == 0.28 and cfg.objective.clip_cov.ratio == 2e-4
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  name: builtin:tiny\noptim:\n  lr: 1e-6\n  warmup_steps: 10\n")
     cfg = load_config(path)

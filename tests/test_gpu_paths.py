@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sample_records import sample_record
 
-from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from buffer.batch import LearnerBatch, ReadyGroup
 from dynamo_async.config import load_config
 
 pytestmark = pytest.mark.gpu
@@ -29,7 +30,9 @@ def _batch(vocab: int) -> LearnerBatch:
     for g in range(4):
         prompt = rng.integers(5, vocab, 20).astype(np.int32)
         samples = tuple(
-            Sample(
+            sample_record(
+                g,
+                f"p{g}",
                 i,
                 rng.integers(5, vocab, 8 + i).astype(np.int32),
                 (-rng.random(8 + i)).astype(np.float32),

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from sample_records import sample_record
 
-from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from buffer.batch import LearnerBatch, ReadyGroup
 from dynamo_async.config import load_config
 from dynamo_async.learner import checkpoint
 from dynamo_async.learner.optim import make_optimizer
@@ -45,7 +46,9 @@ def _batch(vocab: int, step: int = 0) -> LearnerBatch:
     for g in range(4):
         prompt = rng.integers(5, vocab, 16).astype(np.int32)
         samples = tuple(
-            Sample(
+            sample_record(
+                g,
+                f"p{g}",
                 i,
                 rng.integers(5, vocab, 6 + i).astype(np.int32),
                 (-0.5 - rng.random(6 + i)).astype(np.float32),

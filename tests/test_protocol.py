@@ -33,18 +33,21 @@ from dynamo_async.protocol import (
     pack_f32,
     pack_i32,
 )
+from dynamo_async.sample import SampleRecord
 
 SETTINGS = settings(max_examples=150, deadline=None)
 _raw_encoder = msgspec.msgpack.Encoder()
 
 
-def completion(**changes) -> Completion:
+SAMPLE_FIELDS = set(SampleRecord.__struct_fields__)
+
+
+def record(**changes) -> SampleRecord:
     fields = dict(
-        worker_id="w0",
-        lease_id=7,
         group_id=3,
         prompt_id="p3",
         sample_index=2,
+        worker_id="w0",
         token_ids=pack_i32([5, -1, 2**31 - 1]),
         logprobs=pack_f32([-0.5, -1e-3, 0.0]),
         versions=pack_i32([4, 4, 5]),
@@ -56,7 +59,13 @@ def completion(**changes) -> Completion:
         score_seconds=0.125,
     )
     fields.update(changes)
-    return Completion(**fields)
+    return SampleRecord(**fields)
+
+
+def completion(**changes) -> Completion:
+    """A Completion; a change of a sample field goes into its record."""
+    sample = {k: v for k, v in changes.items() if k in SAMPLE_FIELDS}
+    return Completion(lease_id=7, sample=record(**sample), **{k: v for k, v in changes.items() if k not in sample})
 
 
 def work_item(**changes) -> WorkItem:
@@ -111,6 +120,15 @@ def raw(msg, **changes) -> dict:
     return out
 
 
+def raw_completion(**changes) -> dict:
+    """A valid Completion as a plain mapping with ``changes`` (sample fields into its record's mapping)."""
+    out = raw(completion())
+    out["sample"] = msgspec.structs.asdict(out["sample"])
+    for k, v in changes.items():
+        (out["sample"] if k in SAMPLE_FIELDS else out)[k] = v
+    return out
+
+
 def encode_raw(obj) -> bytes:
     return _raw_encoder.encode(obj)
 
@@ -151,7 +169,7 @@ def test_completion_arrays_round_trip_equal(tokens, data):
     logprobs = data.draw(st.lists(st.floats(width=32, allow_nan=False), min_size=n, max_size=n))
     versions = data.draw(st.lists(st.integers(0, 2**31 - 1), min_size=n, max_size=n))
     c = completion(token_ids=pack_i32(tokens), logprobs=pack_f32(logprobs), versions=pack_i32(versions))
-    back = decode(encode(c))
+    back = decode(encode(c)).sample
     t, lp, ver = back.arrays()
     assert back.num_tokens == n
     assert t.dtype == np.dtype("<i4") and lp.dtype == np.dtype("<f4") and ver.dtype == np.dtype("<i4")
@@ -183,8 +201,9 @@ _BAD_COMPLETIONS = {
 
 @pytest.mark.parametrize("changes", _BAD_COMPLETIONS.values(), ids=_BAD_COMPLETIONS.keys())
 def test_completion_invariants_enforced_on_decode(changes):
-    with pytest.raises(ProtocolError):
-        decode(encode_raw(raw(completion(), **changes)))
+    with pytest.raises(ProtocolError) as err:
+        decode(encode_raw(raw_completion(**changes)))
+    assert err.value.reason == "malformed"
 
 
 @pytest.mark.parametrize(
@@ -199,13 +218,13 @@ def test_completion_invariants_enforced_on_construction(changes):
 
 def test_completion_token_count_limit_enforced_on_decode():
     n = MAX_TOKENS + 1
-    big = raw(completion(), token_ids=b"\0" * (4 * n), logprobs=b"\0" * (4 * n), versions=b"\0" * (4 * n))
+    big = raw_completion(token_ids=b"\0" * (4 * n), logprobs=b"\0" * (4 * n), versions=b"\0" * (4 * n))
     with pytest.raises(ProtocolError):
         decode(encode_raw(big), max_bytes=1 << 26)
-    ok = raw(
-        completion(), token_ids=b"\0" * 4 * MAX_TOKENS, logprobs=b"\0" * 4 * MAX_TOKENS, versions=b"\0" * 4 * MAX_TOKENS
+    ok = raw_completion(
+        token_ids=b"\0" * 4 * MAX_TOKENS, logprobs=b"\0" * 4 * MAX_TOKENS, versions=b"\0" * 4 * MAX_TOKENS
     )
-    assert decode(encode_raw(ok), max_bytes=1 << 26).num_tokens == MAX_TOKENS
+    assert decode(encode_raw(ok), max_bytes=1 << 26).sample.num_tokens == MAX_TOKENS
 
 
 def test_valid_edge_completion_decodes():
@@ -269,8 +288,18 @@ def test_oversized_message_rejected_before_decoding():
     ids=lambda m: type(m).__name__,
 )
 def test_other_protocol_version_rejected(msg, version):
-    with pytest.raises(ProtocolError, match="protocol version"):
+    with pytest.raises(ProtocolError, match="protocol version") as err:
         decode(encode_raw(raw(msg, v=version)))
+    assert err.value.reason == "version"
+
+
+def test_completion_of_protocol_version_2_gets_the_version_error():
+    """Version 2 sent the sample's fields flat in the Completion; that shape does not decode as
+    version 3, and the rejection still says which version it was."""
+    flat = {"type": "completion", "v": 2, "lease_id": 7, **msgspec.structs.asdict(record())}
+    with pytest.raises(ProtocolError, match="got protocol version 2, expected") as err:
+        decode(encode_raw(flat))
+    assert err.value.reason == "version"
 
 
 @pytest.mark.parametrize(
@@ -280,17 +309,20 @@ def test_other_protocol_version_rejected(msg, version):
         {"type": 7, "v": PROTOCOL_VERSION},
         {"v": PROTOCOL_VERSION, "worker_id": "w"},  # no tag
         raw(Goodbye(worker_id="w"), worker_id=5),  # wrong type: int for str
-        raw(completion(), token_ids="abcdabcdabcd"),  # str for bytes
-        raw(completion(), token_ids=[1, 2, 3], logprobs=[0.0, 0.0, 0.0], versions=[1, 1, 1]),  # lists, not packed
-        raw(completion(), acc=True),  # bool for int
-        raw(completion(), acc=1.0),  # float for int
-        raw(completion(), lease_id="7"),
-        raw(completion(), v="1"),
+        raw_completion(token_ids="abcdabcdabcd"),  # str for bytes
+        raw_completion(token_ids=[1, 2, 3], logprobs=[0.0, 0.0, 0.0], versions=[1, 1, 1]),  # lists, not packed
+        raw_completion(acc=True),  # bool for int
+        raw_completion(acc=1.0),  # float for int
+        raw_completion(lease_id="7"),
+        raw_completion(v="1"),
+        raw_completion(sample=[1, 2]),  # no record
         raw(WorkRequest(worker_id="w", capacity=1, policy_version=0), capacity=None),
         raw(Heartbeat(worker_id="w", lease_ids=(1,), policy_version=0), lease_ids=["a"]),
         raw(Goodbye(worker_id="w"), extra_field=1),  # unknown field
-        raw(completion(), signature=b"xx"),  # unknown field
-        {k: v for k, v in raw(completion()).items() if k != "reward"},  # missing field
+        raw_completion(signature=b"xx"),  # unknown field
+        {**raw_completion(), "sample": {**raw_completion()["sample"], "signature": b"xx"}},  # unknown in the record
+        {k: v for k, v in raw_completion().items() if k != "lease_id"},  # missing field
+        {**raw_completion(), "sample": {k: v for k, v in raw_completion()["sample"].items() if k != "reward"}},
         [1, 2, 3],
         5,
         "completion",
@@ -369,5 +401,6 @@ def test_mutated_encodings_raise_only_protocol_error(msg, data):
     # Whatever survives decoding is a well-formed message of this protocol version.
     assert back.v == PROTOCOL_VERSION
     if isinstance(back, Completion):
-        t, lp, ver = back.arrays()
-        assert len(t) == len(lp) == len(ver) >= 1 and back.acc in (0, 1) and back.sample_index >= 0
+        s = back.sample
+        t, lp, ver = s.arrays()
+        assert len(t) == len(lp) == len(ver) >= 1 and s.acc in (0, 1) and s.sample_index >= 0

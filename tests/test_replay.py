@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from sample_records import sample_record
 
-from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from buffer.batch import LearnerBatch, ReadyGroup
 from buffer.replay import export_rows, format_summary, iter_batches, replay_main, summarize
 from buffer.store import RunStore
 from dynamo_async.protocol import Completion, pack_f32, pack_i32
+from dynamo_async.sample import SampleRecord
 
 # group_id -> (prompt_id, policy version on arrival, [(acc, token versions), ...])
 GROUPS = {
@@ -27,12 +29,11 @@ def tokens(group_id: int, i: int, n: int) -> np.ndarray:
 
 def completion(group_id: int, i: int, acc: int, versions: list[int]) -> Completion:
     n = len(versions)
-    return Completion(
-        worker_id=f"w{i % 2}",
-        lease_id=group_id,
+    sample = SampleRecord(
         group_id=group_id,
         prompt_id=GROUPS[group_id][0],
         sample_index=i,
+        worker_id=f"w{i % 2}",
         token_ids=pack_i32(tokens(group_id, i, n)),
         logprobs=pack_f32(-0.25 * np.arange(n)),
         versions=pack_i32(versions),
@@ -43,6 +44,7 @@ def completion(group_id: int, i: int, acc: int, versions: list[int]) -> Completi
         gen_seconds=1.5,
         score_seconds=0.5,
     )
+    return Completion(lease_id=group_id, sample=sample)
 
 
 def ready_group(group_id: int) -> ReadyGroup:
@@ -53,15 +55,18 @@ def ready_group(group_id: int) -> ReadyGroup:
         prompt_token_ids=np.array([1, 2, group_id], np.int32),
         answer=str(group_id),
         samples=tuple(
-            Sample(
-                sample_index=i,
-                token_ids=tokens(group_id, i, len(v)),
-                logprobs=(-0.25 * np.arange(len(v))).astype(np.float32),
-                versions=np.array(v, np.int32),
+            sample_record(
+                group_id,
+                prompt_id,
+                i,
+                tokens(group_id, i, len(v)),
+                -0.25 * np.arange(len(v)),
+                v,
                 acc=acc,
                 reward=1.0 if acc else -1.0,
-                finish_reason="stop",
                 worker_id=f"w{i % 2}",
+                gen_seconds=1.5,
+                score_seconds=0.5,
             )
             for i, (acc, v) in enumerate(samples)
         ),
@@ -176,9 +181,10 @@ def assert_same_batch(got: LearnerBatch, want: LearnerBatch) -> None:
         for s, ws in zip(g.samples, w.samples):
             for name in ("acc", "reward", "finish_reason", "worker_id"):
                 assert getattr(s, name) == getattr(ws, name), name
-            assert (s.token_ids.dtype, s.logprobs.dtype, s.versions.dtype) == (np.int32, np.float32, np.int32)
-            for name in ("token_ids", "logprobs", "versions"):
-                np.testing.assert_array_equal(getattr(s, name), getattr(ws, name))
+            assert [a.dtype for a in s.arrays()] == [np.int32, np.float32, np.int32]
+            for got_array, want_array in zip(s.arrays(), ws.arrays()):
+                np.testing.assert_array_equal(got_array, want_array)
+            assert s == ws  # every field of the record
 
 
 def test_iter_batches_reproduces_the_recorded_batches(run_dir):

@@ -7,8 +7,9 @@ import json
 
 import numpy as np
 import pytest
+from sample_records import sample_record
 
-from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from buffer.batch import LearnerBatch, ReadyGroup
 from buffer.store import RunStore
 from dynamo_async.report.rundata import load_run
 
@@ -17,16 +18,7 @@ def _batch(step: int, sizes: list[int], first_group: int = 0) -> LearnerBatch:
     groups = []
     for g, size in enumerate(sizes, start=first_group):
         samples = tuple(
-            Sample(
-                sample_index=i,
-                token_ids=np.array([1, 2], np.int32),
-                logprobs=np.zeros(2, np.float32),
-                versions=np.zeros(2, np.int32),
-                acc=i % 2,
-                reward=0.0,
-                finish_reason="stop",
-                worker_id="w",
-            )
+            sample_record(g, f"p{g}", i, np.array([1, 2], np.int32), np.zeros(2), np.zeros(2), acc=i % 2)
             for i in range(size)
         )
         groups.append(

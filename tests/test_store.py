@@ -7,8 +7,9 @@ import threading
 import numpy as np
 import pyarrow as pa
 import pytest
+from sample_records import sample_record
 
-from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from buffer.batch import LearnerBatch, ReadyGroup
 from buffer.store import (
     BATCHES_SCHEMA,
     COMPLETIONS_SCHEMA,
@@ -19,16 +20,16 @@ from buffer.store import (
     segment_paths,
 )
 from dynamo_async.protocol import Completion, pack_f32, pack_i32
+from dynamo_async.sample import SampleRecord
 
 
 def make_completion(group_id: int, sample_index: int, num_tokens: int = 5, acc: int = 1) -> Completion:
     rng = np.random.default_rng(group_id * 1000 + sample_index)
-    return Completion(
-        worker_id=f"w{group_id % 3}",
-        lease_id=100 + group_id,
+    sample = SampleRecord(
         group_id=group_id,
         prompt_id=f"p{group_id % 4}",
         sample_index=sample_index,
+        worker_id=f"w{group_id % 3}",
         token_ids=pack_i32(rng.integers(0, 50_000, num_tokens)),
         logprobs=pack_f32(-rng.random(num_tokens)),
         versions=pack_i32(np.sort(rng.integers(0, 4, num_tokens))),
@@ -38,23 +39,27 @@ def make_completion(group_id: int, sample_index: int, num_tokens: int = 5, acc: 
         score_status="ok",
         gen_seconds=0.25 * sample_index,
         score_seconds=0.125,
-        v=1,
     )
+    return Completion(lease_id=100 + group_id, sample=sample, v=1)
 
 
 def make_batch(step: int, policy_version: int, group_ids: list[int], size: int = 3) -> LearnerBatch:
     groups = []
     for g in group_ids:
         samples = tuple(
-            Sample(
-                sample_index=i,
-                token_ids=np.arange(i + 2, dtype=np.int32) + g,
-                logprobs=-np.linspace(0.0, 1.0, i + 2, dtype=np.float32),
-                versions=np.full(i + 2, policy_version - 1, dtype=np.int32),
+            sample_record(
+                g,
+                f"p{g}",
+                i,
+                np.arange(i + 2, dtype=np.int32) + g,
+                -np.linspace(0.0, 1.0, i + 2, dtype=np.float32),
+                np.full(i + 2, policy_version - 1, dtype=np.int32),
                 acc=i % 2,
                 reward=0.5 * i,
-                finish_reason="stop",
                 worker_id=f"w{i}",
+                score_status=("ok", "no_answer")[i % 2],
+                gen_seconds=0.5 + i,
+                score_seconds=0.25,
             )
             for i in range(size)
         )
@@ -93,7 +98,6 @@ def test_completions_round_trip_every_field(tmp_path):
             "group_id",
             "prompt_id",
             "sample_index",
-            "lease_id",
             "worker_id",
             "finish_reason",
             "acc",
@@ -102,9 +106,10 @@ def test_completions_round_trip_every_field(tmp_path):
             "gen_seconds",
             "score_seconds",
         ):
-            assert row[name] == getattr(c, name), name
+            assert row[name] == getattr(c.sample, name), name
+        assert row["lease_id"] == c.lease_id
         assert row["received_at"] == 1.7e9 + k / 8 and row["policy_version"] == k // 5
-        tokens, logprobs, versions = c.arrays()
+        tokens, logprobs, versions = c.sample.arrays()
         np.testing.assert_array_equal(row["token_ids"], tokens)
         np.testing.assert_array_equal(np.float32(row["logprobs"]), logprobs)
         np.testing.assert_array_equal(row["versions"], versions)
@@ -125,10 +130,10 @@ def test_batches_and_steps_round_trip(tmp_path):
         assert (row["step"], row["policy_version"]) == (b.step, b.policy_version)
         assert (row["group_id"], row["prompt_id"], row["answer"]) == (g.group_id, g.prompt_id, g.answer)
         assert row["prompt_token_ids"] == g.prompt_token_ids.tolist()
-        for name in ("sample_index", "acc", "reward", "finish_reason", "worker_id"):
+        for name in ("sample_index", "acc", "reward", "finish_reason", "worker_id", "score_status", "gen_seconds"):
             assert row[name] == getattr(smp, name), name
-        for name in ("token_ids", "logprobs", "versions"):
-            np.testing.assert_array_equal(np.asarray(row[name], getattr(smp, name).dtype), getattr(smp, name))
+        for name, array in zip(("token_ids", "logprobs", "versions"), smp.arrays()):
+            np.testing.assert_array_equal(np.asarray(row[name], array.dtype), array)
     for b, row in zip(sent, steps.to_pylist()):
         assert row["step"] == b.step and row["policy_version"] == b.policy_version
         assert (row["num_groups"], row["num_samples"]) == (len(b.groups), b.num_samples)
@@ -146,7 +151,7 @@ def test_rotation_makes_several_segments_in_order(tmp_path):
     assert [p.name for p in paths[:2]] == ["completions-000000.arrows", "completions-000001.arrows"]
     table = read_table(tmp_path, "completions")
     assert table["group_id"].to_pylist() == list(range(40))
-    assert table["token_ids"].to_pylist()[17] == sent[17].arrays()[0].tolist()
+    assert table["token_ids"].to_pylist()[17] == sent[17].sample.token_array.tolist()
 
 
 def test_reopened_store_continues_segment_numbering(tmp_path):

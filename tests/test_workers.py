@@ -47,7 +47,7 @@ TOL = 1e-4
 
 class Learner:
     """The learner side of a run: buffer service + server, and the weight sender whose
-    rendezvous the Welcome hands to every worker. Records every completion that arrives."""
+    rendezvous the Welcome hands to every worker. Records the sample of every completion that arrives."""
 
     def __init__(self, *overrides: str):
         # builtin:tiny (built in seconds) rather than tiny.yaml's builtin:tiny-math (a 25 s warm-up)
@@ -61,7 +61,7 @@ class Learner:
         add = self.svc.add_completions  # what the server calls with each drained batch
 
         def record(batch):
-            self.completions.extend(batch)
+            self.completions.extend(c.sample for c in batch)
             return add(batch)
 
         self.svc.add_completions = record
@@ -165,7 +165,7 @@ def local_scores(learner: Learner, completion):
     """acc and status of ``completion`` scored here with math-verify (the worker's reference)."""
     from dynamo_async.rewards import score_response
 
-    tokens = np.frombuffer(completion.token_ids, "<i4").tolist()
+    tokens = completion.token_array.tolist()
     text = learner.tokenizer.decode(tokens, skip_special_tokens=True)
     answer = next(p.answer for p in learner.prompts if p.prompt_id == completion.prompt_id)
     r = learner.cfg.rewards
@@ -212,15 +212,15 @@ def test_worker_gets_config_from_welcome_and_versions_follow_broadcasts(learner_
     assert len(b0.groups) == learner.cfg.allocation.gen_batch_prompts
     for g, s in samples0:
         assert s.worker_id == wid
-        assert set(s.versions.tolist()) == {0}
-        assert 1 <= len(s.token_ids) <= 12
+        assert set(s.version_array.tolist()) == {0}
+        assert 1 <= s.num_tokens <= 12
         assert (s.finish_reason == "length") == (
-            len(s.token_ids) == 12 and s.token_ids[-1] != learner.tokenizer.eos_token_id
+            s.num_tokens == 12 and s.token_array[-1] != learner.tokenizer.eos_token_id
         )
         np.testing.assert_allclose(
-            s.logprobs, reference_logprobs(model0, g.prompt_token_ids, s.token_ids, temperature), atol=TOL
+            s.logprob_array, reference_logprobs(model0, g.prompt_token_ids, s.token_array, temperature), atol=TOL
         )
-    assert any(len(s.token_ids) == 12 for _, s in samples0)
+    assert any(s.num_tokens == 12 for _, s in samples0)
 
     # max_staleness 0: nothing more is handed out until the learner publishes version 1
     model1 = copy.deepcopy(model0)
@@ -240,9 +240,9 @@ def test_worker_gets_config_from_welcome_and_versions_follow_broadcasts(learner_
     assert b1 is not None, f"no batch after the broadcast; status {svc.status()}"
     assert b1.policy_version == 1
     for group, s in ((g, s) for g in b1.groups for s in g.samples):
-        assert set(s.versions.tolist()) == {1}, "a token generated after version 1 was published is not tagged 1"
+        assert set(s.version_array.tolist()) == {1}, "a token generated after version 1 was published is not tagged 1"
         np.testing.assert_allclose(
-            s.logprobs, reference_logprobs(model1, group.prompt_token_ids, s.token_ids, temperature), atol=TOL
+            s.logprob_array, reference_logprobs(model1, group.prompt_token_ids, s.token_array, temperature), atol=TOL
         )
 
     # every completion: reward consistent with acc (pm1), real math-verify scores

@@ -29,6 +29,7 @@ from buffer.client import BufferClient, parse_address
 from dynamo_async.config import config_from_dict, parse_yaml
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.protocol import Completion, Heartbeat, NoWork, WorkItem, encode, pack_f32, pack_i32
+from dynamo_async.sample import SampleRecord
 from workers.engine import GenRequest, GenResult
 
 
@@ -129,14 +130,14 @@ class RolloutWorker:
             self.sent += 1
 
     def _completion(self, p: _Pending, score, score_seconds: float) -> Completion:
+        """The scored sample as its record, under the lease it was generated for."""
         r = p.result
         reward = float(2 * score.acc - 1) if self.cfg.advantage.reward == "pm1" else float(score.acc)
-        return Completion(
-            worker_id=self.client.worker_id,
-            lease_id=p.item.lease_id,
+        record = SampleRecord(
             group_id=p.item.group_id,
             prompt_id=p.item.prompt_id,
             sample_index=p.sample_index,
+            worker_id=self.client.worker_id,
             token_ids=pack_i32(r.token_ids),
             logprobs=pack_f32(r.logprobs),
             versions=pack_i32(r.versions),
@@ -147,6 +148,7 @@ class RolloutWorker:
             gen_seconds=p.gen_seconds,
             score_seconds=score_seconds,
         )
+        return Completion(lease_id=p.item.lease_id, sample=record)
 
     def _should_stop(self) -> bool:
         return self.stop.is_set() or os.getppid() != self._parent

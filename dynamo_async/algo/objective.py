@@ -1,269 +1,158 @@
-"""The learner's policy objective for one micro-batch, as a sequence of named steps.
+"""The learner's policy objective, assembled once from the config's components (docs/design.md section 4.6).
 
-    1. token statistics     log-probs (grad), entropy and vocabulary sums when needed
-    2. token advantages     sequence advantage on every response token (+ entropy shaping)
-    3. modulation           DynaMO: A * beta_comp * beta_stab (Eqs. 3-4), all detached
-    4. per-token loss       clipped / dual-clipped (or a baseline's loss), IS-weighted
-    5. aggregation          token-mean / seq-mean-token-mean / seq-mean-token-sum-norm
-    6. regularisers         entropy bonus (entropy-loss baseline)
+For one micro-batch the ``Objective`` runs, in order::
 
-``method`` picks DynaMO or one Table 1 baseline (config ``method``); each piece is a small
-module of ``dynamo_async.algo`` with its formula in the docstring.
+    1. token statistics     log-probs (grad), and the entropy / vocabulary sums a component needs
+    2. token advantages     the sequence advantage on every response token, then each
+                            ``objective.token_advantage`` component (entropy shaping, DynaMO modulation)
+    3. token weights        each ``objective.token_weights`` component multiplies in a detached
+                            weight or mask (truncated IS, IcePop, clip-cov, fork tokens, ...)
+    4. per-token loss       the ``objective.token_loss`` component (clipped, KL-Cov), times the weights
+    5. aggregation          loss.aggregation (aggregation.py)
+    6. extra terms          each ``objective.extra`` component (entropy bonus)
+
+The components are registered modules of ``dynamo_async/objective/components``; ``method`` is a
+preset of them (``dynamo_async/objective/presets.py``). The functions below the class keep the
+``(…, cfg)`` call form for callers that hold only a config; each uses the cached assembly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 
 import torch
 
 from dynamo_async.algo import policy_loss
-from dynamo_async.algo.advantage import group_advantages, training_rewards
 from dynamo_async.algo.aggregation import aggregate
-from dynamo_async.algo.baselines.clip_cov import clip_cov_keep
-from dynamo_async.algo.baselines.clip_higher import clip_range
-from dynamo_async.algo.baselines.entropy_advantage import entropy_shaped_advantages
-from dynamo_async.algo.baselines.entropy_loss import entropy_bonus
-from dynamo_async.algo.baselines.fork_tokens import high_entropy_mask
-from dynamo_async.algo.baselines.kl_cov import kl_cov_token_loss
-from dynamo_async.algo.baselines.w_reinforce import w_reinforce_advantages
-from dynamo_async.algo.entropy_change import entropy_change
 from dynamo_async.algo.logprobs import TokenStats, token_stats
-from dynamo_async.algo.modulation import beta_histogram, compensation, stabilization
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.objective.registry import component
+from dynamo_async.objective.state import ClipRange, PolicyBatch, StepState
+
+__all__ = ["Objective", "PolicyBatch", "assemble", "clip_bounds", "policy_objective", "proximal_stats"]
 
 
-@dataclass(frozen=True)
-class PolicyBatch:
-    """One micro-batch of responses, right-padded to ``[B, T]``.
+class Objective:
+    """The run's components, built once; call it on a micro-batch's logits."""
 
-    ``logp_old`` is the proximal policy (``off_policy.mode: decoupled``) or the behaviour
-    policy (``behavior``); ``logp_behavior`` is the worker's, used for the IS weight.
-    ``total_tokens``/``total_seqs`` are the mini-batch totals for gradient accumulation.
-    ``entropy``/``vocab_sum``, when given, come from the proximal pass (``proximal_stats``,
-    docs/design.md section 8) and the training forward then computes log-probs only.
-    """
+    def __init__(self, cfg: RunConfig) -> None:
+        o = cfg.objective
+        self.cfg = cfg
+        self.advantage = _build(o.advantage, cfg)
+        self.token_advantage = tuple(_build(n, cfg) for n in o.token_advantage)
+        self.token_weights = tuple(_build(n, cfg) for n in o.token_weights)
+        self.token_loss = _build(o.token_loss, cfg)
+        self.extra = tuple(_build(n, cfg) for n in o.extra)
+        parts = (self.advantage, *self.token_advantage, *self.token_weights, self.token_loss, *self.extra)
+        self.needs = frozenset().union(*(c.needs() for c in parts))
+        loss = cfg.loss
+        self.clip = ClipRange(loss.eps_low, loss.eps_high, loss.dual_clip_c if loss.dual_clip else None)
 
-    tokens: torch.Tensor
-    mask: torch.Tensor
-    advantages: torch.Tensor
-    logp_old: torch.Tensor
-    logp_behavior: torch.Tensor | None = None
-    total_tokens: float | None = None
-    total_seqs: float | None = None
-    entropy: torch.Tensor | None = None
-    vocab_sum: torch.Tensor | None = None
+    def sequence_advantages(self, acc, group_ids) -> torch.Tensor:
+        """One advantage per response (the ``objective.advantage`` component)."""
+        return self.advantage.advantages(torch.as_tensor(acc), group_ids)
 
+    @torch.no_grad()
+    def proximal_stats(self, logits, tokens, entropy_metric: bool = True, mask=None) -> TokenStats:
+        """The proximal pass: log-probs plus the entropy and vocabulary sums the components need."""
+        return self._stats(logits, tokens, "entropy" in self.needs or entropy_metric, mask)
 
-def sequence_advantages(acc, group_ids, cfg: RunConfig) -> torch.Tensor:
-    """One advantage per response: W-REINFORCE's, or the group-relative GRPO advantage."""
-    if cfg.method == "w_reinforce":
-        return w_reinforce_advantages(acc, cfg.baselines.w_reinforce_positive)
-    rewards = training_rewards(torch.as_tensor(acc), cfg.advantage.reward)
-    return group_advantages(rewards, group_ids, cfg.advantage.eps, cfg.advantage.scale_by_std)
+    def __call__(self, logits, batch: PolicyBatch, generator=None, entropy_metric: bool = True):
+        """Scalar loss to backpropagate and the step's metrics (means over valid tokens)."""
+        s = self._state(logits, batch, generator, entropy_metric)
+        for c in self.token_advantage:
+            c.apply(s)
+        for c in self.token_weights:
+            c.apply(s)
+        per_token = self.token_loss.per_token(s)
+        if s.weight is not None:
+            per_token = per_token * s.weight
+        loss = aggregate(per_token, batch.mask, self.cfg.loss.aggregation, **s.totals)
+        for c in self.extra:
+            loss = loss + c.term(s)
+        s.metrics.update(_summary(s))
+        return loss, s.metrics
 
+    def _state(self, logits, batch: PolicyBatch, generator, entropy_metric: bool) -> StepState:
+        stats = self._training_stats(logits, batch, entropy_metric)
+        adv = batch.advantages.float()
+        if adv.dim() == 1:
+            adv = adv[:, None].expand_as(batch.mask)
+        ratio = policy_loss.ratio(stats.logp.detach(), batch.logp_old)
+        return StepState(batch, stats, ratio, adv * batch.mask, self.clip, self._totals(batch), generator)
 
-def policy_objective(
-    logits: torch.Tensor,
-    batch: PolicyBatch,
-    cfg: RunConfig,
-    generator: torch.Generator | None = None,
-    entropy_metric: bool = True,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Scalar loss to backpropagate and the step's metrics (means over valid tokens)."""
-    stats = _token_statistics(logits, batch, cfg, entropy_metric)
-    adv = _token_advantages(batch, stats, cfg)
-    r = policy_loss.ratio(stats.logp.detach(), batch.logp_old)
-    adv, metrics = _modulate(adv, stats, r, batch, cfg)
-    per_token, train_mask, loss_metrics = _per_token_loss(stats, batch, adv, cfg, generator)
-    loss = _aggregate(per_token, train_mask, batch, cfg)
-    if cfg.method == "entropy_loss":
-        loss = loss + entropy_bonus(
-            stats.entropy, batch.mask, cfg.baselines.entropy_coef, cfg.loss.aggregation, **_totals(batch, cfg)
+    def _training_stats(self, logits, batch: PolicyBatch, entropy_metric: bool) -> TokenStats:
+        have = batch.entropy is not None and (batch.vocab_sum is not None or "vocab_sum" not in self.needs)
+        if "entropy_grad" in self.needs:
+            return self._stats(logits, batch.tokens, True, None, entropy_grad=True)
+        if have:
+            logp = self._stats(logits, batch.tokens, False, batch.mask, vocab_sum=False).logp
+            return TokenStats(logp=logp, entropy=batch.entropy, vocab_sum=batch.vocab_sum)
+        return self._stats(logits, batch.tokens, "entropy" in self.needs or entropy_metric, batch.mask)
+
+    def _stats(self, logits, tokens, entropy: bool, mask, entropy_grad=False, vocab_sum=None) -> TokenStats:
+        return token_stats(
+            logits,
+            tokens,
+            self.cfg.rollout.temperature,
+            self.cfg.loss.logprob_chunk_size,
+            entropy=entropy,
+            vocab_sum="vocab_sum" in self.needs if vocab_sum is None else vocab_sum,
+            entropy_grad=entropy_grad,
+            mask=mask,
         )
-    metrics.update(loss_metrics)
-    metrics.update(_summary(stats, r, batch))
-    return loss, metrics
+
+    def _totals(self, batch: PolicyBatch) -> dict:
+        # Dr. GRPO's constant length L is the response cap, so micro-batches padded to different
+        # lengths accumulate to the mini-batch's value.
+        return {
+            "total_tokens": batch.total_tokens,
+            "total_seqs": batch.total_seqs,
+            "norm_length": self.cfg.rollout.max_new_tokens,
+        }
 
 
-def clip_bounds(cfg: RunConfig) -> tuple[float, float]:
-    """(eps_low, eps_high) the method trains with."""
-    if cfg.method == "clip_higher":
-        return clip_range(cfg.loss.eps_low, cfg.baselines.clip_higher_eps_high)
-    if cfg.method == "clip_cov":
-        return cfg.baselines.clip_cov_eps, cfg.baselines.clip_cov_eps
-    return cfg.loss.eps_low, cfg.loss.eps_high
+def _build(name: str, cfg: RunConfig):
+    cls = component(name)
+    settings = None
+    if cls.settings_type is not None:  # one registered after the config schema was built has only defaults
+        settings = getattr(cfg.objective, name, None) or cls.settings_type()
+    return cls(settings, cfg)
 
 
-@torch.no_grad()
-def proximal_stats(
-    logits: torch.Tensor,
-    tokens: torch.Tensor,
-    cfg: RunConfig,
-    entropy_metric: bool = True,
-    mask: torch.Tensor | None = None,
-) -> TokenStats:
-    """The proximal pass: log-probs plus the entropy and vocabulary sums the method needs."""
-    entropy, vocab_sum = _needs(cfg)
-    return token_stats(
-        logits,
-        tokens,
-        cfg.rollout.temperature,
-        cfg.loss.logprob_chunk_size,
-        entropy=entropy or entropy_metric,
-        vocab_sum=vocab_sum,
-        mask=mask,
-    )
-
-
-def _needs(cfg: RunConfig) -> tuple[bool, bool]:
-    """(entropy, vocabulary sum) the method's loss needs."""
-    m = cfg.modulation
-    modulated = cfg.method == "dynamo" and (m.compensation or m.stabilization)
-    exact = modulated and m.stabilization and m.entropy_change == "exact"
-    needs_entropy = modulated or cfg.method in ("entropy_loss", "fork_tokens", "entropy_advantage")
-    return needs_entropy, exact
-
-
-def _token_statistics(logits, batch: PolicyBatch, cfg: RunConfig, entropy_metric: bool) -> TokenStats:
-    entropy, vocab_sum = _needs(cfg)
-    entropy_grad = cfg.method == "entropy_loss"
-    have = batch.entropy is not None and (batch.vocab_sum is not None or not vocab_sum)
-    if have and not entropy_grad:
-        logp = token_stats(
-            logits, batch.tokens, cfg.rollout.temperature, cfg.loss.logprob_chunk_size, mask=batch.mask
-        ).logp
-        return TokenStats(logp=logp, entropy=batch.entropy, vocab_sum=batch.vocab_sum)
-    return token_stats(
-        logits,
-        batch.tokens,
-        cfg.rollout.temperature,
-        cfg.loss.logprob_chunk_size,
-        entropy=entropy or entropy_metric,
-        vocab_sum=vocab_sum,
-        entropy_grad=entropy_grad,
-        mask=None if entropy_grad else batch.mask,
-    )
-
-
-def _token_advantages(batch: PolicyBatch, stats: TokenStats, cfg: RunConfig) -> torch.Tensor:
-    adv = batch.advantages.float()
-    if adv.dim() == 1:
-        adv = adv[:, None].expand_as(batch.mask)
-    adv = adv * batch.mask
-    if cfg.method == "entropy_advantage":
-        b = cfg.baselines
-        adv = entropy_shaped_advantages(adv, stats.entropy.detach(), b.entropy_adv_alpha, b.entropy_adv_kappa)
-    return adv
-
-
-def _modulate(adv, stats: TokenStats, r, batch: PolicyBatch, cfg: RunConfig):
-    m = cfg.modulation
-    if cfg.method != "dynamo" or not (m.compensation or m.stabilization):
-        return adv, {}
-    beta = torch.ones_like(adv)
-    valid = batch.mask.bool()
-    metrics: dict[str, float] = {}
-    if m.compensation:
-        comp = compensation(stats.entropy, adv, batch.mask, m.alpha)
-        beta = beta * comp
-        metrics["beta_comp_mean"] = _mean(comp, valid)
-        metrics["beta_comp_hist"] = beta_histogram(comp[valid & (adv > 0)], 1.0, 1.0 + m.alpha)
-    if m.stabilization:
-        eps_low, eps_high = clip_bounds(cfg)
-        xi = entropy_change(
-            stats.logp,
-            stats.entropy,
-            r,
-            adv,
-            batch.mask,
-            eps_low,
-            eps_high,
-            m.entropy_change,
-            stats.vocab_sum,
-            _dual_clip(cfg),
-        )
-        stab = stabilization(xi, batch.mask, m.lambda_min, m.gamma, m.tau)
-        beta = beta * stab
-        metrics["beta_stab_mean"] = _mean(stab, valid)
-        metrics["beta_stab_min"] = float(stab[valid].min()) if valid.any() else 1.0
-        metrics["beta_stab_hist"] = beta_histogram(stab[valid], m.lambda_min, 1.0)
-    return adv * beta, metrics
-
-
-def _per_token_loss(stats: TokenStats, batch: PolicyBatch, adv, cfg: RunConfig, generator):
-    mask = batch.mask.bool()
-    weights = _is_weights(batch, cfg)
-    if cfg.method == "kl_cov":
-        b = cfg.baselines
-        loss, selected = kl_cov_token_loss(stats.logp, batch.logp_old, adv, batch.mask, b.kl_cov_ratio, b.kl_cov_coef)
-        loss = loss * weights if weights is not None else loss
-        return loss, mask, {"kl_cov_frac": _mean(selected.float(), mask)}
-    eps_low, eps_high = clip_bounds(cfg)
-    loss, info = policy_loss.clipped_token_loss(
-        stats.logp, batch.logp_old, adv, eps_low, eps_high, _dual_clip(cfg), weights
-    )
-    metrics = {
-        "clip_frac": _mean(info["clipped"].float(), mask),
-        "dual_clip_frac": _mean(info["dual_clipped"].float(), mask),
-    }
-    if cfg.method == "clip_cov":
-        b = cfg.baselines
-        keep = clip_cov_keep(
-            adv, stats.logp, batch.mask, info["clipped"], b.clip_cov_ratio, b.clip_cov_lb, b.clip_cov_ub, generator
-        )
-        loss = loss * keep
-        metrics["clip_cov_frac"] = _mean(1.0 - keep, mask)
-    if cfg.method == "fork_tokens":
-        mask = high_entropy_mask(stats.entropy, batch.mask, cfg.baselines.fork_top_ratio)
-        metrics["fork_frac"] = _mean(mask.float(), batch.mask.bool())
-    return loss, mask, metrics
-
-
-def _aggregate(per_token, train_mask, batch: PolicyBatch, cfg: RunConfig) -> torch.Tensor:
-    if cfg.method != "fork_tokens":
-        return aggregate(per_token, train_mask, cfg.loss.aggregation, **_totals(batch, cfg))
-    # Fork tokens: token-mean over the selected tokens of this micro-batch, weighted by the
-    # micro-batch's share of the mini-batch's tokens (verl's micro/mini scaling).
-    local = aggregate(per_token, train_mask, "token-mean")
-    if batch.total_tokens is None:
-        return local
-    return local * (batch.mask.sum() / batch.total_tokens)
-
-
-def _totals(batch: PolicyBatch, cfg: RunConfig) -> dict:
-    # Dr. GRPO's constant length L is the response cap, so micro-batches padded to different
-    # lengths accumulate to the mini-batch's value.
-    return {
-        "total_tokens": batch.total_tokens,
-        "total_seqs": batch.total_seqs,
-        "norm_length": cfg.rollout.max_new_tokens,
-    }
-
-
-def _dual_clip(cfg: RunConfig) -> float | None:
-    """Clip-Cov has no dual clip (its reference loss); every other method uses ``loss.dual_clip_c``."""
-    return None if cfg.method == "clip_cov" else cfg.loss.dual_clip_c
-
-
-def _is_weights(batch: PolicyBatch, cfg: RunConfig) -> torch.Tensor | None:
-    if cfg.off_policy.mode != "decoupled" or batch.logp_behavior is None:
-        return None
-    return policy_loss.truncated_is_weights(batch.logp_old, batch.logp_behavior, cfg.off_policy.is_cap)
-
-
-def _summary(stats: TokenStats, r, batch: PolicyBatch) -> dict[str, float]:
-    valid = batch.mask.bool()
-    out = {"ratio_mean": _mean(r, valid)}
-    if stats.entropy is not None:
-        out["entropy"] = _mean(stats.entropy.detach(), valid)
-    if batch.logp_behavior is not None:
-        w = policy_loss.ratio(batch.logp_old, batch.logp_behavior)
-        out["is_weight_mean"] = _mean(w, valid)
-        out["is_weight_max"] = float(w[valid].max()) if valid.any() else 1.0
-        out["kl_behavior_proximal"] = _mean(w - 1.0 - torch.log(w), valid)
+def _summary(s: StepState) -> dict[str, float]:
+    out = {"ratio_mean": s.mean(s.ratio)}
+    if s.stats.entropy is not None:
+        out["entropy"] = s.mean(s.stats.entropy.detach())
+    if s.batch.logp_behavior is not None:
+        w = policy_loss.ratio(s.batch.logp_old, s.batch.logp_behavior)
+        out["is_weight_mean"] = s.mean(w)
+        out["is_weight_max"] = float(w[s.valid].max()) if s.valid.any() else 1.0
+        out["kl_behavior_proximal"] = s.mean(w - 1.0 - torch.log(w))
     return out
 
 
-def _mean(x: torch.Tensor, valid: torch.Tensor) -> float:
-    return float(x[valid].float().mean()) if valid.any() else 0.0
+@functools.lru_cache(maxsize=16)
+def assemble(cfg: RunConfig) -> Objective:
+    """The objective of ``cfg``, built once per config."""
+    return Objective(cfg)
+
+
+def policy_objective(logits, batch: PolicyBatch, cfg: RunConfig, generator=None, entropy_metric: bool = True):
+    """``assemble(cfg)(logits, batch, generator, entropy_metric)``."""
+    return assemble(cfg)(logits, batch, generator, entropy_metric)
+
+
+def proximal_stats(logits, tokens, cfg: RunConfig, entropy_metric: bool = True, mask=None) -> TokenStats:
+    """``assemble(cfg).proximal_stats(...)``."""
+    return assemble(cfg).proximal_stats(logits, tokens, entropy_metric, mask)
+
+
+def sequence_advantages(acc, group_ids, cfg: RunConfig) -> torch.Tensor:
+    """``assemble(cfg).sequence_advantages(acc, group_ids)``."""
+    return assemble(cfg).sequence_advantages(acc, group_ids)
+
+
+def clip_bounds(cfg: RunConfig) -> tuple[float, float]:
+    """(eps_low, eps_high) the run trains with."""
+    return cfg.loss.eps_low, cfg.loss.eps_high

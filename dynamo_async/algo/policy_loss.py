@@ -29,6 +29,11 @@ def truncated_is_weights(logp_old: torch.Tensor, logp_behavior: torch.Tensor, ca
     return torch.clamp(ratio(logp_old, logp_behavior), max=cap)
 
 
+def clip_active(r: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float) -> torch.Tensor:
+    """Tokens where the ratio clip binds: ``-A clip(r, 1 - eps_low, 1 + eps_high) > -A r``."""
+    return (-advantages * torch.clamp(r, 1.0 - eps_low, 1.0 + eps_high)) > (-advantages * r)
+
+
 def clipped_token_loss(
     logp: torch.Tensor,
     logp_old: torch.Tensor,

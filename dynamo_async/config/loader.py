@@ -6,8 +6,10 @@ Errors are ``ValueError`` naming the field, the bad value and what was expected,
 
 from __future__ import annotations
 
+import copy
 import re
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,29 @@ import yaml
 
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
+from dynamo_async.objective.presets import expand
+from dynamo_async.objective.registry import STAGES
+from dynamo_async.objective.settings import check_read, unread_keys
 
 _TOKEN_RE = re.compile(r"\.(\w+)|\[(\d+)\]")
 # Fields renamed since an earlier release: the old key's error says what it became.
 RENAMED = {
-    "model.dtype": "model.compute_dtype (the learner always keeps float32 master weights and computes in this dtype)"
+    "model.dtype": "model.compute_dtype (the learner always keeps float32 master weights and computes in this dtype)",
+    "baselines.clip_cov_eps": "loss.eps_low and loss.eps_high (the clip_cov preset sets both to 1.0)",
+}
+# Keys that moved when the baselines became objective components: still read, under the new name.
+ALIASES = {
+    "baselines.clip_higher_eps_high": "loss.eps_high",
+    "baselines.entropy_coef": "objective.entropy_bonus.coef",
+    "baselines.fork_top_ratio": "objective.fork_tokens.top_ratio",
+    "baselines.entropy_adv_alpha": "objective.entropy_advantage.alpha",
+    "baselines.entropy_adv_kappa": "objective.entropy_advantage.kappa",
+    "baselines.clip_cov_ratio": "objective.clip_cov.ratio",
+    "baselines.clip_cov_lb": "objective.clip_cov.lb",
+    "baselines.clip_cov_ub": "objective.clip_cov.ub",
+    "baselines.kl_cov_ratio": "objective.kl_cov.ratio",
+    "baselines.kl_cov_coef": "objective.kl_cov.coef",
+    "baselines.w_reinforce_positive": "objective.w_reinforce.positive",
 }
 
 
@@ -58,17 +78,75 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if loaded is not None and not isinstance(loaded, dict):
             raise UsageError(f"config file {path}: got a {type(loaded).__name__}, expected a mapping")
         raw = loaded or {}
+    from_file = set(_leaf_keys(_moved(raw)))
     for item in overrides:
         apply_override(raw, item)
-    return config_from_dict(raw)
+    keys = [ALIASES.get(k, k) for k in (item.partition("=")[0].strip() for item in overrides)]
+    # A method (or component) picked on the command line over a config file's own: the file's
+    # settings for what is no longer used are ignored with a warning, not an error.
+    switched = any(k in _SELECTION for k in keys)
+    return config_from_dict(raw, from_file - set(keys) if switched else set())
 
 
-def config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    """Validate a plain mapping into a ``RunConfig``; a bad value is a ValueError naming it."""
+# Keys that choose which components run (and so which settings are read).
+_SELECTION = {"method", "allocation.dynamic", *(f"objective.{stage}" for stage in STAGES)}
+
+
+def config_from_dict(raw: dict[str, Any], relaxed: set[str] = frozenset()) -> RunConfig:
+    """Validate a plain mapping into a ``RunConfig``: old key names moved to their new ones, the
+    method's preset put under it (objective/presets.py), and every key set checked to be read by
+    the run (objective/settings.py; a key of ``relaxed`` that is not read only warns). A bad
+    value is a ``UsageError`` naming it."""
+    moved = _moved(raw)
+    full = expand(moved)
     try:
-        return msgspec.convert(raw, RunConfig)
+        cfg = msgspec.convert(full, RunConfig)
     except msgspec.ValidationError as err:
-        raise UsageError(_explain(str(err), raw)) from None
+        raise UsageError(_explain(str(err), full)) from None
+    # Keys under an old name keep their old meaning: the shared ``baselines`` section was read
+    # only by its own baseline, so they are not checked (a FutureWarning names the new key).
+    legacy = [ALIASES[k] for k in _leaf_keys(raw) if k in ALIASES]
+    for old in (k for k in _leaf_keys(raw) if k in ALIASES):
+        warnings.warn(f"config key {old} is now {ALIASES[old]}", FutureWarning, stacklevel=3)
+    keys = [k for k in _leaf_keys(moved) if k not in legacy]
+    for key in unread_keys(cfg, [k for k in keys if k in relaxed]):
+        warnings.warn(
+            f"config file key {key} is not read by the method or components chosen on the command line; "
+            "ignored (it is left out of the resolved config)",
+            UserWarning,
+            stacklevel=3,
+        )
+    check_read(cfg, [k for k in keys if k not in relaxed])
+    return cfg
+
+
+def _leaf_keys(raw: dict[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for key, value in raw.items():
+        if isinstance(value, dict) and value:
+            out.extend(_leaf_keys(value, f"{prefix}{key}."))
+        else:
+            out.append(prefix + key)
+    return out
+
+
+def _moved(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the keys of ``ALIASES`` under their new names (a copy; ``raw`` is untouched)."""
+    out = copy.deepcopy(raw)
+    for old, new in ALIASES.items():
+        section, _, leaf = old.partition(".")
+        node = out.get(section)
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        if not node:
+            out.pop(section)
+        target = out
+        *parents, last = new.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[last] = value
+    return out
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -77,7 +155,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise UsageError(f"override: got {item!r}, expected key=value such as loss.eps_high=0.28")
     parts = key.strip().split(".")
-    _check_key(parts)
+    if key.strip() not in ALIASES:  # an old name is moved by config_from_dict
+        _check_key(parts)
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -96,8 +175,19 @@ def dump_config(cfg: RunConfig, path: str | Path) -> Path:
 
 
 def config_to_yaml(cfg: RunConfig) -> str:
-    """The resolved config as YAML text that ``load_config`` reads back to an equal config."""
-    return yaml.dump(msgspec.to_builtins(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    """The resolved config as YAML text that ``load_config`` reads back to an equal config: every
+    field the run reads, the method's expansion included; settings of unused components left out."""
+    tree = msgspec.to_builtins(cfg)
+    for key in unread_keys(cfg, _leaf_keys(tree)):
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+    for section in (tree, tree["objective"]):
+        for name in [n for n, v in section.items() if v == {}]:
+            del section[name]
+    return yaml.dump(tree, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -126,6 +216,8 @@ def _unwrap(hint: Any) -> tuple[Any, str]:
 
 
 def _check_key(parts: list[str]) -> None:
+    if ".".join(parts) in RENAMED:
+        raise UsageError(f"override key {'.'.join(parts)!r}: renamed to {RENAMED['.'.join(parts)]}")
     cls: Any = RunConfig
     for i, part in enumerate(parts):
         names = {f.name: f for f in msgspec.structs.fields(cls)}

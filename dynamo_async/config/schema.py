@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import msgspec
 from msgspec import Meta
 
-
-class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of every config section: immutable, keyword-only, unknown keys rejected."""
-
+from dynamo_async.config.section import Section as _Section
+from dynamo_async.objective.presets import METHODS
+from dynamo_async.objective.settings import ObjectiveConfig
 
 PosInt = Annotated[int, Meta(ge=1)]
 Prob = Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -213,7 +211,13 @@ class RolloutConfig(_Section):
 
 class AllocationConfig(_Section):
     dynamic: Annotated[
-        bool, Meta(description=("Dynamic rollout allocation (DRA, Sec. 2.1); false gives every prompt avg_rollouts."))
+        bool,
+        Meta(
+            description=(
+                "Dynamic rollout allocation (DRA, Sec. 2.1); false gives every prompt avg_rollouts (the "
+                "baseline presets set false; g_min, g_max, priority_power and prior are then unread)."
+            )
+        ),
     ] = True
     gen_batch_prompts: Annotated[
         PosInt,
@@ -247,7 +251,7 @@ class AllocationConfig(_Section):
     ] = 0.25
 
     def __post_init__(self) -> None:
-        if not self.g_min <= self.avg_rollouts <= self.g_max:
+        if self.dynamic and not self.g_min <= self.avg_rollouts <= self.g_max:
             raise ValueError(
                 f"got g_min={self.g_min}, avg_rollouts={self.avg_rollouts}, g_max={self.g_max}, "
                 "expected g_min <= avg_rollouts <= g_max"
@@ -276,6 +280,9 @@ class LossConfig(_Section):
             description=("Dual-clip bound: the per-token loss is at most -c*A where A < 0 (the paper's runs: 10)."),
         ),
     ] = 10.0
+    dual_clip: Annotated[
+        bool, Meta(description=("Apply the dual clip (the clip_cov preset turns it off, as its reference loss)."))
+    ] = True
     aggregation: Annotated[
         Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"],
         Meta(description="How per-token losses become the mini-batch loss."),
@@ -317,29 +324,6 @@ class ModulationConfig(_Section):
             )
         ),
     ] = "exact"
-
-
-class BaselineConfig(_Section):
-    clip_higher_eps_high: Annotated[float, Meta(gt=0.0, description="Clip-Higher upper range (DAPO: 0.28).")] = 0.28
-    entropy_coef: Annotated[float, Meta(ge=0.0, description="Entropy-loss coefficient c_H.")] = 0.001
-    fork_top_ratio: Annotated[
-        float, Meta(gt=0.0, le=1.0, description=("Fork tokens: fraction of highest-entropy tokens trained on."))
-    ] = 0.2
-    entropy_adv_alpha: Annotated[float, Meta(ge=0.0, description="Entropy advantages: alpha_e.")] = 0.4
-    entropy_adv_kappa: Annotated[float, Meta(gt=1.0, description="Entropy advantages: kappa.")] = 2.0
-    clip_cov_ratio: Annotated[float, Meta(gt=0.0, le=1.0, description="Clip-Cov: fraction of tokens clipped.")] = 2e-4
-    clip_cov_lb: Annotated[float, Meta(description="Clip-Cov: lower covariance bound.")] = 1.0
-    clip_cov_ub: Annotated[float, Meta(description="Clip-Cov: upper covariance bound.")] = 5.0
-    clip_cov_eps: Annotated[float, Meta(ge=0.0, description="Clip-Cov: ratio clip range (the paper's 1/1).")] = 1.0
-    kl_cov_ratio: Annotated[float, Meta(gt=0.0, le=1.0, description="KL-Cov: fraction of tokens penalised.")] = 2e-3
-    kl_cov_coef: Annotated[float, Meta(ge=0.0, description="KL-Cov: beta.")] = 1.0
-    w_reinforce_positive: Annotated[
-        float, Meta(ge=0.0, description="W-REINFORCE: advantage of a correct response.")
-    ] = 0.1
-
-    def __post_init__(self) -> None:
-        if self.clip_cov_lb >= self.clip_cov_ub:
-            raise ValueError(f"got clip_cov_lb={self.clip_cov_lb} >= clip_cov_ub={self.clip_cov_ub}, expected lb < ub")
 
 
 class OptimConfig(_Section):
@@ -479,28 +463,7 @@ class MetricsConfig(_Section):
     ] = "online"
 
 
-METHODS = (
-    "dynamo",
-    "grpo",
-    "clip_higher",
-    "entropy_loss",
-    "fork_tokens",
-    "entropy_advantage",
-    "clip_cov",
-    "kl_cov",
-    "w_reinforce",
-)
-Method = Literal[
-    "dynamo",
-    "grpo",
-    "clip_higher",
-    "entropy_loss",
-    "fork_tokens",
-    "entropy_advantage",
-    "clip_cov",
-    "kl_cov",
-    "w_reinforce",
-]
+Method = Literal[METHODS]  # the presets of dynamo_async/objective/presets.py
 
 
 class RunConfig(_Section):
@@ -509,9 +472,10 @@ class RunConfig(_Section):
         Method,
         Meta(
             description=(
-                "'dynamo' (allocation + modulation, switchable below), or a Table 1 baseline: plain "
-                "'grpo', 'clip_higher', 'entropy_loss', 'fork_tokens', 'entropy_advantage', 'clip_cov', "
-                "'kl_cov', 'w_reinforce'. Baselines run with uniform allocation and no modulation."
+                "A preset of objective components and settings, put under the config's own values: 'dynamo' "
+                "(dynamic allocation + modulation) or a Table 1 baseline: 'grpo', 'clip_higher', "
+                "'entropy_loss', 'fork_tokens', 'entropy_advantage', 'clip_cov', 'kl_cov', 'w_reinforce' "
+                "(uniform allocation, no modulation). RUN_DIR/config.yaml shows what it expanded to."
             )
         ),
     ] = "dynamo"
@@ -523,8 +487,12 @@ class RunConfig(_Section):
     advantage: Annotated[AdvantageConfig, Meta(description="Rewards and group advantages.")] = AdvantageConfig()
     loss: Annotated[LossConfig, Meta(description="Clipped policy loss.")] = LossConfig()
     off_policy: Annotated[OffPolicyConfig, Meta(description="Correction for stale samples.")] = OffPolicyConfig()
-    modulation: Annotated[ModulationConfig, Meta(description="Token-level advantage modulation.")] = ModulationConfig()
-    baselines: Annotated[BaselineConfig, Meta(description="Parameters of the Table 1 baselines.")] = BaselineConfig()
+    modulation: Annotated[ModulationConfig, Meta(description="DynaMO's token-level advantage modulation.")] = (
+        ModulationConfig()
+    )
+    objective: Annotated[
+        ObjectiveConfig, Meta(description="The objective's components, stage by stage, and their own settings.")
+    ] = ObjectiveConfig()
     optim: Annotated[OptimConfig, Meta(description="Optimizer and batching.")] = OptimConfig()
     buffer: Annotated[BufferConfig, Meta(description="Staleness limits.")] = BufferConfig()
     rewards: Annotated[RewardConfig, Meta(description="math-verify scoring pool.")] = RewardConfig()
@@ -532,8 +500,3 @@ class RunConfig(_Section):
     metrics: Annotated[
         MetricsConfig, Meta(description=("Optional metric sinks beside RUN_DIR/metrics.jsonl (always written)."))
     ] = MetricsConfig()
-
-    @property
-    def uses_dynamo(self) -> bool:
-        """True when the run uses DynaMO's allocation and modulation switches."""
-        return self.method == "dynamo"

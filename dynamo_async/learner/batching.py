@@ -60,8 +60,8 @@ def group_rows(groups: tuple[ReadyGroup, ...], cfg: RunConfig) -> list[list[_Row
     for g in groups:
         group = []
         for s in g.samples:
-            full = np.concatenate([g.prompt_token_ids.astype(np.int64), s.token_ids.astype(np.int64)])
-            group.append(_Row(full, len(g.prompt_token_ids), s.logprobs.astype(np.float32), float(adv[k])))
+            full = np.concatenate([g.prompt_token_ids.astype(np.int64), s.token_array.astype(np.int64)])
+            group.append(_Row(full, len(g.prompt_token_ids), s.logprob_array.astype(np.float32), float(adv[k])))
             k += 1
         rows.append(group)
     return rows

@@ -7,7 +7,8 @@ normalised by the whole mini-batch's totals; FSDP averages gradients over ranks,
 rank scales its loss by the world size to get the sum. All ranks must run the same number of
 forward passes, so shorter micro-batch lists are padded with fully masked copies. Before a
 weight broadcast, all ranks gather the full tensors in the same fixed order
-(``DTensor.full_tensor``); rank 0 sends them.
+(``DTensor.full_tensor``); rank 0 sends them. Rank 0 also sends every learner batch to the
+other ranks, as typed msgpack of its groups and their ``SampleRecord`` s (``encode_batch``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from buffer.batch import LearnerBatch, ReadyGroup, Sample
+from buffer.batch import LearnerBatch, ReadyGroup
 from dynamo_async.errors import UsageError
+from dynamo_async.protocol import pack_i32
+from dynamo_async.sample import SampleRecord
 from dynamo_async.weights.group import collective_backend
 
 
@@ -95,26 +98,15 @@ def _masked_copy(mb):
 # ---------------------------------------------------------------- rank 0 -> other ranks
 
 
-class _WireSample(msgspec.Struct, array_like=True):
-    index: int
-    tokens: bytes
-    logprobs: bytes
-    versions: bytes
-    acc: int
-    reward: float
-    finish: str
-    worker: str
-
-
-class _WireGroup(msgspec.Struct, array_like=True):
+class _WireGroup(msgspec.Struct, frozen=True, array_like=True):
     group_id: int
     prompt_id: str
-    prompt: bytes
+    prompt: bytes  # prompt token ids, packed int32
     answer: str
-    samples: list[_WireSample]
+    samples: list[SampleRecord]  # the records themselves (docs/design.md section 5)
 
 
-class _WireBatch(msgspec.Struct, array_like=True):
+class _WireBatch(msgspec.Struct, frozen=True, array_like=True):
     step: int
     version: int
     groups: list[_WireGroup]
@@ -123,9 +115,12 @@ class _WireBatch(msgspec.Struct, array_like=True):
     staleness: list[int]
 
 
+_batch_decoder = msgspec.msgpack.Decoder(_WireBatch)
+
+
 def send_batch(batch: LearnerBatch | None) -> None:
     """Rank 0: the next batch to the other ranks (None: stop)."""
-    data = b"" if batch is None else msgspec.msgpack.encode(_to_wire(batch))
+    data = b"" if batch is None else encode_batch(batch)
     size = torch.tensor([len(data)], dtype=torch.int64)
     dist.broadcast(size, src=0)
     if data:
@@ -140,56 +135,23 @@ def receive_batch() -> LearnerBatch | None:
         return None
     buf = torch.empty(int(size), dtype=torch.uint8)
     dist.broadcast(buf, src=0)
-    return _from_wire(msgspec.msgpack.decode(buf.numpy().tobytes(), type=_WireBatch))
+    return decode_batch(buf.numpy().tobytes())
 
 
-def _to_wire(b: LearnerBatch) -> _WireBatch:
+def encode_batch(b: LearnerBatch) -> bytes:
+    """msgpack bytes of a learner batch: its groups, each with its sample records as they are."""
     groups = [
-        _WireGroup(
-            g.group_id,
-            g.prompt_id,
-            g.prompt_token_ids.astype("<i4").tobytes(),
-            g.answer,
-            [
-                _WireSample(
-                    s.sample_index,
-                    s.token_ids.astype("<i4").tobytes(),
-                    s.logprobs.astype("<f4").tobytes(),
-                    s.versions.astype("<i4").tobytes(),
-                    s.acc,
-                    s.reward,
-                    s.finish_reason,
-                    s.worker_id,
-                )
-                for s in g.samples
-            ],
-        )
-        for g in b.groups
+        _WireGroup(g.group_id, g.prompt_id, pack_i32(g.prompt_token_ids), g.answer, list(g.samples)) for g in b.groups
     ]
-    return _WireBatch(b.step, b.policy_version, groups, b.dropped_stale, b.dropped_zero_variance, list(b.staleness))
+    wire = _WireBatch(b.step, b.policy_version, groups, b.dropped_stale, b.dropped_zero_variance, list(b.staleness))
+    return msgspec.msgpack.encode(wire)
 
 
-def _from_wire(w: _WireBatch) -> LearnerBatch:
+def decode_batch(data: bytes) -> LearnerBatch:
+    """The learner batch ``encode_batch`` wrote (typed decode; the records check their invariants)."""
+    w = _batch_decoder.decode(data)
     groups = tuple(
-        ReadyGroup(
-            g.group_id,
-            g.prompt_id,
-            np.frombuffer(g.prompt, "<i4"),
-            g.answer,
-            tuple(
-                Sample(
-                    s.index,
-                    np.frombuffer(s.tokens, "<i4"),
-                    np.frombuffer(s.logprobs, "<f4"),
-                    np.frombuffer(s.versions, "<i4"),
-                    s.acc,
-                    s.reward,
-                    s.finish,
-                    s.worker,
-                )
-                for s in g.samples
-            ),
-        )
+        ReadyGroup(g.group_id, g.prompt_id, np.frombuffer(g.prompt, "<i4"), g.answer, tuple(g.samples))
         for g in w.groups
     )
     return LearnerBatch(w.step, w.version, groups, w.dropped_stale, w.dropped_zero_variance, tuple(w.staleness))

@@ -241,7 +241,7 @@ class Learner:
             "staleness_max": int(max(batch.staleness)),
             "dropped_stale": batch.dropped_stale,
             "dropped_zero_variance": batch.dropped_zero_variance,
-            "response_tokens": int(sum(len(s.token_ids) for g in batch.groups for s in g.samples)),
+            "response_tokens": int(sum(s.num_tokens for g in batch.groups for s in g.samples)),
             "workers": len(self._sent_to),
         }
 

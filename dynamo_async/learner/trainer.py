@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from buffer.batch import LearnerBatch
-from dynamo_async.algo.objective import PolicyBatch, policy_objective, proximal_stats
+from dynamo_async.algo.objective import PolicyBatch, assemble
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
 from dynamo_async.learner import checkpoint
@@ -36,6 +36,7 @@ class Trainer:
         from dynamo_async.models.loader import DTYPES
 
         self.cfg, self.device, self.dist = cfg, device, dist_info
+        self.objective = assemble(cfg)  # the run's components, built once (docs/design.md section 4.6)
         source = str(checkpoint_dir / "model") if checkpoint_dir else cfg.model.name
         self.tokenizer = load_tokenizer(source)
         self.model = load_model(source, "float32", device).train()  # the float32 masters
@@ -76,7 +77,7 @@ class Trainer:
             if self.cfg.off_policy.mode == "behavior":
                 mb.logp_old = mb.logp_behavior
                 continue
-            stats = proximal_stats(self._logits(mb), mb.targets, self.cfg, mask=mb.mask)
+            stats = self.objective.proximal_stats(self._logits(mb), mb.targets, mask=mb.mask)
             mb.logp_old, mb.entropy, mb.vocab_sum = stats.logp, stats.entropy, stats.vocab_sum
 
     def update(self, minis: list[list[MicroBatch]]) -> dict:
@@ -88,7 +89,7 @@ class Trainer:
         for _ in range(self.cfg.optim.ppo_epochs):
             for mini in minis:
                 for mb in mini:
-                    loss, m = policy_objective(self._logits(mb), self._policy_batch(mb), self.cfg, self.generator)
+                    loss, m = self.objective(self._logits(mb), self._policy_batch(mb), self.generator)
                     (loss * self.dist.world).backward()  # FSDP averages over ranks; the loss is a sum
                     if mb.extra.get("padding"):
                         continue

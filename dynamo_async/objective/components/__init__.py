@@ -1,0 +1,1 @@
+"""One module per objective component; each registers itself (docs/design.md section 4.6)."""
