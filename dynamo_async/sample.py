@@ -2,7 +2,7 @@
 
 A ``SampleRecord`` is what a worker sends inside a ``Completion`` (``protocol.py``), what a buffer
 group holds, what a ``ReadyGroup`` hands the learner, what rank 0 sends the other learner ranks,
-and what the Arrow store writes and replay reads back (``buffer/columns.py``): one frozen
+and what the Arrow store writes and replay reads back (``buffer/tables.py``): one frozen
 ``msgspec.Struct``, so a new per-sample field is declared once, here.
 
 Token ids, behaviour log-probs and per-token policy versions are packed little-endian bytes

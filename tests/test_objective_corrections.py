@@ -114,3 +114,31 @@ def test_a_correction_is_a_no_op_when_the_old_policy_is_the_behaviour_policy(wei
     loss, metrics = policy_objective(logits, batch, cfg)
     assert loss.item() == pytest.approx(float((-ADV[:, None] * MASK).sum() / 7), rel=1e-6)
     assert not any(k.endswith("_masked_tokens") for k in metrics)
+
+
+def test_a_learner_step_reports_how_many_tokens_a_correction_masked():
+    import importlib.util
+    from pathlib import Path
+
+    from dynamo_async.learner.trainer import Trainer
+
+    spec = importlib.util.spec_from_file_location(
+        "objective_reference", Path(__file__).with_name("objective_reference.py")
+    )
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    cfg = load_config(
+        reference.TINY,
+        ["model.name=builtin:tiny", "optim.micro_batch_tokens=96", "objective.token_weights=[icepop]"]
+        + ["objective.icepop.alpha=0.05", "objective.icepop.beta=2.0"],  # about half the ratios are below 0.05
+    )
+    trainer = Trainer(cfg, "cpu")
+    minis = trainer.prepare(reference.fixed_batch(trainer.model.config.vocab_size))
+    trainer.proximal_pass(minis)
+    expected = 0
+    for mb in (m for mini in minis for m in mini):
+        k = (mb.logp_old - mb.logp_behavior).exp()
+        expected += int((((k < 0.05) | (k > 2.0)) & mb.mask.bool()).sum())
+    metrics = trainer.update(minis)
+    assert expected > 0 and metrics["icepop_masked_tokens"] == expected  # summed over the micro-batches
+    assert 0 < metrics["icepop_masked_frac"] < 1

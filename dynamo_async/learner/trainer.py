@@ -102,7 +102,8 @@ class Trainer:
                 norms.append(clip_and_step(self.masters.parameters(), self.opt, self.cfg.optim.grad_clip))
                 self.masters.push()
         self.sched.step()
-        out: dict = {k: sums[k] / counts[k] for k in sums}
+        # Token counts (``<component>_masked_tokens``) add up over the step; the rest are means.
+        out: dict = {k: sums[k] if k.endswith("_tokens") else sums[k] / counts[k] for k in sums}
         out.update({k: h.tolist() for k, h in hists.items()})
         out["grad_norm"] = float(np.mean(norms)) if norms else 0.0
         out["grad_norm_max"] = float(np.max(norms)) if norms else 0.0

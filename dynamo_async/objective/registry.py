@@ -18,6 +18,7 @@ component modules import without torch: they import the tensor formulas inside t
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -102,8 +103,9 @@ def register(cls: type[Component]) -> type[Component]:
     return cls
 
 
+@functools.cache
 def discover() -> None:
-    """Import every module of ``dynamo_async.objective.components`` (each registers itself)."""
+    """Import every module of ``dynamo_async.objective.components`` (each registers itself), once."""
     from dynamo_async.objective import components
 
     for info in pkgutil.iter_modules(components.__path__):
