@@ -85,7 +85,7 @@ def unread_keys(cfg: Any, keys: list[str]) -> dict[str, list[str]]:
     used = [p for n, c in registered().items() if n in chosen for p in _reads(c)]
     out: dict[str, list[str]] = {}
     for key in keys:
-        readers = [n for n, c in registered().items() if _matches(key, _reads(c))]
+        readers = [f"{n} (objective.{c.stage})" for n, c in registered().items() if _matches(key, _reads(c))]
         if readers and not _matches(key, used):
             out[key] = readers
         elif key in DYNAMIC_ONLY and not cfg.allocation.dynamic:
