@@ -91,11 +91,16 @@ STEPS_SCHEMA = _schema(
 SCHEMAS: dict[str, pa.Schema] = {"completions": COMPLETIONS_SCHEMA, "batches": BATCHES_SCHEMA, "steps": STEPS_SCHEMA}
 
 
+def _offsets(lengths: np.ndarray, dtype=np.int32) -> np.ndarray:
+    """``[0, l0, l0 + l1, ...]``: where each row's values start in the flat array, and the end."""
+    offsets = np.zeros(len(lengths) + 1, dtype=dtype)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
 def _list_array(values: list, type_: pa.ListType) -> pa.Array:
     """A list column from per-row numpy arrays (or sequences), via offsets + one flat array."""
-    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
-    offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = _offsets(np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values)))
     dtype = type_.value_type.to_pandas_dtype()
     flat = np.concatenate(values).astype(dtype, copy=False) if values else np.empty(0, dtype)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=type_.value_type))
@@ -114,9 +119,7 @@ def _packed_column(records: Sequence[SampleRecord], name: str) -> pa.Array:
     """A list column from one packed bytes field: the bytes are joined once, no per-element Python step."""
     dtype = np.dtype(PACKED[name])
     values = [getattr(r, name) for r in records]
-    lengths = np.fromiter((len(v) // dtype.itemsize for v in values), dtype=np.int64, count=len(values))
-    offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = _offsets(np.fromiter((len(v) // dtype.itemsize for v in values), dtype=np.int64, count=len(values)))
     flat = np.frombuffer(b"".join(values), dtype=dtype)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=RECORD_COLUMNS[name].value_type))
 
@@ -181,9 +184,7 @@ def _filled(field: pa.Field, n: int) -> pa.Array:
 def _packed_rows(lists: pa.ListArray, dtype: str) -> list[bytes]:
     """Per-row packed bytes of a list column (the flat values are converted once)."""
     flat = np.ascontiguousarray(lists.flatten().to_numpy(), dtype=dtype).tobytes()
-    bounds = np.zeros(len(lists) + 1, dtype=np.int64)
-    np.cumsum(lists.value_lengths().to_numpy(), out=bounds[1:])
-    bounds *= np.dtype(dtype).itemsize
+    bounds = _offsets(lists.value_lengths().to_numpy(), np.int64) * np.dtype(dtype).itemsize
     return [flat[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
 
 

@@ -10,7 +10,8 @@ from dynamo_async.sample import SampleRecord
 def sample_record(
     group_id: int, prompt_id: str, sample_index: int, tokens, logprobs, versions, **fields
 ) -> SampleRecord:
-    """The record of one response; ``tokens`` / ``logprobs`` / ``versions`` are arrays or lists."""
+    """The record of one response; ``tokens`` / ``logprobs`` / ``versions`` are arrays or lists (or
+    bytes, taken as packed)."""
     defaults = dict(
         worker_id="w",
         finish_reason="stop",
@@ -20,12 +21,12 @@ def sample_record(
         gen_seconds=0.0,
         score_seconds=0.0,
     )
-    return SampleRecord(
-        group_id=group_id,
-        prompt_id=prompt_id,
-        sample_index=sample_index,
-        token_ids=pack_i32(tokens),
-        logprobs=pack_f32(logprobs),
-        versions=pack_i32(versions),
-        **{**defaults, **fields},
+    packed = dict(
+        token_ids=_packed(tokens, pack_i32), logprobs=_packed(logprobs, pack_f32), versions=_packed(versions, pack_i32)
     )
+    ids = dict(group_id=group_id, prompt_id=prompt_id, sample_index=sample_index)
+    return SampleRecord(**{**ids, **defaults, **packed, **fields})  # ``fields`` override the defaults and arrays
+
+
+def _packed(values, pack) -> bytes:
+    return values if isinstance(values, bytes) else pack(values)

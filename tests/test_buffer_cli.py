@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from sample_records import sample_record
+
 from buffer.client import BufferClient, query_status
-from dynamo_async.protocol import Completion, NoWork, pack_f32, pack_i32
-from dynamo_async.sample import SampleRecord
+from dynamo_async.protocol import Completion, NoWork
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,20 +71,15 @@ def test_standalone_buffer_serves_workers_and_replay_reads_its_run(tmp_path):
             while not isinstance(grant := client.request_work(8, 0), NoWork):
                 for item in grant.items:
                     for index in item.sample_indices:
-                        sample = SampleRecord(
-                            group_id=item.group_id,
-                            prompt_id=item.prompt_id,
-                            sample_index=index,
+                        sample = sample_record(
+                            item.group_id,
+                            item.prompt_id,
+                            index,
+                            [5, 6],
+                            [-0.5, -0.25],
+                            [0, 0],
                             worker_id="w-test",
-                            token_ids=pack_i32([5, 6]),
-                            logprobs=pack_f32([-0.5, -0.25]),
-                            versions=pack_i32([0, 0]),
-                            finish_reason="stop",
                             acc=index % 2,
-                            reward=0.0,
-                            score_status="ok",
-                            gen_seconds=0.0,
-                            score_seconds=0.0,
                         )
                         client.send(Completion(lease_id=item.lease_id, sample=sample))
                         sent += 1

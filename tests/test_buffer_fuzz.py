@@ -12,6 +12,7 @@ import msgspec
 import numpy as np
 import pytest
 import zmq
+from sample_records import sample_record
 
 from buffer.client import BufferClient, query_status
 from buffer.pool import PoolPrompt
@@ -35,10 +36,8 @@ from dynamo_async.protocol import (
     WorkRequest,
     decode,
     encode,
-    pack_f32,
     pack_i32,
 )
-from dynamo_async.sample import SampleRecord
 
 MAX_BYTES = 4096
 GOOD = "good-worker"
@@ -56,43 +55,17 @@ def make_service(*overrides: str) -> BufferService:
 
 def good_completion(item: WorkItem, i: int) -> Completion:
     tokens = np.array([item.group_id, i, 42, 43], dtype=np.int32)
-    sample = SampleRecord(
-        group_id=item.group_id,
-        prompt_id=item.prompt_id,
-        sample_index=i,
-        worker_id=GOOD,
-        token_ids=pack_i32(tokens),
-        logprobs=pack_f32([-0.1] * 4),
-        versions=pack_i32([0] * 4),
-        finish_reason="stop",
-        acc=i % 2,
-        reward=float(i % 2),
-        score_status="ok",
-        gen_seconds=0.0,
-        score_seconds=0.0,
+    sample = sample_record(
+        item.group_id, item.prompt_id, i, tokens, [-0.1] * 4, [0] * 4, worker_id=GOOD, acc=i % 2, reward=float(i % 2)
     )
     return Completion(lease_id=item.lease_id, sample=sample)
 
 
 def fuzz_completion(group_id: int, **changes) -> Completion:
     """A well-formed completion from the fuzzer; ``changes`` are fields of its record."""
-    fields = dict(
-        group_id=group_id,
-        prompt_id="p0",
-        sample_index=0,
-        worker_id="zz-fuzz",
-        token_ids=pack_i32([1, 2]),
-        logprobs=pack_f32([0.0, 0.0]),
-        versions=pack_i32([0, 0]),
-        finish_reason="stop",
-        acc=1,
-        reward=1.0,
-        score_status="ok",
-        gen_seconds=0.0,
-        score_seconds=0.0,
-    )
-    fields.update(changes)
-    return Completion(lease_id=123456, sample=SampleRecord(**fields))
+    args = dict(group_id=group_id, prompt_id="p0", sample_index=0, tokens=[1, 2], logprobs=[0.0, 0.0], versions=[0, 0])
+    args.update(worker_id="zz-fuzz", acc=1, reward=1.0, **changes)
+    return Completion(lease_id=123456, sample=sample_record(**args))
 
 
 def as_raw(msg, **changes) -> bytes:

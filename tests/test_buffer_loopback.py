@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 import zmq
+from sample_records import sample_record
 
 from buffer.client import BufferClient, query_status
 from buffer.pool import PoolPrompt
@@ -31,10 +32,7 @@ from dynamo_async.protocol import (
     WorkRequest,
     decode,
     encode,
-    pack_f32,
-    pack_i32,
 )
-from dynamo_async.sample import SampleRecord
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -79,20 +77,16 @@ def fake_completion(
     tokens = rng.integers(0, 50_000, n).astype(np.int32)
     tokens[:3] = [item.group_id, sample_index, fingerprint(item.prompt_id)]
     acc = (item.group_id * 7 + sample_index) % 3 == 0
-    sample = SampleRecord(
-        group_id=item.group_id,
-        prompt_id=item.prompt_id,
-        sample_index=sample_index,
+    sample = sample_record(
+        item.group_id,
+        item.prompt_id,
+        sample_index,
+        tokens,
+        -rng.random(n),
+        np.full(n, version),
         worker_id=worker_id,
-        token_ids=pack_i32(tokens),
-        logprobs=pack_f32(-rng.random(n)),
-        versions=pack_i32(np.full(n, version)),
-        finish_reason="stop",
         acc=int(acc),
         reward=2.0 * acc - 1.0,
-        score_status="ok",
-        gen_seconds=0.0,
-        score_seconds=0.0,
     )
     return Completion(lease_id=item.lease_id, sample=sample)
 

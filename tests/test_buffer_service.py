@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sample_records import sample_record
 
 from buffer.pool import PoolPrompt
 from buffer.service import BufferService
 from dynamo_async.algo.allocation import allocation_priority, water_fill
 from dynamo_async.config import load_config
-from dynamo_async.protocol import Completion, NoWork, WorkItem, pack_f32, pack_i32
-from dynamo_async.sample import SampleRecord
+from dynamo_async.protocol import Completion, NoWork, WorkItem
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -60,24 +60,22 @@ def make_completion(
     **changes,
 ) -> Completion:
     versions = np.broadcast_to(np.asarray(version, dtype=np.int32), (length,))
-    fields = dict(
-        group_id=item.group_id,
-        prompt_id=item.prompt_id,
-        sample_index=sample_index,
+    lease_id = changes.pop("lease_id", item.lease_id)
+    sample = sample_record(
+        changes.pop("group_id", item.group_id),
+        changes.pop("prompt_id", item.prompt_id),
+        sample_index,
+        tokens_for(item.group_id, sample_index, length),
+        np.full(length, -0.5),
+        versions,
         worker_id=worker_id,
-        token_ids=pack_i32(tokens_for(item.group_id, sample_index, length)),
-        logprobs=pack_f32(np.full(length, -0.5)),
-        versions=pack_i32(versions),
-        finish_reason="stop",
         acc=acc,
         reward=2.0 * acc - 1.0,
-        score_status="ok",
         gen_seconds=0.1,
         score_seconds=0.01,
+        **changes,  # the record's fields
     )
-    lease_id = changes.pop("lease_id", item.lease_id)
-    fields.update(changes)  # the record's fields
-    return Completion(lease_id=lease_id, sample=SampleRecord(**fields))
+    return Completion(lease_id=lease_id, sample=sample)
 
 
 def items_of(got) -> list[WorkItem]:

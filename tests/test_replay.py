@@ -11,8 +11,7 @@ from sample_records import sample_record
 from buffer.batch import LearnerBatch, ReadyGroup
 from buffer.replay import export_rows, format_summary, iter_batches, replay_main, summarize
 from buffer.store import RunStore
-from dynamo_async.protocol import Completion, pack_f32, pack_i32
-from dynamo_async.sample import SampleRecord
+from dynamo_async.protocol import Completion
 
 # group_id -> (prompt_id, policy version on arrival, [(acc, token versions), ...])
 GROUPS = {
@@ -29,18 +28,16 @@ def tokens(group_id: int, i: int, n: int) -> np.ndarray:
 
 def completion(group_id: int, i: int, acc: int, versions: list[int]) -> Completion:
     n = len(versions)
-    sample = SampleRecord(
-        group_id=group_id,
-        prompt_id=GROUPS[group_id][0],
-        sample_index=i,
+    sample = sample_record(
+        group_id,
+        GROUPS[group_id][0],
+        i,
+        tokens(group_id, i, n),
+        -0.25 * np.arange(n),
+        versions,
         worker_id=f"w{i % 2}",
-        token_ids=pack_i32(tokens(group_id, i, n)),
-        logprobs=pack_f32(-0.25 * np.arange(n)),
-        versions=pack_i32(versions),
-        finish_reason="stop",
         acc=acc,
         reward=1.0 if acc else -1.0,
-        score_status="ok",
         gen_seconds=1.5,
         score_seconds=0.5,
     )

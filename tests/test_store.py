@@ -19,24 +19,22 @@ from buffer.store import (
     read_table,
     segment_paths,
 )
-from dynamo_async.protocol import Completion, pack_f32, pack_i32
-from dynamo_async.sample import SampleRecord
+from dynamo_async.protocol import Completion
 
 
 def make_completion(group_id: int, sample_index: int, num_tokens: int = 5, acc: int = 1) -> Completion:
     rng = np.random.default_rng(group_id * 1000 + sample_index)
-    sample = SampleRecord(
-        group_id=group_id,
-        prompt_id=f"p{group_id % 4}",
-        sample_index=sample_index,
+    sample = sample_record(
+        group_id,
+        f"p{group_id % 4}",
+        sample_index,
+        rng.integers(0, 50_000, num_tokens),
+        -rng.random(num_tokens),
+        np.sort(rng.integers(0, 4, num_tokens)),
         worker_id=f"w{group_id % 3}",
-        token_ids=pack_i32(rng.integers(0, 50_000, num_tokens)),
-        logprobs=pack_f32(-rng.random(num_tokens)),
-        versions=pack_i32(np.sort(rng.integers(0, 4, num_tokens))),
         finish_reason=("stop", "length", "abort")[sample_index % 3],
         acc=acc,
         reward=1.0 if acc else -1.0,
-        score_status="ok",
         gen_seconds=0.25 * sample_index,
         score_seconds=0.125,
     )

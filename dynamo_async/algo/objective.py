@@ -155,4 +155,5 @@ def sequence_advantages(acc, group_ids, cfg: RunConfig) -> torch.Tensor:
 
 def clip_bounds(cfg: RunConfig) -> tuple[float, float]:
     """(eps_low, eps_high) the run trains with."""
-    return cfg.loss.eps_low, cfg.loss.eps_high
+    clip = assemble(cfg).clip
+    return clip.eps_low, clip.eps_high

@@ -105,9 +105,10 @@ def config_from_dict(raw: dict[str, Any], relaxed: set[str] = frozenset()) -> Ru
         raise UsageError(_explain(str(err), full)) from None
     # Keys under an old name keep their old meaning: the shared ``baselines`` section was read
     # only by its own baseline, so they are not checked (a FutureWarning names the new key).
-    legacy = [ALIASES[k] for k in _leaf_keys(raw) if k in ALIASES]
-    for old in (k for k in _leaf_keys(raw) if k in ALIASES):
+    old_names = [k for k in _leaf_keys(raw) if k in ALIASES]
+    for old in old_names:
         warnings.warn(f"config key {old} is now {ALIASES[old]}", FutureWarning, stacklevel=3)
+    legacy = {ALIASES[k] for k in old_names}
     keys = [k for k in _leaf_keys(moved) if k not in legacy]
     for key in unread_keys(cfg, [k for k in keys if k in relaxed]):
         warnings.warn(

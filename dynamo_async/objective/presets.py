@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from dynamo_async.errors import UsageError
+
 # The baselines run as the paper ran them: uniform allocation, no modulation, token-level IS.
 _BASE: dict[str, Any] = {
     "allocation.dynamic": False,
@@ -45,8 +47,6 @@ def expand(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` (a user's config mapping) with its method's preset settings put under it."""
     method = raw.get("method", "dynamo")
     if method not in PRESETS:
-        from dynamo_async.errors import UsageError
-
         raise UsageError(f"config field method: got {method!r}, expected one of {list(METHODS)}")
     out: dict[str, Any] = {}
     for key, value in PRESETS[method].items():

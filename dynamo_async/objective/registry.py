@@ -70,7 +70,8 @@ class TokenWeights(Component):
     stage = "token_weights"
 
     def apply(self, s: StepState) -> None:
-        """Multiply a detached weight or 0/1 mask into the state (``s.reweight`` / ``s.drop``)."""
+        """Multiply a detached weight or 0/1 mask into the state (``s.reweight``; ``s.in_band``
+        counts what a band masks)."""
         raise NotImplementedError
 
 

@@ -76,16 +76,14 @@ class StepState:
         w = w.detach()
         self.weight = w if self.weight is None else self.weight * w
 
-    def drop(self, keep: torch.Tensor, name: str) -> None:
-        """Zero the gradient of the valid tokens where ``keep`` is False; count them in the metrics."""
-        self.count_masked(keep, name)
-        self.reweight(keep.to(self.adv.dtype))
-
-    def count_masked(self, keep: torch.Tensor, name: str) -> None:
-        """Metrics ``<name>_masked_tokens`` and ``<name>_masked_frac``: valid tokens not in ``keep``."""
-        dropped = self.valid & ~keep.bool()
+    def in_band(self, ratio: torch.Tensor, low: float, high: float, name: str) -> torch.Tensor:
+        """Boolean ``low <= ratio <= high`` (``ratio`` broadcast to ``[B, T]``); the valid tokens
+        outside the band are counted in the metrics ``<name>_masked_tokens`` and ``<name>_masked_frac``."""
+        keep = ((ratio >= low) & (ratio <= high)).expand_as(self.adv)
+        dropped = self.valid & ~keep
         self.metrics[f"{name}_masked_tokens"] = float(dropped.sum())
         self.metrics[f"{name}_masked_frac"] = self.mean(dropped.float())
+        return keep
 
     def behavior_log_ratio(self) -> torch.Tensor | None:
         """``log(pi_old / pi_behavior)`` per token, clamped like the ratio, 0 on padding; None

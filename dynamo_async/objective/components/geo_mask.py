@@ -37,5 +37,4 @@ class GeoMask(TokenWeights):
         log_g = s.sequence_log_ratio(mean=True)
         if log_g is None:
             return
-        g = log_g.exp().expand_as(s.adv)
-        s.drop((g >= self.settings.low) & (g <= self.settings.high), self.name)
+        s.reweight(s.in_band(log_g.exp(), self.settings.low, self.settings.high, self.name).float())

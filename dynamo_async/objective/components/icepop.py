@@ -39,6 +39,4 @@ class IcePop(TokenWeights):
         if log_k is None:
             return
         k = log_k.exp()
-        keep = (k >= self.settings.alpha) & (k <= self.settings.beta)
-        s.count_masked(keep, self.name)
-        s.reweight(k * keep)
+        s.reweight(k * s.in_band(k, self.settings.alpha, self.settings.beta, self.name))

@@ -42,7 +42,5 @@ class MaskedIS(TokenWeights):
         log_rho = s.behavior_log_ratio() if st.level == "token" else s.sequence_log_ratio()
         if log_rho is None:
             return
-        rho = log_rho.clamp(max=30.0).exp().expand_as(s.adv)  # above the band either way
-        keep = (rho >= st.low) & (rho <= st.high)
-        s.count_masked(keep, self.name)
-        s.reweight(rho * keep)
+        rho = log_rho.clamp(max=30.0).exp()  # above the band either way
+        s.reweight(rho * s.in_band(rho, st.low, st.high, self.name))
