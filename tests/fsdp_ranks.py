@@ -24,6 +24,8 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 def fixed_batch(vocab: int, groups: int = 4) -> LearnerBatch:
+    """Groups of 3-4 responses of unequal lengths; group 2's rewards are all equal, so rank 0
+    (groups 0 and 2) trains on fewer samples than rank 1 and pads its micro-batch list."""
     rng = np.random.default_rng(7)
     out = []
     for g in range(groups):
@@ -36,7 +38,7 @@ def fixed_batch(vocab: int, groups: int = 4) -> LearnerBatch:
                 rng.integers(5, vocab, 5 + 2 * i + g).astype(np.int32),
                 (-0.5 - rng.random(5 + 2 * i + g)).astype(np.float32),
                 np.zeros(5 + 2 * i + g, np.int32),
-                acc=(i + g) % 2,
+                acc=1 if g == 2 else (i + g) % 2,  # group 2: all correct, left out of the update
                 reward=0.0,
                 finish_reason="stop",
                 worker_id="w",

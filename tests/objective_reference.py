@@ -4,7 +4,11 @@ checks that the objective still gives these numbers. Run this file to record the
 when a change of the numbers is intended: ``python tests/objective_reference.py``.
 
 The gradient is summarised by its norm and by its dot products with 8 fixed random directions
-(a change anywhere in it moves them).
+(a change anywhere in it moves them). The learner's throughput options are set to the path of
+the time (``PATH_OF_RECORD``: full rows in the batch's order, nothing skipped, DynaMO's
+normalisers per micro-batch), so the record checks that this path is still there, unchanged;
+``tests/test_shared_prompt.py`` and ``tests/test_skip_zero_advantage.py`` check the new path
+against it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dynamo_async.config import load_config
 HERE = Path(__file__).resolve().parent
 TINY = HERE.parent / "configs" / "tiny.yaml"
 RECORD = HERE / "data" / "objective_reference.json"
+PATH_OF_RECORD = ("optim.shared_prompt=false", "optim.sort_by_length=false", "optim.skip_zero_advantage=false")
 CASES: dict[str, tuple[str, ...]] = {
     "dynamo": ("method=dynamo",),
     "dynamo-no-compensation": ("method=dynamo", "modulation.compensation=false"),
@@ -93,7 +98,9 @@ def measure(overrides: tuple[str, ...]) -> dict:
             "trainer.seed=5",
             "optim.mini_batch_prompts=4",
             "optim.micro_batch_tokens=96",
+            *PATH_OF_RECORD,
             *overrides,
+            *(("modulation.normaliser_scope=micro_batch",) if "method=dynamo" in overrides else ()),
         ],
     )
     torch.manual_seed(0)
@@ -104,9 +111,9 @@ def measure(overrides: tuple[str, ...]) -> dict:
         noise = torch.Generator().manual_seed(1)
         for _, p in sorted(trainer.model.named_parameters()):
             p.add_(0.3 * p.abs().mean() * torch.randn(p.shape, generator=noise))
-    assert len(minis) == 1 and len(minis[0]) > 1, "one mini-batch of several micro-batches"
+    assert len(minis) == 1 and len(minis[0].update) > 1, "one mini-batch of several micro-batches"
     total = 0.0
-    for mb in minis[0]:
+    for mb in minis[0].update:
         loss, _ = policy_objective(trainer._logits(mb), trainer._policy_batch(mb), cfg, trainer.generator)
         loss.backward()
         total += float(loss.detach())
@@ -117,7 +124,7 @@ def measure(overrides: tuple[str, ...]) -> dict:
         "loss": total,
         "grad_norm": float(grad.norm()),
         "projections": (directions @ grad).tolist(),
-        "micro_batches": len(minis[0]),
+        "micro_batches": len(minis[0].update),
     }
 
 

@@ -136,7 +136,7 @@ def test_a_learner_step_reports_how_many_tokens_a_correction_masked():
     minis = trainer.prepare(reference.fixed_batch(trainer.model.config.vocab_size))
     trainer.proximal_pass(minis)
     expected = 0
-    for mb in (m for mini in minis for m in mini):
+    for mb in (m for mini in minis for m in mini.update):
         k = (mb.logp_old - mb.logp_behavior).exp()
         expected += int((((k < 0.05) | (k > 2.0)) & mb.mask.bool()).sum())
     metrics = trainer.update(minis)

@@ -89,8 +89,9 @@ def test_old_baseline_spellings_keep_working_under_their_new_names():
 
 def test_the_trainer_computes_only_the_statistics_the_components_need():
     assert assemble(_cfg("method=grpo")).needs == frozenset()
-    assert assemble(_cfg("method=dynamo")).needs == {"entropy", "vocab_sum"}
-    assert assemble(_cfg("method=dynamo", "modulation.entropy_change=sequence_centered")).needs == {"entropy"}
+    assert assemble(_cfg("method=dynamo")).needs == {"entropy", "vocab_sum", "mini_batch_stats"}
+    centred = ("modulation.entropy_change=sequence_centered", "modulation.normaliser_scope=micro_batch")
+    assert assemble(_cfg("method=dynamo", *centred)).needs == {"entropy"}
     assert assemble(_cfg("method=entropy_loss")).needs == {"entropy", "entropy_grad"}
     assert assemble(_cfg("method=fork_tokens")).needs == {"entropy"}
 

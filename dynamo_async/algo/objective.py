@@ -45,6 +45,8 @@ class Objective:
         self.extra = tuple(_build(n, cfg) for n in o.extra)
         parts = (self.advantage, *self.token_advantage, *self.token_weights, self.token_loss, *self.extra)
         self.needs = frozenset().union(*(c.needs() for c in parts))
+        # Samples with advantage exactly 0 add nothing to the update unless a component says so.
+        self.skips_zero_advantage = not any(c.zero_advantage_contributes() for c in parts)
         loss = cfg.loss
         self.clip = ClipRange(loss.eps_low, loss.eps_high, loss.dual_clip_c if loss.dual_clip else None)
 
@@ -56,6 +58,23 @@ class Objective:
     def proximal_stats(self, logits, tokens, entropy_metric: bool = True, mask=None) -> TokenStats:
         """The proximal pass: log-probs plus the entropy and vocabulary sums the components need."""
         return self._stats(logits, tokens, "entropy" in self.needs or entropy_metric, mask)
+
+    @torch.no_grad()
+    def mini_batch_stats(self, stats: TokenStats, batch: PolicyBatch) -> dict[str, float]:
+        """One micro-batch's share of the mini-batch normalisers, from its proximal statistics:
+        the token stages run in order up to the last component that collects any, each seeing
+        the advantages as the update will hand them to it (keys ``<component>.<key>``)."""
+        staged = (*self.token_advantage, *self.token_weights)
+        collecting = [i for i, c in enumerate(staged) if "mini_batch_stats" in c.needs()]
+        if not collecting:
+            return {}
+        ratio = policy_loss.ratio(stats.logp, batch.logp_old)
+        s = StepState(batch, stats, ratio, self._token_advantages(batch), self.clip, self._totals(batch))
+        s.normalisers = {}
+        for c in staged[: collecting[-1] + 1]:
+            s.normalisers.update({f"{c.name}.{k}": v for k, v in c.mini_batch_stats(s).items()})
+            c.apply(s)
+        return s.normalisers
 
     def __call__(self, logits, batch: PolicyBatch, generator=None, entropy_metric: bool = True):
         """Scalar loss to backpropagate and the step's metrics (means over valid tokens)."""
@@ -75,11 +94,17 @@ class Objective:
 
     def _state(self, logits, batch: PolicyBatch, generator, entropy_metric: bool) -> StepState:
         stats = self._training_stats(logits, batch, entropy_metric)
+        ratio = policy_loss.ratio(stats.logp.detach(), batch.logp_old)
+        s = StepState(batch, stats, ratio, self._token_advantages(batch), self.clip, self._totals(batch), generator)
+        s.normalisers = batch.normalisers
+        return s
+
+    @staticmethod
+    def _token_advantages(batch: PolicyBatch) -> torch.Tensor:
         adv = batch.advantages.float()
         if adv.dim() == 1:
             adv = adv[:, None].expand_as(batch.mask)
-        ratio = policy_loss.ratio(stats.logp.detach(), batch.logp_old)
-        return StepState(batch, stats, ratio, adv * batch.mask, self.clip, self._totals(batch), generator)
+        return adv * batch.mask
 
     def _training_stats(self, logits, batch: PolicyBatch, entropy_metric: bool) -> TokenStats:
         have = batch.entropy is not None and (batch.vocab_sum is not None or "vocab_sum" not in self.needs)

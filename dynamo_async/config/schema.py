@@ -324,6 +324,16 @@ class ModulationConfig(_Section):
             )
         ),
     ] = "exact"
+    normaliser_scope: Annotated[
+        Literal["mini_batch", "micro_batch"],
+        Meta(
+            description=(
+                "Where H_max, H_min (Eq. 3) and max Xi (Eq. 4) are taken: over the valid tokens of the "
+                "whole mini-batch, from the proximal pass (so micro_batch_tokens and skipping leave the "
+                "update unchanged), or over each micro-batch, as the authors' code."
+            )
+        ),
+    ] = "mini_batch"
 
 
 class OptimConfig(_Section):
@@ -339,6 +349,36 @@ class OptimConfig(_Section):
         PosInt, Meta(description=("Tokens per forward/backward pass; gradients accumulate over a mini-batch."))
     ] = 16384
     ppo_epochs: Annotated[PosInt, Meta(description="Passes over each learner batch.")] = 1
+    shared_prompt: Annotated[
+        bool,
+        Meta(
+            description=(
+                "Forward each group's prompt once per micro-batch and let its responses attend to its "
+                "keys and values (with gradient), instead of repeating it in every sample's row; the "
+                "result is the same up to float rounding (docs/design.md section 8). A model that "
+                "cannot share falls back to full rows with a notice."
+            )
+        ),
+    ] = True
+    skip_zero_advantage: Annotated[
+        bool,
+        Meta(
+            description=(
+                "Leave samples whose advantage is exactly 0 out of the update's forward and backward "
+                "passes when the objective says they contribute nothing (docs/design.md section 8); "
+                "the normalisers stay those of the whole mini-batch, so the update is unchanged."
+            )
+        ),
+    ] = True
+    sort_by_length: Annotated[
+        bool,
+        Meta(
+            description=(
+                "Build micro-batches from samples sorted by length, so that little is padding; false "
+                "keeps the batch's order (micro-batch statistics as in the authors' code)."
+            )
+        ),
+    ] = True
 
 
 class BufferConfig(_Section):

@@ -1,12 +1,21 @@
-"""From a learner batch to padded training tensors: mini-batches of groups, micro-batches of tokens.
+"""From a learner batch to micro-batches: advantages, mini-batches, samples left out, packing by length.
 
-Each sample becomes ``prompt + response`` token ids; the logits at position t predict token
-t+1, so the training targets are ``ids[1:]`` and the loss mask covers the response targets
-only. Advantages are computed per group over the group's own samples (groups of unequal
-size; every sample keeps its own prompt). A mini-batch is ``optim.mini_batch_prompts``
-groups (one optimizer step); it is split into micro-batches of at most
-``optim.micro_batch_tokens`` padded tokens for gradient accumulation, carrying the
-mini-batch totals so the accumulated loss equals the mini-batch's.
+Advantages are computed per group over the group's own samples (groups of unequal size). A
+mini-batch is ``optim.mini_batch_prompts`` groups (one optimizer step); with several learner
+ranks, rank r keeps groups r, r+W, ... of it. Its samples then go two ways
+(docs/design.md section 8):
+
+- ``stats_only``: samples whose advantage is exactly 0, when ``optim.skip_zero_advantage`` is on
+  and the objective says they add nothing (``Objective.skips_zero_advantage``). The proximal pass
+  still covers them (their tokens count in the entropy metric and in the mini-batch
+  normalisers); the update does not forward or backpropagate them.
+- ``update``: the rest, which both passes cover.
+
+Each list is cut into micro-batches of at most ``optim.micro_batch_tokens`` padded positions
+(``micro.padded_size``, per layout), from samples sorted by length (``optim.sort_by_length``)
+so that little is padding. Every micro-batch carries the whole mini-batch's totals (response
+tokens and sequences of every rank, skipped samples included), so the accumulated loss equals
+the mini-batch's, and leaving zero-gradient samples out changes nothing.
 """
 
 from __future__ import annotations
@@ -20,59 +29,60 @@ from buffer.batch import LearnerBatch, ReadyGroup
 from dynamo_async.algo.objective import sequence_advantages
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
-
-
-@dataclass
-class MicroBatch:
-    input_ids: torch.Tensor  # [B, L] right-padded prompt + response
-    attention_mask: torch.Tensor  # [B, L]
-    targets: torch.Tensor  # [B, L-1] ids[:, 1:]
-    mask: torch.Tensor  # [B, L-1] 1 on response targets
-    advantages: torch.Tensor  # [B]
-    logp_behavior: torch.Tensor  # [B, L-1] worker log-probs on response targets
-    total_tokens: float = 0.0
-    total_seqs: float = 0.0
-    logp_old: torch.Tensor | None = None
-    entropy: torch.Tensor | None = None
-    vocab_sum: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
-
-    def to(self, device: str) -> MicroBatch:
-        for name in ("input_ids", "attention_mask", "targets", "mask", "advantages", "logp_behavior"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
+from dynamo_async.learner.micro import MicroBatch, Row, collate, padded_size
 
 
 @dataclass(frozen=True)
-class _Row:
-    ids: np.ndarray
-    prompt_len: int
-    logp: np.ndarray
-    advantage: float
+class Packing:
+    """How samples become micro-batches (resolved from the config, the objective and the model)."""
+
+    shared_prompt: bool  # the shared-prompt layout (the model passed shared_prompt.check)
+    skip_zero_advantage: bool  # optim.skip_zero_advantage and the objective allows it
+    sort_by_length: bool
+    budget: int  # optim.micro_batch_tokens
+
+    @classmethod
+    def of(cls, cfg: RunConfig, shared_prompt: bool, skips_zero_advantage: bool) -> Packing:
+        o = cfg.optim
+        return cls(
+            shared_prompt, o.skip_zero_advantage and skips_zero_advantage, o.sort_by_length, o.micro_batch_tokens
+        )
 
 
-def group_rows(groups: tuple[ReadyGroup, ...], cfg: RunConfig) -> list[list[_Row]]:
+@dataclass
+class MiniBatch:
+    """One optimizer step's micro-batches on this rank."""
+
+    update: list[MicroBatch]  # forwarded in the proximal pass and trained on
+    stats_only: list[MicroBatch]  # zero-advantage samples: the proximal pass only
+    skipped: int  # samples of this rank left out of the update
+    normalisers: dict[str, float] = field(default_factory=dict)  # from the proximal pass
+
+    def all(self) -> list[MicroBatch]:
+        return [*self.update, *self.stats_only]
+
+
+def group_rows(groups: tuple[ReadyGroup, ...], cfg: RunConfig) -> list[list[Row]]:
     """Per group, its samples as rows with their advantage (computed over that group only)."""
     acc = [s.acc for g in groups for s in g.samples]
     ids = [g.group_id for g in groups for _ in g.samples]
     adv = sequence_advantages(torch.tensor(acc, dtype=torch.float32), ids, cfg).tolist() if acc else []
     rows, k = [], 0
-    for g in groups:
+    for index, g in enumerate(groups):
+        prompt = g.prompt_token_ids.astype(np.int64)
         group = []
         for s in g.samples:
-            full = np.concatenate([g.prompt_token_ids.astype(np.int64), s.token_array.astype(np.int64)])
-            group.append(_Row(full, len(g.prompt_token_ids), s.logprob_array.astype(np.float32), float(adv[k])))
+            response = s.token_array.astype(np.int64)
+            group.append(Row(prompt, response, s.logprob_array.astype(np.float32), float(adv[k]), index))
             k += 1
         rows.append(group)
     return rows
 
 
 def mini_batches(
-    batch: LearnerBatch, cfg: RunConfig, pad_id: int, rank: int = 0, world: int = 1
-) -> list[list[MicroBatch]]:
-    """The batch's groups in mini-batches (optimizer steps) of micro-batches; with several
-    learner ranks, rank r keeps groups r, r+world, ... of each mini-batch, and the totals stay
-    those of the whole mini-batch."""
+    batch: LearnerBatch, cfg: RunConfig, pad_id: int, packing: Packing, rank: int = 0, world: int = 1
+) -> list[MiniBatch]:
+    """The batch's groups in mini-batches (optimizer steps) of micro-batches, this rank's share."""
     groups = group_rows(batch.groups, cfg)
     size = cfg.optim.mini_batch_prompts
     if size % world:
@@ -84,46 +94,39 @@ def mini_batches(
     for start in range(0, len(groups), size):
         mini = groups[start : start + size]
         rows = [r for g in mini for r in g]
-        total_tokens = float(sum(len(r.ids) - r.prompt_len for r in rows))
+        totals = (float(sum(len(r.response) for r in rows)), float(len(rows)))
         mine = [r for g in mini[rank::world] for r in g]
+        skipped = [r for r in mine if packing.skip_zero_advantage and r.advantage == 0.0]
+        kept = [r for r in mine if not (packing.skip_zero_advantage and r.advantage == 0.0)]
         out.append(
-            [
-                _collate(chunk, pad_id, total_tokens, float(len(rows)))
-                for chunk in _pack(mine, cfg.optim.micro_batch_tokens)
-            ]
+            MiniBatch(_micro(kept, packing, pad_id, totals), _micro(skipped, packing, pad_id, totals), len(skipped))
         )
     return out
 
 
-def _pack(rows: list[_Row], budget: int) -> list[list[_Row]]:
-    """Consecutive rows whose padded size (rows x longest) stays within ``budget`` tokens."""
-    chunks: list[list[_Row]] = []
-    cur: list[_Row] = []
-    longest = 0
+def _micro(rows: list[Row], packing: Packing, pad_id: int, totals: tuple[float, float]) -> list[MicroBatch]:
+    return [collate(chunk, packing.shared_prompt, pad_id, *totals) for chunk in _pack(rows, packing)]
+
+
+def _pack(rows: list[Row], packing: Packing) -> list[list[Row]]:
+    """Consecutive rows (sorted by length when asked) whose padded size stays within the budget."""
+    if packing.sort_by_length:
+        rows = sorted(
+            rows, key=_shared_order(rows) if packing.shared_prompt else lambda r: len(r.prompt) + len(r.response)
+        )
+    chunks: list[list[Row]] = []
     for r in rows:
-        new_longest = max(longest, len(r.ids))
-        if cur and new_longest * (len(cur) + 1) > budget:
-            chunks.append(cur)
-            cur, new_longest = [], len(r.ids)
-        cur.append(r)
-        longest = new_longest
-    if cur:
-        chunks.append(cur)
+        if chunks and padded_size([*chunks[-1], r], packing.shared_prompt) <= packing.budget:
+            chunks[-1].append(r)
+        else:
+            chunks.append([r])
     return chunks
 
 
-def _collate(rows: list[_Row], pad_id: int, total_tokens: float, total_seqs: float) -> MicroBatch:
-    width = max(len(r.ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width - 1))
-    behavior = torch.zeros((len(rows), width - 1))
-    for i, r in enumerate(rows):
-        n = len(r.ids)
-        ids[i, :n] = torch.from_numpy(r.ids)
-        attn[i, :n] = 1
-        resp = slice(r.prompt_len - 1, n - 1)  # logits at t predict token t + 1
-        mask[i, resp] = 1.0
-        behavior[i, resp] = torch.from_numpy(r.logp)
-    adv = torch.tensor([r.advantage for r in rows], dtype=torch.float32)
-    return MicroBatch(ids, attn, ids[:, 1:].clone(), mask, adv, behavior, total_tokens, total_seqs)
+def _shared_order(rows: list[Row]):
+    """Groups by their longest response, each group's samples by length: neighbours have similar
+    widths, and a group stays in one micro-batch where it fits (its prompt forwarded once)."""
+    longest: dict[int, int] = {}
+    for r in rows:
+        longest[r.group] = max(longest.get(r.group, 0), len(r.response))
+    return lambda r: (longest[r.group], r.group, len(r.response))

@@ -71,18 +71,30 @@ def full_weights(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.
     return out
 
 
-def equalize(minis: list[list], info: DistInfo) -> list[list]:
-    """Pad each mini-batch's micro-batch list to the longest across ranks with masked copies."""
+def equalize(minis: list, info: DistInfo) -> list:
+    """Pad each mini-batch's ``update`` and ``stats_only`` lists to the longest across ranks with
+    masked copies (every rank runs the same forward and backward passes, FSDP's collectives)."""
     if not info.sharded:
         return minis
-    counts = torch.tensor([len(m) for m in minis], dtype=torch.int64)
+    counts = torch.tensor([n for m in minis for n in (len(m.update), len(m.stats_only))], dtype=torch.int64)
     dist.all_reduce(counts, op=dist.ReduceOp.MAX)
-    out = []
-    for mini, target in zip(minis, counts.tolist()):
-        assert mini, "every rank holds at least one micro-batch of each mini-batch"
-        pad = [_masked_copy(mini[-1]) for _ in range(target - len(mini))]
-        out.append(mini + pad)
-    return out
+    targets = counts.view(-1, 2).tolist()
+    for mini, (n_update, n_stats) in zip(minis, targets):
+        assert mini.all(), "every rank holds at least one micro-batch of each mini-batch"
+        template = mini.all()[-1]
+        mini.update += [_masked_copy(template) for _ in range(n_update - len(mini.update))]
+        mini.stats_only += [_masked_copy(template) for _ in range(n_stats - len(mini.stats_only))]
+    return minis
+
+
+def max_over_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float]:
+    """The max of each value over the learner ranks (every rank holds the same keys)."""
+    if not info.sharded or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return dict(zip(keys, t.tolist()))
 
 
 def _masked_copy(mb):
@@ -91,6 +103,7 @@ def _masked_copy(mb):
         mb,
         mask=torch.zeros_like(mb.mask),
         advantages=torch.zeros_like(mb.advantages),
+        padded_tokens=mb.computed_tokens,
         extra={**mb.extra, "padding": True},
     )
 

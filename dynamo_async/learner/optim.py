@@ -19,8 +19,15 @@ def make_optimizer(
 
 
 def clip_and_step(params: list[torch.Tensor], opt: torch.optim.Optimizer, max_norm: float) -> float:
-    """Clip the gradient norm of ``params``, step, zero the gradients; returns the norm before clipping."""
-    norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+    """Clip the gradient norm of ``params``, step, zero the gradients; returns the norm before clipping.
+
+    A parameter without a gradient (every sample of the mini-batch left out as zero-advantage)
+    steps with a zero gradient, as after backpropagating a zero loss: AdamW's moments and weight
+    decay still move it, exactly as they would have."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return float(norm)

@@ -7,6 +7,7 @@ recorded batch can be replayed through exactly the same code from a checkpoint
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from buffer.batch import LearnerBatch
 from dynamo_async.algo.objective import PolicyBatch, assemble
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
-from dynamo_async.learner import checkpoint
-from dynamo_async.learner.batching import MicroBatch, mini_batches
-from dynamo_async.learner.distributed import DistInfo, equalize, full_weights, shard_model
+from dynamo_async.learner import checkpoint, shared_prompt
+from dynamo_async.learner.batching import MiniBatch, Packing, mini_batches
+from dynamo_async.learner.distributed import DistInfo, equalize, full_weights, max_over_ranks, shard_model
+from dynamo_async.learner.micro import MicroBatch
 from dynamo_async.learner.optim import clip_and_step, make_optimizer
 from dynamo_async.learner.precision import MasterWeights
 
@@ -41,7 +43,9 @@ class Trainer:
         self.tokenizer = load_tokenizer(source)
         self.model = load_model(source, "float32", device).train()  # the float32 masters
         if cfg.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            _enable_checkpointing(self.model)
+        self.cache_kw = self._shared_prompt_keyword()  # probed before sharding and casting
+        self.packing = Packing.of(cfg, self.cache_kw is not None, self.objective.skips_zero_advantage)
         self.compute_dtype = DTYPES[cfg.model.compute_dtype]
         if dist_info.sharded:
             if checkpoint_dir is not None:
@@ -62,33 +66,57 @@ class Trainer:
     def train_on(self, batch: LearnerBatch) -> dict:
         """Prepare, proximal pass, update: the training half of one learner step."""
         minis = self.prepare(batch)
-        self.proximal_pass(minis)
-        return self.update(minis)
+        proximal = self.proximal_pass(minis)
+        forwarded = self._proximal_runs()
+        return {**self.update(minis), **proximal, **_layout_metrics(minis, forwarded, self.cfg.optim.ppo_epochs)}
 
-    def prepare(self, batch: LearnerBatch) -> list[list[MicroBatch]]:
+    def prepare(self, batch: LearnerBatch) -> list[MiniBatch]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        minis = mini_batches(batch, self.cfg, pad, self.dist.rank, self.dist.world)
-        return equalize([[mb.to(self.device) for mb in mini] for mini in minis], self.dist)
+        minis = mini_batches(batch, self.cfg, pad, self.packing, self.dist.rank, self.dist.world)
+        for mb in (m for mini in minis for m in mini.all()):
+            mb.to(self.device)
+        return equalize(minis, self.dist)
 
     @torch.no_grad()
-    def proximal_pass(self, minis: list[list[MicroBatch]]) -> None:
-        """Log-probs of the current weights (decoupled PPO), with entropy and vocabulary sums."""
-        for mb in (m for mini in minis for m in mini):
-            if self.cfg.off_policy.mode == "behavior":
-                mb.logp_old = mb.logp_behavior
+    def proximal_pass(self, minis: list[MiniBatch]) -> dict:
+        """Log-probs of the current weights (decoupled PPO), the entropy and vocabulary sums the
+        objective needs, and the mini-batch normalisers, over every sample (skipped ones too).
+        With ``off_policy.mode: behavior`` the worker's log-probs are the old policy, and the pass
+        runs only when a component needs the mini-batch's statistics. Returns the step's
+        ``entropy`` over every sample's response tokens."""
+        behavior = self.cfg.off_policy.mode == "behavior"
+        collect = "mini_batch_stats" in self.objective.needs
+        h_sum = h_count = 0.0
+        for mini in minis:
+            for mb in mini.all():
+                mb.logp_old = mb.logp_behavior if behavior else None
+            if not self._proximal_runs():
                 continue
-            stats = self.objective.proximal_stats(self._logits(mb), mb.targets, mask=mb.mask)
-            mb.logp_old, mb.entropy, mb.vocab_sum = stats.logp, stats.entropy, stats.vocab_sum
+            for mb in mini.all():
+                stats = self.objective.proximal_stats(self._logits(mb), mb.targets, mask=mb.mask)
+                mb.logp_old = mb.logp_behavior if behavior else stats.logp
+                mb.entropy, mb.vocab_sum = stats.entropy, stats.vocab_sum
+                if stats.entropy is not None:
+                    h_sum, h_count = h_sum + float((stats.entropy * mb.mask).sum()), h_count + float(mb.mask.sum())
+                if collect:
+                    for k, v in self.objective.mini_batch_stats(stats, self._policy_batch(mb)).items():
+                        mini.normalisers[k] = max(mini.normalisers.get(k, -float("inf")), v)
+            if collect:
+                mini.normalisers = max_over_ranks(mini.normalisers, self.dist)
+                for mb in mini.all():
+                    mb.normalisers = mini.normalisers
+        return {"entropy": h_sum / h_count} if h_count else {}
 
-    def update(self, minis: list[list[MicroBatch]]) -> dict:
-        """One optimizer step per mini-batch (``ppo_epochs`` passes); the schedule steps once."""
+    def update(self, minis: list[MiniBatch]) -> dict:
+        """One optimizer step per mini-batch (``ppo_epochs`` passes) over its ``update``
+        micro-batches; the schedule steps once."""
         sums: Counter = Counter()
         counts: Counter = Counter()
         hists: dict[str, np.ndarray] = {}  # token histograms (beta factors): summed, not averaged
         norms = []
         for _ in range(self.cfg.optim.ppo_epochs):
             for mini in minis:
-                for mb in mini:
+                for mb in mini.update:
                     loss, m = self.objective(self._logits(mb), self._policy_batch(mb), self.generator)
                     (loss * self.dist.world).backward()  # FSDP averages over ranks; the loss is a sum
                     if mb.extra.get("padding"):
@@ -124,8 +152,26 @@ class Trainer:
             return full_weights(self.model, self.compute_dtype)
         return {n: p.detach() for n, p in self.model.named_parameters()}
 
+    def _proximal_runs(self) -> bool:
+        return self.cfg.off_policy.mode == "decoupled" or "mini_batch_stats" in self.objective.needs
+
+    def _shared_prompt_keyword(self) -> str | None:
+        """The model's cache keyword when it can share each group's prompt (``optim.shared_prompt``
+        and ``shared_prompt.check``); None: full rows, with a one-line notice if it cannot."""
+        if not self.cfg.optim.shared_prompt:
+            return None
+        shared_prompt.keep_cache_under_checkpointing(self.model)
+        why = shared_prompt.check(self.model)
+        if why is None:
+            return shared_prompt.cache_keyword(self.model)
+        name = type(self.model).__name__
+        print(f"optim.shared_prompt: {name} cannot share prompts ({why}); training on full rows", file=sys.stderr)
+        return None
+
     def _logits(self, mb: MicroBatch) -> torch.Tensor:
-        return self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+        if self.cache_kw is None:
+            return shared_prompt.row_logits(self.model, mb)
+        return shared_prompt.shared_logits(self.model, mb.inputs, self.cache_kw)
 
     def _policy_batch(self, mb: MicroBatch) -> PolicyBatch:
         return PolicyBatch(
@@ -138,7 +184,31 @@ class Trainer:
             total_seqs=mb.total_seqs,
             entropy=mb.entropy,
             vocab_sum=mb.vocab_sum,
+            normalisers=mb.normalisers,
         )
+
+
+def _enable_checkpointing(model: torch.nn.Module) -> None:
+    """Non-reentrant activation checkpointing (what the shared prompt's captured keys need)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _layout_metrics(minis: list[MiniBatch], proximal: bool, epochs: int) -> dict:
+    """``padded_frac``: padding among the positions the step forwarded (proximal pass and
+    update); ``skipped_samples``: samples left out of the update (this rank's)."""
+    forwarded = [mb for mini in minis for mb in mini.update] * epochs
+    if proximal:
+        forwarded += [mb for mini in minis for mb in mini.all()]
+    computed = sum(mb.computed_tokens for mb in forwarded)
+    padded = sum(mb.padded_tokens for mb in forwarded)
+    return {
+        "padded_frac": padded / computed if computed else 0.0,
+        "skipped_samples": float(sum(mini.skipped for mini in minis)),
+    }
 
 
 def replay_step(cfg: RunConfig, run_dir: Path, checkpoint_dir: Path, device: str = "cpu") -> dict:

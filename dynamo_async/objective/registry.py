@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from dynamo_async.objective.state import StepState
 
 STAGES = ("advantage", "token_advantage", "token_weights", "token_loss", "extra")
-# Token statistics a component can ask for beyond the log-probs (docs/design.md section 8).
-NEEDS = frozenset({"entropy", "vocab_sum", "entropy_grad"})
+# Token statistics a component can ask for beyond the log-probs (docs/design.md section 8);
+# "mini_batch_stats": the proximal pass must cover the whole mini-batch and collect the
+# component's ``mini_batch_stats`` (maxima over its valid tokens).
+NEEDS = frozenset({"entropy", "vocab_sum", "entropy_grad", "mini_batch_stats"})
 
 
 class Component:
@@ -48,6 +50,19 @@ class Component:
     def needs(self) -> frozenset[str]:
         """Token statistics (of ``NEEDS``) this component reads from the state."""
         return frozenset()
+
+    def zero_advantage_contributes(self) -> bool:
+        """True when a sample whose advantage is exactly 0 still changes the update: through a
+        gradient of its own (an entropy bonus, a KL penalty) or through statistics shared across
+        the micro-batch (a quantile, a covariance, a normaliser). The learner leaves such samples
+        out of the update only when no component says True (docs/design.md section 8)."""
+        return False
+
+    def mini_batch_stats(self, s: StepState) -> dict[str, float]:
+        """With ``"mini_batch_stats"`` in ``needs()``: maxima over the valid tokens of one
+        micro-batch of the proximal pass. The learner takes the max of each over the mini-batch
+        (and the learner ranks) and hands them to the update as ``s.normalisers["<name>.<key>"]``."""
+        return {}
 
 
 class SequenceAdvantage(Component):

@@ -19,7 +19,8 @@ class PolicyBatch:
     when the old policy is the behaviour policy). ``total_tokens``/``total_seqs`` are the
     mini-batch totals for gradient accumulation. ``entropy``/``vocab_sum``, when given, come
     from the proximal pass (docs/design.md section 8) and the training forward then computes
-    log-probs only.
+    log-probs only. ``normalisers``: the mini-batch's maxima the components collected in the
+    proximal pass (``Component.mini_batch_stats``); None when this batch is the whole mini-batch.
     """
 
     tokens: torch.Tensor
@@ -31,6 +32,7 @@ class PolicyBatch:
     total_seqs: float | None = None
     entropy: torch.Tensor | None = None
     vocab_sum: torch.Tensor | None = None
+    normalisers: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class StepState:
 
     ``ratio`` is the detached ``pi_theta / pi_old``; ``adv`` the ``[B, T]`` token advantages;
     ``weight`` the product of the token-weight stage's factors (None: all 1); ``metrics`` the
-    step's figures (means over valid tokens).
+    step's figures (means over valid tokens); ``normalisers`` the mini-batch's maxima
+    (``PolicyBatch.normalisers``).
     """
 
     batch: PolicyBatch
@@ -60,6 +63,7 @@ class StepState:
     generator: torch.Generator | None = None
     weight: torch.Tensor | None = None
     metrics: dict = field(default_factory=dict)
+    normalisers: dict[str, float] | None = None
 
     @property
     def valid(self) -> torch.Tensor:

@@ -37,6 +37,10 @@ class ClipCov(TokenWeights):
     settings_type = ClipCovSettings
     reads = ("loss.eps_low", "loss.eps_high")
 
+    def zero_advantage_contributes(self):
+        # the covariance's means and the number of detached tokens count every valid token of the micro-batch
+        return True
+
     def apply(self, s):
         from dynamo_async.algo.baselines.clip_cov import clip_cov_keep
         from dynamo_async.algo.policy_loss import clip_active

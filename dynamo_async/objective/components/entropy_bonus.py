@@ -26,6 +26,10 @@ class EntropyBonus(ExtraTerm):
     name = "entropy_bonus"
     settings_type = EntropyBonusSettings
 
+    def zero_advantage_contributes(self):
+        # the entropy term has a gradient on every token, whatever its advantage
+        return True
+
     def needs(self):
         return frozenset({"entropy", "entropy_grad"})
 

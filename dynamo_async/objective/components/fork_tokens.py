@@ -32,6 +32,10 @@ class ForkTokens(TokenWeights):
     name = "fork_tokens"
     settings_type = ForkTokensSettings
 
+    def zero_advantage_contributes(self):
+        # the entropy quantile and the weight N_valid / |S| count every valid token of the micro-batch
+        return True
+
     def needs(self):
         return frozenset({"entropy"})
 

@@ -29,6 +29,10 @@ class KLCov(TokenLoss):
     name = "kl_cov"
     settings_type = KLCovSettings
 
+    def zero_advantage_contributes(self):
+        # its |log-ratio| penalty has a gradient at A = 0, and its top-k covariance selection counts every token
+        return True
+
     def per_token(self, s):
         from dynamo_async.algo.baselines.kl_cov import kl_cov_token_loss
 
