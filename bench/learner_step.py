@@ -98,9 +98,19 @@ def _batch(prompts, responses, accs):
     for g, (prompt, rs, acc) in enumerate(zip(prompts, responses, accs)):
         samples = tuple(
             SampleRecord(
-                group_id=g, prompt_id=f"p{g}", sample_index=i, token_ids=pack_i32(r),
-                logprobs=pack_f32(np.full(len(r), -1.0, np.float32)), versions=pack_i32(np.zeros(len(r), np.int32)),
-                acc=a, reward=float(2 * a - 1), finish_reason="stop", worker_id="bench",
+                group_id=g,
+                prompt_id=f"p{g}",
+                sample_index=i,
+                token_ids=pack_i32(r),
+                logprobs=pack_f32(np.full(len(r), -1.0, np.float32)),
+                versions=pack_i32(np.zeros(len(r), np.int32)),
+                acc=a,
+                reward=float(2 * a - 1),
+                finish_reason="stop",
+                worker_id="bench",
+                score_status="ok",
+                gen_seconds=0.0,
+                score_seconds=0.0,
             )  # fmt: skip
             for i, (r, a) in enumerate(zip(rs, acc))
         )

@@ -53,8 +53,8 @@ def _rows(vocab: int) -> list[Row]:
     return rows
 
 
-def _forward(model, rows, shared: bool):
-    mb = collate(rows, shared, 0, float(sum(len(r.response) for r in rows)), float(len(rows)))
+def _forward(model, rows, shared: bool, pack: bool = False):
+    mb = collate(rows, shared, 0, float(sum(len(r.response) for r in rows)), float(len(rows)), pack)
     kw = shared_prompt.cache_keyword(model)
     logits = shared_prompt.shared_logits(model, mb.inputs, kw) if shared else shared_prompt.row_logits(model, mb)
     return mb, logits
@@ -65,10 +65,10 @@ def _per_response(mb, values: torch.Tensor) -> list[torch.Tensor]:
     return [values[i][mb.mask[i].bool()] for i in range(values.shape[0])]
 
 
-def _layout_results(model, rows, shared: bool):
+def _layout_results(model, rows, shared: bool, pack: bool = False):
     cfg = load_config(None, ["model.name=builtin:tiny", "method=dynamo", "modulation.entropy_change=exact"])
     model.zero_grad(set_to_none=True)
-    mb, logits = _forward(model, rows, shared)
+    mb, logits = _forward(model, rows, shared, pack)
     stats = token_stats(logits, mb.targets, entropy=True, vocab_sum=True, mask=mb.mask)
     batch = PolicyBatch(
         mb.targets, mb.mask, mb.advantages, _old_logp(mb, rows), mb.logp_behavior, mb.total_tokens, mb.total_seqs,
@@ -95,17 +95,20 @@ def _old_logp(mb, rows) -> torch.Tensor:
     return out
 
 
+@pytest.mark.parametrize("pack", [False, True], ids=["row-per-tail", "packed-tails"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_shared_prompt_gives_the_full_rows_logprobs_entropy_loss_and_gradient(name, dtype, checkpointing):
+def test_shared_prompt_gives_the_full_rows_logprobs_entropy_loss_and_gradient(name, dtype, checkpointing, pack):
     model = MODELS[name]().train()
     if checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         shared_prompt.keep_cache_under_checkpointing(model)
     model.to(dtype)
     rows = _rows(model.config.vocab_size)
-    full, shared = (_layout_results(model, rows, s) for s in (False, True))
+    if pack:
+        assert collate(rows, True, 0, 1.0, 1.0, pack_tails=True).inputs.segments is not None, "some tails share a row"
+    full, shared = _layout_results(model, rows, False), _layout_results(model, rows, True, pack)
     for key in ("logp", "entropy", "vocab_sum", "loss"):
         torch.testing.assert_close(shared[key], full[key], **TOL[dtype], msg=key)
     cos = torch.nn.functional.cosine_similarity(shared["grad"], full["grad"], dim=0)
@@ -174,3 +177,16 @@ def test_a_model_that_cannot_share_trains_on_full_rows_with_a_notice(monkeypatch
     assert "optim.shared_prompt: LlamaForCausalLM cannot share prompts (its forward takes no key/value cache)" in err
     assert trainer.cache_kw is None and not trainer.packing.shared_prompt
     assert sum("optim.shared_prompt" in line for line in err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_tails_share_rows_and_give_the_full_rows_results_with_either_attention(attention):
+    model = _llama4().train()
+    model.config._attn_implementation = attention
+    rows = _rows(model.config.vocab_size)
+    one, packed = collate(rows, True, 0, 1.0, 1.0), collate(rows, True, 0, 1.0, 1.0, pack_tails=True)
+    assert packed.computed_tokens < one.computed_tokens and packed.padded_tokens < one.padded_tokens
+    full, shared = _layout_results(model, rows, False), _layout_results(model, rows, True, True)
+    for key in ("logp", "entropy", "loss"):
+        torch.testing.assert_close(shared[key], full[key], **TOL[torch.float32], msg=key)
+    torch.testing.assert_close(shared["grad"], full["grad"], rtol=1e-3, atol=1e-5)

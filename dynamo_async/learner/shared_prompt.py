@@ -80,14 +80,35 @@ def shared_logits(model: torch.nn.Module, x: SharedInputs, cache_kw: str) -> tor
     if has_prompt:
         layers = model.config.get_text_config().num_hidden_layers
         extra[cache_kw] = Cache(layers=[_GroupPrefix(x)] * layers)  # the same stateless layer
-    out = model(
-        input_ids=x.input_ids,
-        attention_mask=x.attention_mask if has_prompt else x.attention_mask[:, -x.input_ids.shape[1] :],
-        position_ids=x.position_ids,
-        use_cache=False,
-        **extra,
+    mask = x.attention_mask if has_prompt else x.attention_mask[:, -x.input_ids.shape[1] :]
+    if x.segments is not None:
+        mask = block_mask(mask, x.segments, model.config._attn_implementation)
+    out = model(input_ids=x.input_ids, attention_mask=mask, position_ids=x.position_ids, use_cache=False, **extra)
+    if x.gather is None:
+        return out.logits[x.tails :, :-1]
+    flat = out.logits.reshape(-1, out.logits.shape[-1])
+    return flat.index_select(0, x.gather.flatten()).view(*x.gather.shape, -1)
+
+
+PACKED_TAIL_ATTENTION = ("sdpa", "eager")  # attention implementations that take our 4D mask
+
+
+def block_mask(mask_2d: torch.Tensor, segments: torch.Tensor, attention: str) -> torch.Tensor:
+    """The 4D mask ``[rows, 1, W, past + W]`` of packed tails: every query sees the row's prompt
+    positions of ``mask_2d`` and, causally, its own segment (a padding query only itself).
+    Boolean for ``sdpa``; additive (0 or the float32 minimum) for ``eager``."""
+    assert attention in PACKED_TAIL_ATTENTION, f"packed tails need one of {PACKED_TAIL_ATTENTION}"
+    rows, width = segments.shape
+    causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
+    own = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] >= 0) & causal
+    own |= torch.eye(width, dtype=torch.bool, device=segments.device)
+    prompt = mask_2d[:, : mask_2d.shape[1] - width].bool()[:, None, :].expand(rows, width, -1)
+    allowed = torch.cat([prompt, own], dim=-1)[:, None]
+    if attention == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(torch.float32).min
     )
-    return out.logits[x.tails :, :-1]
 
 
 def row_logits(model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
@@ -96,8 +117,14 @@ def row_logits(model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
     return model(input_ids=x.input_ids, attention_mask=x.attention_mask).logits[:, :-1]
 
 
+def packs_tails(model: torch.nn.Module) -> bool:
+    """Whether the model's attention takes the 4D mask of packed tails."""
+    return getattr(model.config, "_attn_implementation", None) in PACKED_TAIL_ATTENTION
+
+
 def check(model: torch.nn.Module) -> str | None:
-    """None when ``model`` gives the same log-probs and gradient in both layouts; else why not."""
+    """None when ``model`` gives the same log-probs and gradient in both layouts (tails packed
+    where ``packs_tails``); else why not."""
     if getattr(model.config, "is_encoder_decoder", False):
         return "it is an encoder-decoder model"
     if "position_ids" not in inspect.signature(model.forward).parameters:
@@ -110,7 +137,7 @@ def check(model: torch.nn.Module) -> str | None:
     weight = model.get_input_embeddings().weight
     results = []
     for shared in (False, True):
-        mb = collate(rows, shared, 0, 1.0, float(len(rows))).to(str(device))
+        mb = collate(rows, shared, 0, 1.0, float(len(rows)), packs_tails(model)).to(str(device))
         if shared:
             try:  # a model whose attention ignores or rejects the cache fails here: that is the answer
                 logits = shared_logits(model, mb.inputs, cache_kw)
@@ -130,12 +157,13 @@ def check(model: torch.nn.Module) -> str | None:
 
 
 def _probe_rows(vocab: int) -> list[Row]:
-    """Two groups of unequal prompts, responses of unequal length (fixed pseudo-random ids)."""
+    """Two groups of unequal prompts, responses of unequal length; group 0's two tails fit in
+    one row of group 1's width (fixed pseudo-random ids)."""
     import numpy as np
 
-    ids = np.random.default_rng(0).integers(1, min(vocab, 1000), size=32).astype(np.int64)
+    ids = np.random.default_rng(0).integers(1, min(vocab, 1000), size=40).astype(np.int64)
     prompts = (ids[:5], ids[5:8])
-    shapes = ((0, 3), (0, 2), (1, 4))
+    shapes = ((0, 3), (0, 1), (1, 6))
     return [
         Row(prompts[g], ids[8 + 4 * i : 8 + 4 * i + n], np.zeros(n, dtype=np.float32), 1.0, g)
         for i, (g, n) in enumerate(shapes)
