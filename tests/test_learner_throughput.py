@@ -119,6 +119,7 @@ def test_objectives_whose_zero_advantage_samples_count_skip_nothing(overrides):
 
 def test_a_step_logs_skipped_samples_padding_and_the_entropy_of_every_sample():
     trainer = _trainer("method=dynamo")
+    assert trainer.packing.shared_prompt and trainer.packing.pack_tails  # the tiny model: sdpa attention
     batch = _batch(trainer.model.config.vocab_size)
     metrics = trainer.train_on(batch)
     assert metrics["skipped_samples"] == 7

@@ -374,8 +374,9 @@ class OptimConfig(_Section):
         bool,
         Meta(
             description=(
-                "Build micro-batches from samples sorted by length, so that little is padding; false "
-                "keeps the batch's order (micro-batch statistics as in the authors' code)."
+                "Build micro-batches from samples sorted by length, and with shared prompts let a "
+                "group's short responses share a row, so that little is padding; false keeps the "
+                "batch's order, one row per sample (micro-batch statistics as in the authors' code)."
             )
         ),
     ] = True

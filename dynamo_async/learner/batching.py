@@ -40,13 +40,14 @@ class Packing:
     skip_zero_advantage: bool  # optim.skip_zero_advantage and the objective allows it
     sort_by_length: bool
     budget: int  # optim.micro_batch_tokens
+    pack_tails: bool = False  # shared layout, sorted by length, and the model takes the block mask
 
     @classmethod
-    def of(cls, cfg: RunConfig, shared_prompt: bool, skips_zero_advantage: bool) -> Packing:
+    def of(cls, cfg: RunConfig, shared_prompt: bool, skips_zero_advantage: bool, pack_tails: bool = False) -> Packing:
         o = cfg.optim
-        return cls(
-            shared_prompt, o.skip_zero_advantage and skips_zero_advantage, o.sort_by_length, o.micro_batch_tokens
-        )
+        skip = o.skip_zero_advantage and skips_zero_advantage
+        pack = shared_prompt and pack_tails and o.sort_by_length
+        return cls(shared_prompt, skip, o.sort_by_length, o.micro_batch_tokens, pack)
 
 
 @dataclass
@@ -105,7 +106,9 @@ def mini_batches(
 
 
 def _micro(rows: list[Row], packing: Packing, pad_id: int, totals: tuple[float, float]) -> list[MicroBatch]:
-    return [collate(chunk, packing.shared_prompt, pad_id, *totals) for chunk in _pack(rows, packing)]
+    return [
+        collate(chunk, packing.shared_prompt, pad_id, *totals, packing.pack_tails) for chunk in _pack(rows, packing)
+    ]
 
 
 def _pack(rows: list[Row], packing: Packing) -> list[list[Row]]:
@@ -116,7 +119,7 @@ def _pack(rows: list[Row], packing: Packing) -> list[list[Row]]:
         )
     chunks: list[list[Row]] = []
     for r in rows:
-        if chunks and padded_size([*chunks[-1], r], packing.shared_prompt) <= packing.budget:
+        if chunks and padded_size([*chunks[-1], r], packing.shared_prompt, packing.pack_tails) <= packing.budget:
             chunks[-1].append(r)
         else:
             chunks.append([r])

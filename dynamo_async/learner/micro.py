@@ -53,7 +53,8 @@ class SharedInputs:
     chunk_rows: torch.Tensor  # [G, C] each group's chunk rows in order (C: the most chunks; 0 pads)
     tails: int  # K, the first tail row
     # With packed tails (M rows for N tails): each position's segment in its row (-1: padding),
-    # for the block mask, and each response token's logit row in the flattened output [N, W - 1].
+    # for the block mask, and each response token's logit row in the flattened output
+    # [N, longest response].
     segments: torch.Tensor | None = None
     gather: torch.Tensor | None = None
 

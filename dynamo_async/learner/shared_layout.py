@@ -1,6 +1,7 @@
 """The shared-prompt layout of a micro-batch: prompt chunks, tails, and which row sees what.
 
-All rows have one width W = 1 + the longest response of the micro-batch::
+All rows have one width W, 1 + the longest response of the micro-batch or, with packed tails, the
+multiple of it that runs the fewest positions::
 
     rows 0 .. K-1    each group's prompt without its last token, in chunks of W tokens
     rows K ..        tails: [last prompt token, response], at positions P - 1, P, ...
@@ -23,13 +24,27 @@ import torch
 
 from dynamo_async.learner.micro import MicroBatch, Row, SharedInputs
 
+WIDTHS = (1, 2, 3, 4)  # row widths tried with packed tails, in multiples of the longest tail
+
 
 def shared_size(rows: list[Row], pack_tails: bool) -> int:
     """Positions the model runs for ``rows`` in one shared-layout micro-batch."""
-    width = 1 + max(len(r.response) for r in rows)
+    return _size(rows, _width(rows, pack_tails), pack_tails)
+
+
+def _size(rows: list[Row], width: int, pack: bool) -> int:
     prefixes = {r.group: len(r.prompt) - 1 for r in rows}
     chunks = sum(-(-p // width) for p in prefixes.values())
-    return (chunks + len(_tail_rows(rows, width, pack_tails))) * width
+    return (chunks + len(_tail_rows(rows, width, pack))) * width
+
+
+def _width(rows: list[Row], pack: bool) -> int:
+    """The longest tail; with packing, the multiple of it that runs the fewest positions (two
+    responses of average length do not fit in the row of one twice as long)."""
+    longest = 1 + max(len(r.response) for r in rows)
+    if not pack:
+        return longest
+    return min((k * longest for k in WIDTHS), key=lambda w: (_size(rows, w, pack), w))
 
 
 def _tail_rows(rows: list[Row], width: int, pack: bool) -> list[list[int]]:
@@ -55,9 +70,13 @@ def _tail_rows(rows: list[Row], width: int, pack: bool) -> list[list[int]]:
 def collate_shared(rows: list[Row], pad_id: int, total_tokens: float, total_seqs: float, pack: bool) -> MicroBatch:
     order = list(dict.fromkeys(r.group for r in rows))  # the groups, in order of first appearance
     prefixes = {r.group: torch.from_numpy(r.prompt[:-1]) for r in rows}
-    width = 1 + max(len(r.response) for r in rows)
+    width = _width(rows, pack)
     n_chunks = [-(-len(prefixes[g]) // width) for g in order]
+    longest = max(len(r.response) for r in rows)
     tail_rows = _tail_rows(rows, width, pack)
+    packed = any(len(m) > 1 for m in tail_rows) or width != 1 + longest
+    if not packed:  # one row per tail, in the samples' order: the logits need no gather
+        tail_rows = [[j] for j in range(len(rows))]
     past, first_tail = max(n_chunks) * width, sum(n_chunks)
     n_rows = first_tail + len(tail_rows)
     ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
@@ -78,9 +97,9 @@ def collate_shared(rows: list[Row], pad_id: int, total_tokens: float, total_seqs
             segments[row, : len(part)] = 0
             row_group[row], chunk_rows[i, c] = i, row
             row += 1
-    gather = torch.zeros((len(rows), width - 1), dtype=torch.long)
-    mask = torch.zeros((len(rows), width - 1))
-    behavior = torch.zeros((len(rows), width - 1))
+    gather = torch.zeros((len(rows), longest), dtype=torch.long)
+    mask = torch.zeros((len(rows), longest))
+    behavior = torch.zeros((len(rows), longest))
     group_index = {g: i for i, g in enumerate(order)}
     for t, members in enumerate(tail_rows):
         row, start = first_tail + t, 0
@@ -98,12 +117,11 @@ def collate_shared(rows: list[Row], pad_id: int, total_tokens: float, total_seqs
             mask[j, :n] = 1.0
             behavior[j, :n] = torch.from_numpy(r.logp)
             start += 1 + n
-    packed = any(len(m) > 1 for m in tail_rows)
     inputs = SharedInputs(
         ids, attn, positions, row_group, chunk_rows, first_tail,
         segments if packed else None, gather if packed else None,
     )  # fmt: skip
-    targets = _targets(rows, width)
+    targets = _targets(rows, longest)
     used = sum(len(prefixes[g]) for g in order) + sum(1 + len(r.response) for r in rows)
     return MicroBatch(
         inputs, targets, mask, torch.tensor([r.advantage for r in rows], dtype=torch.float32), behavior,
@@ -111,8 +129,8 @@ def collate_shared(rows: list[Row], pad_id: int, total_tokens: float, total_seqs
     )  # fmt: skip
 
 
-def _targets(rows: list[Row], width: int) -> torch.Tensor:
-    out = torch.zeros((len(rows), width - 1), dtype=torch.long)
+def _targets(rows: list[Row], longest: int) -> torch.Tensor:
+    out = torch.zeros((len(rows), longest), dtype=torch.long)
     for j, r in enumerate(rows):
         out[j, : len(r.response)] = torch.from_numpy(r.response)
     return out

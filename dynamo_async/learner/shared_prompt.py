@@ -75,7 +75,7 @@ def keep_cache_under_checkpointing(model: torch.nn.Module) -> None:
 
 
 def shared_logits(model: torch.nn.Module, x: SharedInputs, cache_kw: str) -> torch.Tensor:
-    """Logits ``[N, W - 1, V]`` that predict each tail's response tokens."""
+    """Logits ``[N, longest response, V]`` that predict each tail's response tokens."""
     extra, has_prompt = {}, x.chunk_rows.shape[1] > 0
     if has_prompt:
         layers = model.config.get_text_config().num_hidden_layers

@@ -45,7 +45,8 @@ class Trainer:
         if cfg.model.gradient_checkpointing:
             _enable_checkpointing(self.model)
         self.cache_kw = self._shared_prompt_keyword()  # probed before sharding and casting
-        self.packing = Packing.of(cfg, self.cache_kw is not None, self.objective.skips_zero_advantage)
+        shared, packs = self.cache_kw is not None, shared_prompt.packs_tails(self.model)
+        self.packing = Packing.of(cfg, shared, self.objective.skips_zero_advantage, packs)
         self.compute_dtype = DTYPES[cfg.model.compute_dtype]
         if dist_info.sharded:
             if checkpoint_dir is not None:
