@@ -174,3 +174,26 @@ def test_micro_batches_by_length_pad_less_and_stay_within_the_budget(shared):
         assert all(mb.computed_tokens <= 160 or mb.mask.shape[0] == 1 for mb in mini.update)
         fracs[sort] = sum(mb.padded_tokens for mb in mini.update) / sum(mb.computed_tokens for mb in mini.update)
     assert fracs[True] < fracs[False], fracs
+
+
+def test_a_micro_batch_is_shared_only_where_it_saves_a_quarter_of_the_positions():
+    """Short responses after a long prompt: shared; long responses after a short prompt (where
+    sharing saves nothing and its masked attention is dearer): full rows."""
+    from dynamo_async.learner.micro import RowInputs, SharedInputs
+
+    cfg = load_config(TINY, [*BASE, "optim.micro_batch_tokens=100000"])
+    packing = Packing.of(cfg, shared_prompt=True, skips_zero_advantage=True, pack_tails=True)
+    short = _batch(300, ((1, 0, 1, 0),) * 4)  # prompts of 8-17 tokens, responses of 3-10
+    rng = np.random.default_rng(0)
+    long = LearnerBatch(
+        step=0, policy_version=0, staleness=(0,),
+        groups=(ReadyGroup(0, "p0", rng.integers(5, 300, 16).astype(np.int32), "1", tuple(
+            sample_record(0, "p0", i, rng.integers(5, 300, 200).astype(np.int32), np.zeros(200, np.float32),
+                          np.zeros(200, np.int32), acc=i % 2)
+            for i in range(4)
+        )),),
+    )  # fmt: skip
+    (mini,) = mini_batches(short, cfg, 0, packing)
+    assert all(isinstance(mb.inputs, SharedInputs) for mb in mini.update)
+    (mini,) = mini_batches(long, cfg, 0, packing)
+    assert all(isinstance(mb.inputs, RowInputs) for mb in mini.update)

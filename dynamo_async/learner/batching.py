@@ -105,21 +105,40 @@ def mini_batches(
     return out
 
 
+# A micro-batch takes the shared layout only where it runs at most this share of the positions
+# of full rows: its rows attend to a prompt plus themselves through an explicit mask, which is
+# dearer per position than the causal kernel of full rows (long responses after a short prompt
+# gain nothing from sharing; measured by bench/learner_step.py's long shape).
+SHARE_AT_MOST = 0.75
+
+
 def _micro(rows: list[Row], packing: Packing, pad_id: int, totals: tuple[float, float]) -> list[MicroBatch]:
     return [
-        collate(chunk, packing.shared_prompt, pad_id, *totals, packing.pack_tails) for chunk in _pack(rows, packing)
+        collate(chunk, _shares(chunk, packing), pad_id, *totals, packing.pack_tails) for chunk in _pack(rows, packing)
     ]
 
 
+def _shares(rows: list[Row], packing: Packing) -> bool:
+    """Whether these rows are forwarded in the shared layout (``SHARE_AT_MOST``)."""
+    if not packing.shared_prompt:
+        return False
+    return padded_size(rows, True, packing.pack_tails) <= SHARE_AT_MOST * padded_size(rows, False)
+
+
+def _size(rows: list[Row], packing: Packing) -> int:
+    return padded_size(rows, _shares(rows, packing), packing.pack_tails)
+
+
 def _pack(rows: list[Row], packing: Packing) -> list[list[Row]]:
-    """Consecutive rows (sorted by length when asked) whose padded size stays within the budget."""
+    """Consecutive rows (sorted by length when asked) whose padded size, in the layout they will
+    take, stays within the budget."""
     if packing.sort_by_length:
         rows = sorted(
             rows, key=_shared_order(rows) if packing.shared_prompt else lambda r: len(r.prompt) + len(r.response)
         )
     chunks: list[list[Row]] = []
     for r in rows:
-        if chunks and padded_size([*chunks[-1], r], packing.shared_prompt, packing.pack_tails) <= packing.budget:
+        if chunks and _size([*chunks[-1], r], packing) <= packing.budget:
             chunks[-1].append(r)
         else:
             chunks.append([r])

@@ -21,7 +21,7 @@ from dynamo_async.errors import UsageError
 from dynamo_async.learner import checkpoint, shared_prompt
 from dynamo_async.learner.batching import MiniBatch, Packing, mini_batches
 from dynamo_async.learner.distributed import DistInfo, equalize, full_weights, max_over_ranks, shard_model
-from dynamo_async.learner.micro import MicroBatch
+from dynamo_async.learner.micro import MicroBatch, RowInputs
 from dynamo_async.learner.optim import clip_and_step, make_optimizer
 from dynamo_async.learner.precision import MasterWeights
 
@@ -170,8 +170,9 @@ class Trainer:
         return None
 
     def _logits(self, mb: MicroBatch) -> torch.Tensor:
-        if self.cache_kw is None:
+        if isinstance(mb.inputs, RowInputs):
             return shared_prompt.row_logits(self.model, mb)
+        assert self.cache_kw is not None, "shared-prompt micro-batches only for a model that passed the check"
         return shared_prompt.shared_logits(self.model, mb.inputs, self.cache_kw)
 
     def _policy_batch(self, mb: MicroBatch) -> PolicyBatch:
