@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sample_records import sample_record
+from sample_records import scored_record
 
 from buffer.batch import LearnerBatch, ReadyGroup
 from dynamo_async.config import load_config
@@ -68,20 +68,8 @@ def fixed_batch(vocab: int) -> LearnerBatch:
         for i in range(3 + g % 3):
             n = 4 + int(rng.integers(0, 6))
             acc = int(rng.random() < 0.5) if i else g % 2
-            samples.append(
-                sample_record(
-                    g,
-                    f"p{g}",
-                    i,
-                    rng.integers(5, vocab, n).astype(np.int32),
-                    (-1.0 - 2.0 * rng.random(n)).astype(np.float32),
-                    np.zeros(n, np.int32),
-                    acc=acc,
-                    reward=float(2 * acc - 1),
-                    finish_reason="stop",
-                    worker_id="w",
-                )
-            )
+            tokens = rng.integers(5, vocab, n).astype(np.int32)
+            samples.append(scored_record(g, i, tokens, (-1.0 - 2.0 * rng.random(n)).astype(np.float32), acc))
         groups.append(ReadyGroup(g, f"p{g}", prompt, "1", tuple(samples)))
     return LearnerBatch(step=0, policy_version=0, groups=tuple(groups), staleness=(0,) * 4)
 

@@ -3,6 +3,8 @@ for what a test does not look at."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from dynamo_async.protocol import pack_f32, pack_i32
 from dynamo_async.sample import SampleRecord
 
@@ -30,3 +32,19 @@ def sample_record(
 
 def _packed(values, pack) -> bytes:
     return values if isinstance(values, bytes) else pack(values)
+
+
+def scored_record(group_id: int, sample_index: int, tokens, logprobs, acc: int) -> SampleRecord:
+    """A finished response of prompt ``p<group_id>`` with correctness ``acc`` (reward 2 acc - 1),
+    generated at version 0."""
+    n = len(tokens)
+    return sample_record(
+        group_id,
+        f"p{group_id}",
+        sample_index,
+        tokens,
+        logprobs,
+        np.zeros(n, np.int32),
+        acc=acc,
+        reward=float(2 * acc - 1),
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sample_records import sample_record
+from sample_records import sample_record, scored_record
 
 from buffer.batch import LearnerBatch, ReadyGroup
 from dynamo_async.config import load_config
@@ -27,20 +27,8 @@ def _batch(vocab: int, accs=((1, 0, 1), (1, 1, 1, 1), (0, 1, 1, 0, 0), (0, 0, 0)
         samples = []
         for i, a in enumerate(acc):
             n = 3 + int(rng.integers(0, 8))
-            samples.append(
-                sample_record(
-                    g,
-                    f"p{g}",
-                    i,
-                    rng.integers(5, vocab, n).astype(np.int32),
-                    (-0.5 - 2.0 * rng.random(n)).astype(np.float32),
-                    np.zeros(n, np.int32),
-                    acc=a,
-                    reward=float(2 * a - 1),
-                    finish_reason="stop",
-                    worker_id="w",
-                )  # fmt: skip
-            )
+            tokens = rng.integers(5, vocab, n).astype(np.int32)
+            samples.append(scored_record(g, i, tokens, (-0.5 - 2.0 * rng.random(n)).astype(np.float32), a))
         groups.append(ReadyGroup(g, f"p{g}", prompt, "1", tuple(samples)))
     return LearnerBatch(step=0, policy_version=0, groups=tuple(groups), staleness=(0,) * len(groups))
 
