@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--demo-samples", type=int, default=8)
     parser.add_argument("--long-prompts", type=int, default=1)
     parser.add_argument("--long-samples", type=int, default=4)
-    parser.add_argument("--long-rounds", type=int, default=1)
+    parser.add_argument("--long-rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
