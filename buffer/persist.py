@@ -30,7 +30,8 @@ class SavedState(msgspec.Struct, frozen=True):
 def save_state(service, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     pq.write_table(service.pool.stats_table(), directory / "prompt_stats.parquet")
-    live = tuple(g.prompt_id for g in service.groups.values())  # not consumed: generate again
+    # not consumed, or planned and not yet admitted: generate again
+    live = tuple(g.prompt_id for g in service.groups.values()) + tuple(service.planner.planned_prompt_ids())
     state = SavedState(
         service.step, service.version, service.counts["consumed"], *service.pool.position, service._next_group, live
     )

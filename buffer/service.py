@@ -23,17 +23,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from buffer.batch import LearnerBatch
 from buffer.gate import admission_room, too_stale
 from buffer.groups import Group
 from buffer.leases import LeaseTable
 from buffer.lifecycle import GroupState, check_transition
 from buffer.persist import restore_state, save_state
+from buffer.planner import Planner
 from buffer.pool import PoolPrompt, PromptPool
 from buffer.status import build_status, numeric
-from dynamo_async.algo.allocation import water_fill
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.protocol import Completion, NoWork, Status, WorkItem, pack_i32
 
@@ -46,6 +44,7 @@ class BufferService:
     ):
         self.cfg = cfg
         self.pool = PromptPool(prompts, cfg.trainer.seed)
+        self.planner = Planner(self.pool, cfg.allocation)
         self.store = store
         self.clock = clock
         self.version = 0
@@ -245,18 +244,10 @@ class BufferService:
         )
 
     def _admit(self) -> list[Group]:
-        """A new generation batch within the gate's room, budgets water-filled."""
-        a = self.cfg.allocation
-        idxs = self.pool.take(min(a.gen_batch_prompts, self._gate_room()))
-        if not idxs:
-            return []
-        budget = a.avg_rollouts * len(idxs)
-        if a.dynamic:
-            counts = water_fill(self.pool.priorities(idxs, a.prior, a.priority_power), budget, a.g_min, a.g_max)
-        else:
-            counts = np.full(len(idxs), a.avg_rollouts)
+        """As many planned prompts as the gate has room for, each with the budget it got when its
+        whole generation batch was water-filled (``planner.py``)."""
         created = []
-        for idx, n in zip(idxs, counts):
+        for idx, n in self.planner.admit(self._gate_room()):
             group = Group(self._next_group, idx, self.pool.prompts[idx].prompt_id, int(n), self.version)
             self.groups[group.group_id] = group
             self._next_group += 1

@@ -122,6 +122,45 @@ def test_dynamo_budgets_are_water_filled_within_range():
                 assert by_prompt[a] >= by_prompt[b]
 
 
+def test_budgets_of_prompts_admitted_one_at_a_time_equal_those_admitted_together(monkeypatch):
+    """The gate's room does not change a prompt's budget: a generation batch is water-filled
+    whole and admitted as room opens (buffer/planner.py)."""
+    overrides = (
+        "allocation.gen_batch_prompts=6",
+        "allocation.avg_rollouts=8",
+        "allocation.g_min=2",
+        "allocation.g_max=16",
+    )
+    budgets = []
+    for room in (None, 1):
+        svc = make_service(*overrides)
+        rng = np.random.default_rng(0)
+        svc.pool.attempts[:] = 10
+        svc.pool.successes[:] = rng.integers(0, 11, len(svc.pool))
+        if room is not None:  # the gate has room for one group at a time (e.g. after each drop)
+            monkeypatch.setattr(svc, "_gate_room", lambda room=room: room)
+        while len(svc.groups) < 6:
+            before = len(svc.groups)
+            svc._admit()
+            assert len(svc.groups) - before == (6 if room is None else 1)
+        budgets.append({g.prompt_id: g.n for g in svc.groups.values()})
+    assert budgets[0] == budgets[1]
+    assert len(set(budgets[1].values())) > 1, "a prompt admitted alone once always got avg_rollouts"
+
+
+def test_a_checkpoint_requeues_planned_prompts_not_yet_admitted(tmp_path, monkeypatch):
+    svc = make_service("allocation.gen_batch_prompts=6")
+    monkeypatch.setattr(svc, "_gate_room", lambda: 2)
+    svc._admit()
+    planned = svc.planner.planned_prompt_ids()
+    assert len(planned) == 4 and not set(planned) & {g.prompt_id for g in svc.groups.values()}
+    svc.save_state(tmp_path)
+    again = make_service("allocation.gen_batch_prompts=6")
+    again.restore_state(tmp_path)
+    again._admit()
+    assert {g.prompt_id for g in again.groups.values()} == {g.prompt_id for g in svc.groups.values()} | set(planned)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [("method=grpo",), ("method=w_reinforce",), ("allocation.dynamic=false",)],

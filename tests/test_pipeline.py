@@ -63,6 +63,25 @@ def test_run_command_trains_tiny_model_end_to_end(tmp_path):
     assert time.monotonic() - start < 240
 
 
+def test_synchronous_run_drops_no_group_as_stale(tmp_path):
+    """max_staleness 0: the gate opens for version v+1 only after the workers hold its weights,
+    so no group is generated with old weights and then dropped (the learner's own ordering)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        CLI
+        + ["run", "--config", str(TINY), "--run-dir", str(run_dir), "buffer.max_staleness=0"]
+        + ["trainer.eval_samples=1", "trainer.eval_every=0"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _train_rows(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["dropped_stale"] for r in rows] == [0, 0, 0]
+    assert all(r["staleness_max"] == 0 for r in rows)
+
+
 def _worker(connect: str, index: int) -> None:
     from workers.worker import run_worker
 

@@ -1,7 +1,8 @@
 """The learner process: hosts the buffer, serves workers, and runs the step as named steps.
 
     pull batch -> prepare tensors -> proximal pass -> mini-batch updates -> version += 1
-               -> broadcast weights -> metrics -> checkpoint when due
+               -> broadcast weights -> the gate opens for the new version -> metrics
+               -> checkpoint when due
 
 While it waits for a batch, the learner sends the current weights to workers that joined
 since the last broadcast (a late joiner first receives the current weights and version).
@@ -174,8 +175,10 @@ class Learner:
             send_batch(batch)
         metrics = self.trainer.train_on(batch)
         self.trainer.version += 1
-        self.service.set_version(self.version)
         self.broadcast(force=True)
+        # Only now may the gate admit groups for the new version: a group admitted before the
+        # workers have its weights would be generated with old ones and dropped as too stale.
+        self.service.set_version(self.version)
         self.trainer.step += 1
         metrics.update(self.batch_metrics(batch))
         metrics.update(
