@@ -7,8 +7,11 @@ budget B = avg * N and bounds [g_min, g_max] we then compare:
 
 - uniform: every prompt gets ``avg`` rollouts;
 - DRA: ``water_fill(P_i ** power)`` from the warm-up statistics (DynaMO, Appendix D);
-- oracle: ``water_fill(sigma_i)`` with the true ``sigma_i = sqrt(p_i (1 - p_i))``, the
-  variance-optimal allocation of Appendix C (Eq. 20) under the same bounds.
+- oracle: the variance-optimal allocation of Appendix C (Eq. 20) under the same bounds, from the
+  true ``sigma_i = sqrt(p_i (1 - p_i))``: ``n_i = clip(sigma_i t, g_min, g_max)`` with ``t`` set
+  by bisection so that the budget is spent, rounded to integers by largest remainder
+  (``bounded_optimum``). (Until issue 13 the oracle was ``water_fill(sigma_i)``, which gives
+  ``g_min`` plus a share of the rest proportional to sigma: not the optimum.)
 
 Figures (true p_i, expectations, averaged over seeds):
 - variance proxy ``sum_i p_i (1 - p_i) / n_i`` (Appendix C); ratios dra/uniform, dra/oracle;
@@ -44,6 +47,30 @@ def effective_samples(p: np.ndarray, n: np.ndarray) -> float:
     return float(np.sum(n * (1 - p**n - (1 - p) ** n)))
 
 
+def bounded_optimum(sigma: np.ndarray, budget: int, g_min: int, g_max: int) -> np.ndarray:
+    """Integer ``n_i`` near ``clip(sigma_i t, g_min, g_max)`` summing to ``budget``: the minimiser
+    of ``sum sigma_i^2 / n_i`` under the bounds (its Lagrange condition gives ``n_i ~ sigma_i``
+    between them), rounded by largest remainder within the bounds."""
+    assert g_min * sigma.size <= budget <= g_max * sigma.size
+    low, high = 0.0, 1.0
+    while np.clip(sigma * high, g_min, g_max).sum() < budget and high < 1e12:
+        high *= 2
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if np.clip(sigma * mid, g_min, g_max).sum() < budget else (low, mid)
+    x = np.clip(sigma * high, g_min, g_max)
+    n = np.floor(x).astype(np.int64)
+    for i in np.argsort(-(x - n), kind="stable"):  # largest remainders first
+        if n.sum() >= budget:
+            break
+        if n[i] < g_max:
+            n[i] += 1
+    while n.sum() < budget:  # prompts with sigma 0 hold g_min: the rest goes to whoever has room
+        n[np.flatnonzero(n < g_max)[: budget - n.sum()]] += 1
+    assert n.sum() == budget and n.min() >= g_min and n.max() <= g_max
+    return n
+
+
 def one_seed(seed: int, args, power: float) -> tuple[float, float, float]:
     rng = np.random.default_rng(seed)
     p = true_rates(args.prompts, rng)
@@ -52,7 +79,7 @@ def one_seed(seed: int, args, power: float) -> tuple[float, float, float]:
     budget = args.avg * args.prompts
     uniform = np.full(args.prompts, args.avg)
     dra = water_fill(allocation_priority(successes, attempts, power=power), budget, args.g_min, args.g_max)
-    oracle = water_fill(np.sqrt(p * (1 - p)), budget, args.g_min, args.g_max)
+    oracle = bounded_optimum(np.sqrt(p * (1 - p)), budget, args.g_min, args.g_max)
     assert dra.sum() == oracle.sum() == uniform.sum() == budget
     v_u, v_d, v_o = (variance_proxy(p, n) for n in (uniform, dra, oracle))
     gain = effective_samples(p, dra) / effective_samples(p, uniform)
