@@ -59,3 +59,24 @@ def test_a_torn_line_inside_metrics_is_an_error(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1\n{"step": 2}\n')
     with pytest.raises(ValueError, match="line 1: got invalid JSON"):
         load_run(tmp_path)
+
+
+def test_allocation_points_pair_each_group_with_its_prompts_earlier_success_rate():
+    import numpy as np
+
+    from dynamo_async.report.rundata import _allocation_points
+
+    seen: dict = {}
+    # step 1: prompt a, group 0 (4 rollouts, 1 correct); prompt b, group 1 (2 rollouts, 2 correct)
+    groups = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2])
+    prompts = ["a"] * 4 + ["b"] * 2 + ["a"] * 3
+    accs = np.array([1, 0, 0, 0, 1, 1, 1, 1, 0])
+    rows = np.arange(6)
+    ids, first, sizes = np.unique(groups[rows], return_index=True, return_counts=True)
+    first_step = _allocation_points(rows, ids, first, sizes, groups, prompts, accs, seen)
+    assert np.isnan(first_step[:, 0]).all() and first_step[:, 1].tolist() == [4, 2]
+    rows = np.arange(6, 9)  # step 2: prompt a again, group 2 with 3 rollouts
+    ids, first, sizes = np.unique(groups[rows], return_index=True, return_counts=True)
+    second_step = _allocation_points(rows, ids, first, sizes, groups, prompts, accs, seen)
+    assert second_step.tolist() == [[0.25, 3.0]]
+    assert seen["a"] == [3, 7]

@@ -4,6 +4,7 @@
     entropy.png          mean token entropy of the policy per step
     grad_norm.png        gradient norm before clipping (the paper's Figure 3)
     allocation.png       rollouts per prompt over training and overall (Figure 1, left)
+    allocation_success.png  rollouts per group against its prompt's earlier success rate
     beta.png             distribution of beta_comp and beta_stab over training (Eqs. 3-4)
     staleness.png        staleness of the trained groups, dropped groups per step
     throughput.png       tokens per second, step time, learner and worker idle time
@@ -137,6 +138,27 @@ def allocation(plt, run: RunData):
     return fig
 
 
+def allocation_success(plt, run: RunData):
+    points = np.concatenate(list((run.allocation_points or {}).values()) or [np.zeros((0, 2))])
+    points = points[~np.isnan(points[:, 0])] if points.size else points
+    if points.size == 0:
+        return "no prompt was trained on twice (the success rates come from a prompt's earlier groups)"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(points))
+    ax.scatter(points[:, 0], points[:, 1] + jitter, s=12, alpha=0.5, label="a group")
+    edges = np.linspace(0, 1, 11)
+    bins = np.clip(np.digitize(points[:, 0], edges) - 1, 0, 9)
+    centres = [(edges[b] + edges[b + 1]) / 2 for b in range(10) if np.any(bins == b)]
+    means = [points[bins == b, 1].mean() for b in range(10) if np.any(bins == b)]
+    ax.plot(centres, means, "o-", color="C1", label="mean per tenth")
+    ax.set_xlabel("success rate of the prompt over its earlier trained groups")
+    ax.set_ylabel("rollouts given to the group")
+    ax.set_xlim(-0.03, 1.03)
+    ax.legend(fontsize=8)
+    ax.set_title(_title(run, "Rollouts against success rate (paper Figure 1, left)"))
+    return fig
+
+
 def beta(plt, run: RunData):
     keys = [k for k in ("beta_comp_hist", "beta_stab_hist") if run.has(k)]
     if not keys:
@@ -230,6 +252,7 @@ FIGURES = {
     "entropy": entropy,
     "grad_norm": grad_norm,
     "allocation": allocation,
+    "allocation_success": allocation_success,
     "beta": beta,
     "staleness": staleness,
     "throughput": throughput,

@@ -27,6 +27,9 @@ class RunData:
     group_sizes: dict[int, np.ndarray] | None = None  # step -> rollouts per prompt (store)
     staleness: dict[int, np.ndarray] | None = None  # step -> staleness per group (store)
     dropped: dict[int, tuple[int, int]] | None = None  # step -> (stale, zero-variance) groups (store)
+    # step -> [groups, 2]: each group's prompt's success rate over its earlier trained groups
+    # (NaN: first time), and the group's rollouts (store)
+    allocation_points: dict[int, np.ndarray] | None = None
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of a numeric metric; steps without it are left out."""
@@ -87,15 +90,30 @@ def _store_arrays(run_dir: Path) -> dict:
     steps = read_table(
         run_dir, "steps", ["step", "num_samples", "staleness", "dropped_stale", "dropped_zero_variance"]
     ).to_pydict()
-    table = read_table(run_dir, "batches", ["step", "group_id"])
+    table = read_table(run_dir, "batches", ["step", "group_id", "prompt_id", "acc"])
     step_col, groups = table.column("step").to_numpy(), table.column("group_id").to_numpy()
+    prompts, accs = table.column("prompt_id").to_pylist(), table.column("acc").to_numpy()
     last = {int(step): i for i, step in enumerate(steps["step"])}  # the final write of each step
-    sizes, staleness, dropped = {}, {}, {}
+    sizes, staleness, dropped, points = {}, {}, {}, {}
+    seen: dict[str, list[int]] = {}  # prompt -> [successes, attempts] over earlier trained groups
     for step, i in sorted(last.items()):
         rows = np.flatnonzero(step_col == step)
         rows = rows[max(0, len(rows) - int(steps["num_samples"][i])) :]
-        _, per_group = np.unique(groups[rows], return_counts=True)
+        ids, first, per_group = np.unique(groups[rows], return_index=True, return_counts=True)
         sizes[step + 1] = per_group
         staleness[step + 1] = np.asarray(steps["staleness"][i], dtype=float)
         dropped[step + 1] = (int(steps["dropped_stale"][i]), int(steps["dropped_zero_variance"][i]))
-    return {"group_sizes": sizes, "staleness": staleness, "dropped": dropped}
+        points[step + 1] = _allocation_points(rows, ids, first, per_group, groups, prompts, accs, seen)
+    return {"group_sizes": sizes, "staleness": staleness, "dropped": dropped, "allocation_points": points}
+
+
+def _allocation_points(rows, ids, first, sizes, groups, prompts, accs, seen) -> np.ndarray:
+    """(earlier success rate of the group's prompt, its rollouts) per group; updates ``seen``."""
+    out = np.empty((len(ids), 2))
+    for k, (g, f, n) in enumerate(zip(ids, first, sizes)):
+        prompt = prompts[rows[f]]
+        wins, tries = seen.get(prompt, (0, 0))
+        out[k] = (wins / tries if tries else np.nan, n)
+        won = int(accs[rows[groups[rows] == g]].sum())
+        seen[prompt] = [wins + won, tries + int(n)]
+    return out
