@@ -20,6 +20,8 @@ mostly padding: in the demo about a third of the positions.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from dynamo_async.learner.micro import MicroBatch, Row, SharedInputs
@@ -32,10 +34,13 @@ def shared_size(rows: list[Row], pack_tails: bool) -> int:
     return _size(rows, _width(rows, pack_tails), pack_tails)
 
 
-def _size(rows: list[Row], width: int, pack: bool) -> int:
+def _size(rows: list[Row], width: int, pack: bool, needs: dict[int, tuple[int, ...]] | None = None) -> int:
     prefixes = {r.group: len(r.prompt) - 1 for r in rows}
     chunks = sum(-(-p // width) for p in prefixes.values())
-    return (chunks + len(_tail_rows(rows, width, pack))) * width
+    if not pack:
+        return (chunks + len(rows)) * width
+    needs = _needs(rows) if needs is None else needs
+    return (chunks + sum(_bin_count(n, width) for n in needs.values())) * width
 
 
 def _width(rows: list[Row], pack: bool) -> int:
@@ -44,7 +49,40 @@ def _width(rows: list[Row], pack: bool) -> int:
     longest = 1 + max(len(r.response) for r in rows)
     if not pack:
         return longest
-    return min((k * longest for k in WIDTHS), key=lambda w: (_size(rows, w, pack), w))
+    needs = _needs(rows)
+    return min((k * longest for k in WIDTHS), key=lambda w: (_size(rows, w, pack, needs), w))
+
+
+def _by_group(rows: list[Row]) -> dict[int, list[int]]:
+    """Each group's row indices, longest tail first (ties in row order)."""
+    out: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        out.setdefault(r.group, []).append(i)
+    return {g: sorted(idx, key=lambda i: -len(rows[i].response)) for g, idx in out.items()}
+
+
+def _needs(rows: list[Row]) -> dict[int, tuple[int, ...]]:
+    """Each group's tail lengths, longest first: all that its packing depends on."""
+    return {g: tuple(1 + len(rows[i].response) for i in idx) for g, idx in _by_group(rows).items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def _bin_count(needs: tuple[int, ...], width: int) -> int:
+    # cached: the packer asks again for every group each time it adds one row to a micro-batch
+    return len(_first_fit(needs, width))
+
+
+def _first_fit(needs: tuple[int, ...], width: int) -> list[list[int]]:
+    """First fit of ``needs`` (longest first) into rows of ``width``: each row's positions in ``needs``."""
+    bins: list[list] = []  # [free positions, positions in needs]
+    for k, need in enumerate(needs):
+        row = next((b for b in bins if b[0] >= need), None)
+        if row is None:
+            bins.append([width - need, [k]])
+        else:
+            row[0] -= need
+            row[1].append(k)
+    return [b[1] for b in bins]
 
 
 def _tail_rows(rows: list[Row], width: int, pack: bool) -> list[list[int]]:
@@ -53,17 +91,9 @@ def _tail_rows(rows: list[Row], width: int, pack: bool) -> list[list[int]]:
     if not pack:
         return [[i] for i in range(len(rows))]
     out: list[list[int]] = []
-    for g in dict.fromkeys(r.group for r in rows):
-        mine = sorted((i for i, r in enumerate(rows) if r.group == g), key=lambda i: -len(rows[i].response))
-        bins: list[tuple[int, list[int]]] = []  # (free positions, tails)
-        for i in mine:
-            need = 1 + len(rows[i].response)
-            k = next((k for k, (free, _) in enumerate(bins) if free >= need), None)
-            if k is None:
-                bins.append((width - need, [i]))
-            else:
-                bins[k] = (bins[k][0] - need, bins[k][1] + [i])
-        out += [tails for _, tails in bins]
+    for idx in _by_group(rows).values():
+        needs = tuple(1 + len(rows[i].response) for i in idx)
+        out += [[idx[k] for k in row] for row in _first_fit(needs, width)]
     return out
 
 
@@ -98,6 +128,7 @@ def collate_shared(rows: list[Row], pad_id: int, total_tokens: float, total_seqs
             row_group[row], chunk_rows[i, c] = i, row
             row += 1
     gather = torch.zeros((len(rows), longest), dtype=torch.long)
+    targets = torch.zeros((len(rows), longest), dtype=torch.long)
     mask = torch.zeros((len(rows), longest))
     behavior = torch.zeros((len(rows), longest))
     group_index = {g: i for i, g in enumerate(order)}
@@ -114,6 +145,7 @@ def collate_shared(rows: list[Row], pad_id: int, total_tokens: float, total_seqs
             positions[row, start : start + 1 + n] = p - 1 + torch.arange(1 + n)
             segments[row, start : start + 1 + n] = k
             gather[j, :n] = row * width + start + torch.arange(n)  # logit at j predicts token j + 1
+            targets[j, :n] = torch.from_numpy(r.response)
             mask[j, :n] = 1.0
             behavior[j, :n] = torch.from_numpy(r.logp)
             start += 1 + n
@@ -121,16 +153,8 @@ def collate_shared(rows: list[Row], pad_id: int, total_tokens: float, total_seqs
         ids, attn, positions, row_group, chunk_rows, first_tail,
         segments if packed else None, gather if packed else None,
     )  # fmt: skip
-    targets = _targets(rows, longest)
     used = sum(len(prefixes[g]) for g in order) + sum(1 + len(r.response) for r in rows)
     return MicroBatch(
         inputs, targets, mask, torch.tensor([r.advantage for r in rows], dtype=torch.float32), behavior,
         total_tokens, total_seqs, computed_tokens=ids.numel(), padded_tokens=ids.numel() - used,
     )  # fmt: skip
-
-
-def _targets(rows: list[Row], longest: int) -> torch.Tensor:
-    out = torch.zeros((len(rows), longest), dtype=torch.long)
-    for j, r in enumerate(rows):
-        out[j, : len(r.response)] = torch.from_numpy(r.response)
-    return out
