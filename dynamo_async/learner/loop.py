@@ -238,6 +238,7 @@ class Learner:
             "reward": float(np.mean(rewards)),
             "groups": len(batch.groups),
             "samples": len(accs),
+            "effective_samples": sum(len(g.samples) for g in batch.groups if not g.zero_variance),
             "zero_variance_frac": float(np.mean([g.zero_variance for g in batch.groups])),
             "allocation_hist": {str(k): v for k, v in sorted(sizes.items())},
             "staleness_mean": float(np.mean(batch.staleness)),
