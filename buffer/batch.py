@@ -45,7 +45,7 @@ class ReadyGroup:
 class LearnerBatch:
     """The groups of one learner step, with what batch assembly set aside."""
 
-    step: int
+    step: int  # the learner step that trains it, from 1 (as in metrics.jsonl and the plots)
     policy_version: int
     groups: tuple[ReadyGroup, ...]
     dropped_stale: int = 0

@@ -1,7 +1,10 @@
 """Leases on handed-out work: which worker holds which samples, and until when.
 
 A lease covers some sample indices of one group. A completion removes its sample from the
-lease. A lease that outlives its deadline, or whose worker stops sending heartbeats, is
+lease. A worker's heartbeats list the leases it still holds, and each heartbeat renews those
+of them that are its own (a new deadline of ``lease_timeout_s`` from now), so a generation
+longer than the lease timeout keeps its lease while its worker is alive and working. A lease
+whose deadline passes without a renewal, or whose worker stops sending heartbeats, is
 revoked: its remaining samples go back to the group and are handed out again. A late
 completion of a revoked sample is still accepted if that sample has not arrived yet, and a
 second arrival of a sample is rejected as a duplicate, so nothing is lost or counted twice.
@@ -9,6 +12,7 @@ second arrival of a sample is rejected as a duplicate, so nothing is lost or cou
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -44,6 +48,19 @@ class LeaseTable:
         lease.samples.discard(sample_index)
         if not lease.samples:
             del self.leases[lease_id]
+
+    def renew(self, worker_id: str, lease_ids: Iterable[int], deadline: float, now: float) -> int:
+        """Move the deadline of each named lease that ``worker_id`` holds to ``deadline``; returns
+        how many. Ids of unknown leases or of another worker's are ignored (a worker never keeps
+        someone else's work), and so is a lease already past its deadline: it is revoked at the
+        next expiry check, however late that check runs."""
+        renewed = 0
+        for lease_id in set(lease_ids):
+            lease = self.leases.get(lease_id)
+            if lease is not None and lease.worker_id == worker_id and lease.deadline >= now:
+                lease.deadline = deadline
+                renewed += 1
+        return renewed
 
     def seen(self, worker_id: str, now: float) -> None:
         self.last_seen[worker_id] = now

@@ -170,7 +170,7 @@ class BufferServer:
 
     def _other(self, msg: Message | None) -> None:
         if isinstance(msg, Heartbeat):
-            self.service.heartbeat(msg.worker_id, msg.idle_seconds)
+            self.service.heartbeat(msg.worker_id, msg.idle_seconds, msg.lease_ids)
         elif isinstance(msg, Goodbye):
             self.service.worker_left(msg.worker_id)
         elif msg is not None:

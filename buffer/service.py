@@ -122,11 +122,16 @@ class BufferService:
         with self._cond:
             self.rejected[reason] += 1
 
-    def heartbeat(self, worker_id: str, idle_seconds: float | None = None) -> None:
+    def heartbeat(self, worker_id: str, idle_seconds: float | None = None, lease_ids: Sequence[int] = ()) -> int:
+        """The worker is alive and still holds ``lease_ids``: each of them that is its own gets a
+        new deadline ``lease_timeout_s`` from now (see ``leases.py``); returns how many did."""
         with self._cond:
-            self.leases.seen(worker_id, self.clock())
+            now = self.clock()
+            self.leases.seen(worker_id, now)
+            renewed = self.leases.renew(worker_id, lease_ids, now + self.cfg.buffer.lease_timeout_s, now)
             if idle_seconds is not None:
                 self._idle[worker_id] = max(self._idle.get(worker_id, 0.0), idle_seconds)
+            return renewed
 
     def worker_idle_seconds(self) -> float:
         """Seconds all workers ever reported waiting for work (grows monotonically)."""
@@ -327,7 +332,7 @@ class BufferService:
             g.state = check_transition(g.state, GroupState.CONSUMED)
             del self.groups[g.group_id]
         batch = LearnerBatch(
-            step=self.step,
+            step=self.step + 1,  # the learner step it trains, counted from 1 as in metrics.jsonl
             policy_version=self.version,
             groups=groups,
             dropped_stale=self._set_aside["dropped_stale"],

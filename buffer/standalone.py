@@ -2,20 +2,19 @@
 
 Workers connect as they would to a learner; generation fills the buffer up to the staleness
 gate (the version never advances without a learner). For testing workers and the network,
-and for inspecting allocation on a real prompt set. Stops on Ctrl-C or SIGTERM, saving the
+and for inspecting allocation on a real prompt set. Stops on Ctrl-C, SIGTERM or SIGHUP, saving the
 statistics into RUN_DIR/buffer and closing the Arrow store.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 from buffer.server import BufferServer
 from buffer.service import BufferService
 from buffer.store import RunStore
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.signals import stop_on_signals
 
 
 def serve(cfg: RunConfig, run_dir: Path, host: str, port: int) -> int:
@@ -23,16 +22,12 @@ def serve(cfg: RunConfig, run_dir: Path, host: str, port: int) -> int:
     from dynamo_async.models import load_tokenizer
 
     prompts = pool_prompts(training_problems(cfg.data), load_tokenizer(cfg.model.name), cfg)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = stop_on_signals()  # SIGTERM, SIGINT, SIGHUP
     with RunStore(run_dir, cfg.buffer.segment_bytes, cfg.buffer.flush_rows) as store:
         service = BufferService(cfg, prompts, store)
         with BufferServer(service, host, port) as server:
             print(f"buffer serving {len(prompts)} prompts: {server.endpoints}", flush=True)
-            try:
-                while not stop.wait(1.0):
-                    pass
-            except KeyboardInterrupt:
+            while not stop.wait(1.0):
                 pass
         service.close()
         service.save_state(run_dir / "buffer")

@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from buffer.batch import LearnerBatch
+from buffer.history import drop_superseded, superseded_ranges
 from buffer.tables import (
     BATCHES_SCHEMA,
     COMPLETIONS_SCHEMA,
@@ -178,6 +180,15 @@ class RunStore:
         )
         self._batches = SegmentWriter(run_dir, "batches", BATCHES_SCHEMA, segment_bytes, flush_rows, max_delay_s)
         self._steps = SegmentWriter(run_dir, "steps", STEPS_SCHEMA, segment_bytes, flush_rows, max_delay_s)
+        self.base_rows, self.next_group_id = _existing(run_dir)
+
+    def checkpoint_rows(self) -> dict[str, int]:
+        """Flush, then the raw row count of each table: what a checkpoint records, so that a
+        resume can supersede what was written after it (``buffer/history.py``)."""
+        self.flush()
+        with self._lock:
+            writers = {"completions": self._completions, "batches": self._batches, "steps": self._steps}
+            return {t: self.base_rows[t] + w.rows_written for t, w in writers.items()}
 
     def append_completion(self, c: Completion, received_at: float, policy_version: int) -> None:
         self.append_completions([c], received_at, policy_version)
@@ -260,6 +271,17 @@ class RunStore:
         self.close()
 
 
+def _existing(run_dir: Path) -> tuple[dict[str, int], int]:
+    """Raw row counts of the tables already on disk (a reopened store), and the first group id
+    no row of them uses."""
+    if not store_dir(run_dir).is_dir():
+        return {t: 0 for t in SCHEMAS}, 0
+    ids = read_table(run_dir, "completions", ["group_id"], superseded=True)["group_id"]
+    counts = {t: read_table(run_dir, t, [SCHEMAS[t].names[0]], superseded=True).num_rows for t in SCHEMAS}
+    top = pc.max(ids).as_py() if len(ids) else None
+    return counts, 0 if top is None else top + 1
+
+
 def _read_segment(path: Path, schema: pa.Schema) -> list[pa.RecordBatch]:
     """Every complete record batch of one segment, as ``schema`` (by name); a truncated tail is
     warned about and skipped."""
@@ -277,8 +299,9 @@ def _read_segment(path: Path, schema: pa.Schema) -> list[pa.RecordBatch]:
     return [conform(batch, schema) for batch in batches]
 
 
-def read_table(run_dir: str | Path, table: str, columns: list[str] | None = None) -> pa.Table:
-    """All segments of ``table`` concatenated in write order (empty with the schema if none)."""
+def read_table(run_dir: str | Path, table: str, columns: list[str] | None = None, superseded: bool = False) -> pa.Table:
+    """All segments of ``table`` concatenated in write order (empty with the schema if none),
+    without the rows a resume superseded (``buffer/history.py``) unless ``superseded``."""
     if table not in SCHEMAS:
         raise UsageError(f"got table {table!r}, expected one of {sorted(SCHEMAS)}")
     if not store_dir(run_dir).is_dir():
@@ -293,4 +316,5 @@ def read_table(run_dir: str | Path, table: str, columns: list[str] | None = None
             raise UsageError(f"got columns {unknown}, expected columns of {table}: {schema.names}")
         schema = pa.schema([schema.field(name) for name in columns])
     batches = [b for path in segment_paths(run_dir, table) for b in _read_segment(path, schema)]
-    return pa.Table.from_batches(batches, schema=schema)
+    rows = pa.Table.from_batches(batches, schema=schema)
+    return rows if superseded else drop_superseded(rows, superseded_ranges(run_dir, table))

@@ -3,8 +3,8 @@
 The launcher starts the learner process, waits until it reports its endpoints, starts the
 workers process (``dynamo-async workers``) against it, and watches both. When the learner
 finishes, the workers are stopped; if either fails, the other is stopped and the run exits
-non-zero; SIGTERM/SIGINT stop both (the learner saves a checkpoint first). Each child is
-stopped by its own process id, SIGTERM first and SIGKILL after a grace period, so no
+non-zero; SIGTERM, SIGINT or SIGHUP (the terminal closed) stop both (the learner saves a
+checkpoint first). Each child is stopped by its own process id, SIGTERM first and SIGKILL after a grace period, so no
 process is left behind.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dynamo_async.config import dump_config
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.signals import stop_on_signals
 
 
 def run_local(
@@ -36,9 +37,7 @@ def run_local(
     config = dump_config(cfg, run_dir / "config.yaml")
     ready = run_dir / "learner.json"
     ready.unlink(missing_ok=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_on_signals()
     cli = [sys.executable, "-m", "dynamo_async.cli"]
     learner_threads, worker_threads = _split_cores(num_workers, device)
     learner = subprocess.Popen(
@@ -118,8 +117,7 @@ def _wait_ready(ready: Path, learner: subprocess.Popen, stop: threading.Event) -
         if learner.poll() is not None or stop.is_set():
             return None
         time.sleep(0.2)
-    time.sleep(0.1)  # the file is written in one call; give it a moment to be complete
-    return json.loads(ready.read_text())
+    return json.loads(ready.read_text())  # complete: the learner renames it into place
 
 
 def _stop(learner: subprocess.Popen | None, workers: subprocess.Popen | None, grace_s: float) -> int:

@@ -27,7 +27,11 @@ def test_loss_and_gradient_equal_the_recorded_ones(name):
     assert got["micro_batches"] == want["micro_batches"]
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-5)
-    np.testing.assert_allclose(got["projections"], want["projections"], rtol=1e-5, atol=1e-8)
+    # A projection that nearly cancels (1e-4 against others of 0.2) carries float32 rounding of
+    # the whole gradient: its tolerance scales with the largest projection, not with itself
+    # (a CPU with other SIMD kernels moved one by 3e-8).
+    scale = max(abs(p) for p in want["projections"])
+    np.testing.assert_allclose(got["projections"], want["projections"], rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_the_cases_differ_from_each_other():

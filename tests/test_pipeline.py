@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import signal
 import subprocess
 import sys
@@ -173,3 +174,71 @@ def test_a_new_run_refuses_an_earlier_runs_directory(tmp_path):
         CLI + ["run", "--config", str(TINY), "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2 and "holds an earlier run" in proc.stderr and "--resume" in proc.stderr
+
+
+def test_sighup_to_the_runs_process_group_checkpoints_by_time_and_keeps_the_newest(tmp_path):
+    """A closed terminal (SIGHUP to every process of the run) stops it cleanly with a checkpoint;
+    with checkpoint_every 0 the checkpoints come from checkpoint_every_s, and only the newest
+    keep_checkpoints stay."""
+    run_dir = tmp_path / "run"
+    args = [
+        "--config",
+        str(TINY),
+        "--run-dir",
+        str(run_dir),
+        "trainer.total_steps=40",
+        "trainer.checkpoint_every=0",
+        "trainer.checkpoint_every_s=0.001",
+        "trainer.keep_checkpoints=2",
+    ]
+    run = subprocess.Popen(
+        CLI + ["run"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists() or len(_train_rows(run_dir)) < 3:
+        assert run.poll() is None, run.stdout.read()
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGHUP)  # the group of exactly the processes this test started
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 0, out
+    steps = [r["step"] for r in _train_rows(run_dir)]
+    assert 3 <= len(steps) < 40 and steps == list(range(1, len(steps) + 1))
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
+    last = f"step-{steps[-1]:06d}"
+    assert (run_dir / "checkpoints" / "latest").read_text() == last
+    assert kept == [f"step-{steps[-1] - 1:06d}", last]  # one per step by time, the two newest kept
+
+
+def test_a_learner_killed_between_checkpoints_resumes_with_one_history(tmp_path):
+    """kill -9 after the checkpoint of step 4, resume: every table shows each step exactly once."""
+    from buffer.replay import iter_batches, summarize
+
+    run_dir = tmp_path / "run"
+    args = ["--config", str(TINY), "--run-dir", str(run_dir), "trainer.total_steps=10", "trainer.checkpoint_every=4"]
+    first = subprocess.Popen(CLI + ["run"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists() or len(_train_rows(run_dir)) < 5:
+        assert first.poll() is None, first.stdout.read()
+        time.sleep(0.1)
+    learner = next(p for p in psutil.Process(first.pid).children() if "learner" in p.cmdline())
+    learner.kill()  # SIGKILL: no checkpoint, no goodbye
+    first.communicate(timeout=120)
+    killed_at = len(_train_rows(run_dir))
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step-000004" and 4 < killed_at < 8
+
+    second = subprocess.run(CLI + ["run", "--resume"] + args, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert [r["step"] for r in _train_rows(run_dir)] == list(range(1, 11))
+    superseded = (run_dir / "metrics.superseded.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in superseded] == list(range(5, killed_at + 1))
+    assert read_table(run_dir, "steps")["step"].to_pylist() == list(range(1, 11))
+    assert [b.step for b in iter_batches(run_dir)] == list(range(1, 11))
+    summary = summarize(run_dir)
+    assert summary["steps"] == 10 and summary["duplicate_completions"] == 0
+    _assert_groups_complete(run_dir)
+    ids = read_table(run_dir, "completions", ["group_id"], superseded=True)["group_id"].to_pylist()
+    batches = read_table(run_dir, "batches", ["group_id", "step"]).to_pydict()
+    owner = {}
+    for g, s in zip(batches["group_id"], batches["step"]):
+        assert owner.setdefault(g, s) == s  # a group id names one group, trained at one step
+    assert len(ids) > summary["completions"]  # the killed run's late completions are kept, superseded

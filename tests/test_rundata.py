@@ -45,14 +45,14 @@ def test_a_resumed_run_counts_each_step_once(tmp_path):
     ]  # step 2 trained again after a resume from step 1
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 3, "accu')
     with RunStore(tmp_path, segment_bytes=1 << 20, flush_rows=4, max_delay_s=None) as store:
-        store.append_batch(_batch(0, [4, 6]))
-        store.append_batch(_batch(1, [4, 4, 8], first_group=2))
-        store.append_batch(_batch(1, [2, 6], first_group=2))  # the same group ids, after the resume
+        store.append_batch(_batch(1, [4, 6]))
+        store.append_batch(_batch(2, [4, 4, 8], first_group=2))
+        store.append_batch(_batch(2, [2, 6], first_group=2))  # the same group ids, after the resume
     run = load_run(tmp_path)
     assert [r["step"] for r in run.steps] == [1, 2] and run.series("accuracy")[1].tolist() == [0.1, 0.3]
     assert run.evals == [rows[2]]
     assert sorted(run.group_sizes[1].tolist()) == [4, 6] and sorted(run.group_sizes[2].tolist()) == [2, 6]
-    assert run.staleness[2].tolist() == [0, 1] and run.dropped[2] == (1, 1)
+    assert run.staleness[2].tolist() == [0, 1] and run.dropped[2] == (1, 2)
 
 
 def test_a_torn_line_inside_metrics_is_an_error(tmp_path):

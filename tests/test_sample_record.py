@@ -168,7 +168,8 @@ def test_rank_to_rank_encoding_round_trips_a_learner_batch():
         for g in range(3)
     )
     batch = LearnerBatch(7, 3, groups, dropped_stale=1, dropped_zero_variance=2, staleness=(1, 2, 3))
-    back = decode_batch(encode_batch(batch))
+    back, by_time = decode_batch(encode_batch(batch, checkpoint=True))
+    assert by_time is True and decode_batch(encode_batch(batch))[1] is False
     for name in ("step", "policy_version", "dropped_stale", "dropped_zero_variance", "staleness"):
         assert getattr(back, name) == getattr(batch, name), name
     for g, w in zip(back.groups, batch.groups, strict=True):

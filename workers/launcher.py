@@ -12,10 +12,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 import sys
-import threading
 from multiprocessing.connection import wait
 
 from dynamo_async.errors import UsageError
+from dynamo_async.signals import stop_on_signals
 
 
 def _child(connect: str, index: int, device: str, capacity: int, threads: int | None) -> None:
@@ -44,9 +44,7 @@ def launch_workers(
         ctx.Process(target=_child, args=(connect, i, _device(device, i), capacity, threads), name=f"worker-{i}")
         for i in range(num_workers)
     ]
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_on_signals()
     for p in procs:
         p.start()
     print(f"started {num_workers} worker(s) -> {connect}: pids {[p.pid for p in procs]}", flush=True)

@@ -7,19 +7,20 @@
 
 Scoring runs in the math-verify process pool while the engine generates the next batch;
 completions are pushed as their scores arrive, tagged with each token's policy version. A
-heartbeat thread (its own socket) keeps the worker's leases alive during long generations.
-The worker stops on SIGTERM/SIGINT, when the buffer answers "shutdown", or when its parent
+heartbeat thread (its own socket) keeps the worker's leases alive during long generations: each
+heartbeat names the leases granted and not yet fully pushed, and the buffer renews them.
+The worker stops on SIGTERM, SIGINT or SIGHUP, when the buffer answers "shutdown", or when its parent
 (the launcher) is gone; it then says goodbye so its unfinished work is handed out again.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from dynamo_async.config import config_from_dict, parse_yaml
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.protocol import Completion, Heartbeat, NoWork, WorkItem, encode, pack_f32, pack_i32
 from dynamo_async.sample import SampleRecord
+from dynamo_async.signals import stop_on_signals
 from workers.engine import GenRequest, GenResult
 
 
@@ -45,12 +47,23 @@ class _Pending:
 
 class Heartbeats(threading.Thread):
     """Sends a Heartbeat every ``interval_s`` on a socket of its own (ZeroMQ sockets are not
-    shared between threads)."""
+    shared between threads), naming the leases that ``leases()`` says the worker holds, so the
+    buffer renews them while a generation runs longer than ``buffer.lease_timeout_s``. The
+    callables are read from this thread: each must return a snapshot (e.g. an immutable tuple)."""
 
-    def __init__(self, host: str, port: int, worker_id: str, interval_s: float, version, idle=lambda: 0.0):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        worker_id: str,
+        interval_s: float,
+        version: Callable[[], int],
+        idle: Callable[[], float] = lambda: 0.0,
+        leases: Callable[[], tuple[int, ...]] = tuple,
+    ):
         super().__init__(name="heartbeats", daemon=True)
         self.host, self.port, self.worker_id, self.interval_s, self.version = host, port, worker_id, interval_s, version
-        self.idle = idle
+        self.idle, self.leases = idle, leases
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -62,7 +75,10 @@ class Heartbeats(threading.Thread):
             sock.send(
                 encode(
                     Heartbeat(
-                        worker_id=self.worker_id, lease_ids=(), policy_version=self.version(), idle_seconds=self.idle()
+                        worker_id=self.worker_id,
+                        lease_ids=self.leases(),
+                        policy_version=self.version(),
+                        idle_seconds=self.idle(),
                     )
                 )
             )
@@ -82,6 +98,8 @@ class RolloutWorker:
         self.pending: deque[_Pending] = deque()
         self.sent = 0
         self.idle_seconds = 0.0  # time spent waiting for work (reported in heartbeats)
+        self._unsent: Counter[int] = Counter()  # samples not pushed yet, per held lease (this loop's only)
+        self.held_leases: tuple[int, ...] = ()  # snapshot of _unsent's leases for the heartbeat thread
         self.stop = threading.Event()
         self._parent = os.getppid()
 
@@ -111,6 +129,7 @@ class RolloutWorker:
         return self.sent
 
     def generate(self, items: list[WorkItem]) -> None:
+        self._hold(items)
         samples = [(item, s) for item in items for s in item.sample_indices]
         requests = [GenRequest(np.frombuffer(item.prompt_token_ids, "<i4"), item.seed + s) for item, s in samples]
         start = time.perf_counter()
@@ -128,6 +147,22 @@ class RolloutWorker:
             score = p.future.result()
             self.client.send(self._completion(p, score, time.perf_counter() - p.submitted))
             self.sent += 1
+            self._release(p.item.lease_id)
+
+    def _hold(self, items: list[WorkItem]) -> None:
+        """The granted leases are held until each of their samples is pushed."""
+        for item in items:
+            self._unsent[item.lease_id] += len(item.sample_indices)
+        self.held_leases = tuple(self._unsent)
+
+    def _release(self, lease_id: int) -> None:
+        """One sample of ``lease_id`` was pushed; the lease is let go with its last one. The
+        snapshot is a new tuple, swapped in whole, so the heartbeat thread never sees it change."""
+        assert self._unsent[lease_id] > 0, f"pushed more samples than lease {lease_id} holds"
+        self._unsent[lease_id] -= 1
+        if not self._unsent[lease_id]:
+            del self._unsent[lease_id]
+            self.held_leases = tuple(self._unsent)
 
     def _completion(self, p: _Pending, score, score_seconds: float) -> Completion:
         """The scored sample as its record, under the lease it was generated for."""
@@ -178,10 +213,10 @@ def run_worker(
         cfg.buffer.worker_timeout_s / 3,
         lambda: parts.engine.policy_version,
         lambda: worker.idle_seconds,
+        lambda: worker.held_leases,
     )
     heartbeats.start()
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
-    signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
+    stop_on_signals(worker.stop)  # SIGTERM, SIGINT, SIGHUP
     try:
         return worker.run(max_idle_s)
     finally:

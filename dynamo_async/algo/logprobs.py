@@ -9,9 +9,13 @@ full ``[tokens, vocab]`` fp32 tensor is never materialised at once)::
 
 ``S`` is the vocabulary sum of DynaMO's exact entropy change (Theorem 1, Appendix A).
 Entropy and ``S`` are detached unless ``entropy_grad`` asks for an entropy with gradient
-(the entropy-loss baseline). Plain GRPO asks for log-probs only; the statistics reuse the
-``exp`` the log-normaliser already needs, so they cost a few extra reductions per chunk.
-The backward pass recomputes the softmax per chunk instead of keeping fp32 copies.
+(the entropy-loss baseline), whose exact gradient is::
+
+    dH / dz_b  = -pi(b) (log pi(b) + H)
+
+Plain GRPO asks for log-probs only; the statistics reuse the ``exp`` the log-normaliser
+already needs, so they cost a few extra reductions per chunk. The backward pass recomputes
+the softmax per chunk instead of keeping fp32 copies, with or without the entropy's gradient.
 """
 
 from __future__ import annotations
@@ -166,19 +170,54 @@ def _forward_chunk(chunk, tok, temperature, want_entropy, want_sum, out) -> None
 
 
 def _with_entropy_grad(logits, tokens, temperature, chunk_size, vocab_sum) -> TokenStats:
-    """Entropy with its gradient (the entropy-loss baseline): plain autograd per chunk."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    tok = tokens.reshape(-1, 1)
-    logps, ents = [], []
-    for start in range(0, flat.shape[0], chunk_size):
-        z = _scaled(flat[start : start + chunk_size], temperature)
-        logp_all = torch.log_softmax(z, -1)
-        logps.append(logp_all.gather(-1, tok[start : start + chunk_size]).squeeze(-1))
-        ents.append(-(logp_all.exp() * logp_all).sum(-1))
-    empty = flat.new_zeros(0, dtype=torch.float32)
-    logp = (torch.cat(logps) if logps else empty).reshape(tokens.shape)
-    ent = (torch.cat(ents) if ents else empty).reshape(tokens.shape)
-    vsum = None
-    if vocab_sum:
-        vsum = token_stats(logits.detach(), tokens, temperature, chunk_size, vocab_sum=True).vocab_sum
-    return TokenStats(logp=logp, entropy=ent, vocab_sum=vsum)
+    """Entropy with its gradient (the entropy-loss baseline), chunked like the log-probs."""
+    logp, ent, vsum = _ChunkedLogprobEntropy.apply(logits, tokens, temperature, chunk_size, vocab_sum)
+    return TokenStats(logp=logp, entropy=ent, vocab_sum=vsum if vocab_sum else None)
+
+
+class _ChunkedLogprobEntropy(torch.autograd.Function):
+    """Sampled-token log-probs and entropies, both with gradient; vocabulary sum detached.
+
+    Forward is ``_ChunkedLogprob``'s on every row; it keeps ``logits`` and the per-row entropy,
+    and backward recomputes the softmax chunk by chunk::
+
+        d / d z_b  [g_logp log pi(a) + g_H H]  =  g_logp (1[b = a] - pi(b)) - g_H pi(b) (log pi(b) + H)
+    """
+
+    @staticmethod
+    def forward(ctx, logits, tokens, temperature, chunk_size, want_sum):
+        flat = logits.reshape(-1, logits.shape[-1])
+        tok = tokens.reshape(-1, 1)
+        out = [flat.new_zeros(flat.shape[0], dtype=torch.float32) for _ in range(4)]
+        for sel in _chunks(flat.shape[0], None, chunk_size):
+            parts = [o[sel] for o in out]  # contiguous row slices: written in place
+            _forward_chunk(flat[sel], tok[sel], temperature, True, want_sum, parts)
+        logp, ent, vsum = (out[i].reshape(tokens.shape) for i in (0, 2, 3))
+        ctx.save_for_backward(logits, tokens, out[2])
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        ctx.mark_non_differentiable(vsum)
+        return logp, ent, vsum
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_ent, _grad_sum):
+        logits, tokens, ent = ctx.saved_tensors
+        flat = logits.reshape(-1, logits.shape[-1])
+        tok = tokens.reshape(-1, 1)
+        g_logp = grad_logp.reshape(-1, 1).float()
+        g_ent = grad_ent.reshape(-1, 1).float()
+        grad = torch.empty_like(flat)
+        for sel in _chunks(flat.shape[0], None, ctx.chunk_size):
+            z = _scaled(flat[sel], ctx.temperature)  # may alias logits: not written to
+            shifted = z - z.amax(-1, keepdim=True)
+            pi = shifted.exp()
+            total = pi.sum(-1, keepdim=True)
+            pi.div_(total)
+            # log pi from z - max, not z - logsumexp(z): no rounding of a large normaliser
+            log_pi = shifted.sub_(total.log_())
+            # -pi(b) [g_logp + g_H (log pi(b) + H)], then + g_logp at the sampled token
+            part = log_pi.add_(ent[sel, None]).mul_(g_ent[sel]).add_(g_logp[sel]).mul_(pi).neg_()
+            part.scatter_add_(-1, tok[sel], g_logp[sel])
+            if ctx.temperature != 1.0:
+                part.div_(ctx.temperature)
+            grad[sel] = part
+        return grad.reshape(logits.shape), None, None, None, None

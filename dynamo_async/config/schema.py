@@ -399,7 +399,13 @@ class BufferConfig(_Section):
     ] = "drop"
     lease_timeout_s: Annotated[
         float,
-        Meta(gt=0.0, description=("A work item not completed this long after it was handed out is handed out again.")),
+        Meta(
+            gt=0.0,
+            description=(
+                "A work item is handed out again when its lease is this old and not renewed: the "
+                "worker's heartbeats (every worker_timeout_s / 3) renew the leases it holds."
+            ),
+        ),
     ] = 900.0
     worker_timeout_s: Annotated[
         float,
@@ -420,6 +426,15 @@ class BufferConfig(_Section):
     max_message_bytes: Annotated[PosInt, Meta(description=("Larger messages are rejected unread and counted."))] = (
         16 * 1024 * 1024
     )
+
+    def __post_init__(self) -> None:
+        # Workers heartbeat every worker_timeout_s / 3 (workers/worker.py), and each heartbeat renews
+        # their leases: a lease timeout not longer than that would expire between two renewals.
+        if self.lease_timeout_s <= self.worker_timeout_s / 3:
+            raise ValueError(
+                f"got lease_timeout_s={self.lease_timeout_s} <= worker_timeout_s / 3 = {self.worker_timeout_s / 3:g} "
+                "(the heartbeat interval), expected leases to outlast the interval at which heartbeats renew them"
+            )
 
 
 class RewardConfig(_Section):
@@ -455,6 +470,20 @@ class TrainerConfig(_Section):
     total_steps: Annotated[PosInt, Meta(description="Learner steps to run.")] = 2000
     seed: Annotated[int, Meta(description="Seed of the learner and the prompt order.")] = 0
     checkpoint_every: Annotated[int, Meta(ge=0, description="Steps between checkpoints (0: only at the end).")] = 100
+    checkpoint_every_s: Annotated[
+        float,
+        Meta(
+            ge=0.0,
+            description=(
+                "Also checkpoint after the first step that ends at least this many seconds after the "
+                "last checkpoint (or the start), whatever checkpoint_every says (0: off)."
+            ),
+        ),
+    ] = 1800.0
+    keep_checkpoints: Annotated[
+        int,
+        Meta(ge=0, description="Checkpoints kept in RUN_DIR/checkpoints, the newest ones (0: keep all)."),
+    ] = 3
     eval_every: Annotated[
         int,
         Meta(

@@ -9,6 +9,10 @@
         buffer/                the buffer's statistics and counters (BufferService.save_state)
     RUN_DIR/checkpoints/latest  the name of the newest complete checkpoint
 
+The newest ``trainer.keep_checkpoints`` are kept. Checkpoints are written every
+``trainer.checkpoint_every`` steps, after the first step ending ``trainer.checkpoint_every_s``
+seconds after the last one, at the end, and when the learner is stopped (SIGTERM, SIGINT, SIGHUP).
+
 Nothing is pickled. A checkpoint is written into a temporary folder and renamed when complete.
 """
 
@@ -54,6 +58,20 @@ def save_checkpoint(
     os.replace(tmp, final)
     (root / "latest").write_text(final.name)
     return final
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints (0: keep all) and any temporary
+    folder an interrupted save left; never the one ``latest`` names. Returns what was deleted."""
+    root = Path(run_dir) / "checkpoints"
+    latest = latest_checkpoint(run_dir)
+    done = sorted(p for p in root.glob("step-*") if p.is_dir())
+    gone = [p for p in root.glob(".tmp-step-*") if p.is_dir()]
+    if keep:
+        gone += [p for p in done[: max(len(done) - keep, 0)] if p != latest]
+    for path in gone:
+        shutil.rmtree(path)
+    return gone
 
 
 def _record_dtype(model_dir: Path, weights: dict) -> None:

@@ -126,22 +126,24 @@ class _WireBatch(msgspec.Struct, frozen=True, array_like=True):
     dropped_stale: int
     dropped_zero_variance: int
     staleness: list[int]
+    checkpoint: bool  # rank 0's time-based checkpoint decision for this step
 
 
 _batch_decoder = msgspec.msgpack.Decoder(_WireBatch)
 
 
-def send_batch(batch: LearnerBatch | None) -> None:
-    """Rank 0: the next batch to the other ranks (None: stop)."""
-    data = b"" if batch is None else encode_batch(batch)
+def send_batch(batch: LearnerBatch | None, checkpoint: bool = False) -> None:
+    """Rank 0: the next batch to the other ranks (None: stop), and whether its step ends with a
+    checkpoint by time."""
+    data = b"" if batch is None else encode_batch(batch, checkpoint)
     size = torch.tensor([len(data)], dtype=torch.int64)
     dist.broadcast(size, src=0)
     if data:
         dist.broadcast(torch.frombuffer(bytearray(data), dtype=torch.uint8), src=0)
 
 
-def receive_batch() -> LearnerBatch | None:
-    """Other ranks: the batch rank 0 sent, or None when the run stops."""
+def receive_batch() -> tuple[LearnerBatch, bool] | None:
+    """Other ranks: the batch rank 0 sent and its checkpoint-by-time flag, or None when the run stops."""
     size = torch.zeros(1, dtype=torch.int64)
     dist.broadcast(size, src=0)
     if int(size) == 0:
@@ -151,23 +153,27 @@ def receive_batch() -> LearnerBatch | None:
     return decode_batch(buf.numpy().tobytes())
 
 
-def encode_batch(b: LearnerBatch) -> bytes:
+def encode_batch(b: LearnerBatch, checkpoint: bool = False) -> bytes:
     """msgpack bytes of a learner batch: its groups, each with its sample records as they are."""
     groups = [
         _WireGroup(g.group_id, g.prompt_id, pack_i32(g.prompt_token_ids), g.answer, list(g.samples)) for g in b.groups
     ]
-    wire = _WireBatch(b.step, b.policy_version, groups, b.dropped_stale, b.dropped_zero_variance, list(b.staleness))
+    wire = _WireBatch(
+        b.step, b.policy_version, groups, b.dropped_stale, b.dropped_zero_variance, list(b.staleness), checkpoint
+    )
     return msgspec.msgpack.encode(wire)
 
 
-def decode_batch(data: bytes) -> LearnerBatch:
-    """The learner batch ``encode_batch`` wrote (typed decode; the records check their invariants)."""
+def decode_batch(data: bytes) -> tuple[LearnerBatch, bool]:
+    """The learner batch ``encode_batch`` wrote and its checkpoint flag (typed decode; the
+    records check their invariants)."""
     w = _batch_decoder.decode(data)
     groups = tuple(
         ReadyGroup(g.group_id, g.prompt_id, np.frombuffer(g.prompt, "<i4"), g.answer, tuple(g.samples))
         for g in w.groups
     )
-    return LearnerBatch(w.step, w.version, groups, w.dropped_stale, w.dropped_zero_variance, tuple(w.staleness))
+    batch = LearnerBatch(w.step, w.version, groups, w.dropped_stale, w.dropped_zero_variance, tuple(w.staleness))
+    return batch, w.checkpoint
 
 
 def init_from_env(device: str) -> DistInfo:
@@ -196,6 +202,8 @@ def leave(info: DistInfo, code: int) -> int:
     return code
 
 
-def checkpoint_due(cfg, step: int) -> bool:
+def checkpoint_due(cfg, step: int, by_time: bool = False) -> bool:
+    """A checkpoint after ``step``: every ``trainer.checkpoint_every`` steps, or when rank 0's
+    clock says so (``by_time``, sent to the other ranks with the step's batch)."""
     every = cfg.trainer.checkpoint_every
-    return bool(every) and step % every == 0
+    return by_time or (bool(every) and step % every == 0)

@@ -15,11 +15,12 @@ from dynamo_async.learner.trainer import Trainer
 def follow(cfg: RunConfig, device: str, info: DistInfo, run_dir: Path, resume: bool) -> int:
     """Train on the batches rank 0 sends until it says stop; returns the exit status."""
     trainer = Trainer(cfg, device, latest_checkpoint(run_dir) if resume else None, dist_info=info)
-    while (batch := receive_batch()) is not None:
+    while (received := receive_batch()) is not None:
+        batch, by_time = received
         trainer.train_on(batch)
         trainer.step += 1
         trainer.named_weights()  # rank 0 gathers the full weights to broadcast them
-        if checkpoint_due(cfg, trainer.step):
+        if checkpoint_due(cfg, trainer.step, by_time):
             trainer.full_state()
     trainer.full_state()  # the final checkpoint
     return 0

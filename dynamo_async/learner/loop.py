@@ -20,6 +20,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from buffer import history
 from buffer.batch import LearnerBatch
 from buffer.server import BufferServer
 from buffer.service import BufferService
@@ -58,10 +59,12 @@ class Learner:
         if resume and ckpt is None:
             raise UsageError(
                 f"--resume: got run directory {ctx.run_dir} without a checkpoint, expected "
-                "one written by an earlier run (RUN_DIR/checkpoints/latest)"
+                f"one written by an earlier run (RUN_DIR/checkpoints/latest); delete it and start again"
             )
         self.dist = dist_info
         self.trainer = Trainer(cfg, ctx.device, ckpt, dist_info)
+        if ckpt is not None:  # one history: the killed run's metrics after the checkpoint go
+            history.cut_metrics(ctx.run_dir, self.trainer.step)
         self.store = RunStore(ctx.run_dir, cfg.buffer.segment_bytes, cfg.buffer.flush_rows)
         problems, self.data_report = load_training_set(cfg.data)
         write_data_summary(ctx.run_dir, cfg.data.train, len(problems), self.data_report)
@@ -79,6 +82,7 @@ class Learner:
         self.last_sync = None
         self._stop = None
         self._worker_idle = 0.0
+        self._saved_at = time.monotonic()  # the start, then each checkpoint (trainer.checkpoint_every_s)
 
     @property
     def step(self) -> int:
@@ -102,7 +106,7 @@ class Learner:
         """Run until ``trainer.total_steps`` (or ``steps`` more, or ``stop`` is set); checkpoint at
         the end. Held-out evaluations run before and after when ``trainer.eval_samples`` > 0."""
         end = self.cfg.trainer.total_steps if steps is None else self.step + steps
-        sinks = make_sinks(self.cfg.metrics, self.ctx.run_dir, msgspec.to_builtins(self.cfg))
+        sinks = make_sinks(self.cfg.metrics, self.ctx.run_dir, msgspec.to_builtins(self.cfg), self.step)
         sinks.append(StatusSink(self.service))
         log = MetricsLog(self.ctx.run_dir, self.cfg.trainer.total_steps, self.step, self.ctx.show_progress, sinks)
         every = self.cfg.trainer.eval_every
@@ -117,7 +121,7 @@ class Learner:
                 log.write(metrics)
                 if every and self.step % every == 0 and self.step < end and not self.dist.sharded:
                     self.evaluate(log, f"step {self.step}")
-            if not self.dist.sharded:
+            if not self.dist.sharded and self.step >= end:  # a stopped run checkpoints without it
                 self.evaluate(log, "after")
         finally:
             log.close()
@@ -157,11 +161,19 @@ class Learner:
         self.store.close()
 
     def save(self) -> Path:
+        """Write a checkpoint of this step and keep only the newest ``trainer.keep_checkpoints``."""
         t = self.trainer
         full = t.full_state()  # a collective with the other ranks when sharded
-        return checkpoint.save_checkpoint(
+        path = checkpoint.save_checkpoint(
             self.ctx.run_dir, t.step, t.version, t.model, t.tokenizer, t.opt, t.sched, self.service, full
         )
+        checkpoint.prune_checkpoints(self.ctx.run_dir, self.cfg.trainer.keep_checkpoints)
+        self._saved_at = time.monotonic()
+        return path
+
+    def _checkpoint_by_time(self) -> bool:
+        every = self.cfg.trainer.checkpoint_every_s
+        return bool(every) and time.monotonic() - self._saved_at >= every
 
     # ------------------------------------------------------------------ the step
 
@@ -171,8 +183,9 @@ class Learner:
         if batch is None:
             return None
         t_pulled = time.perf_counter()
+        by_time = self._checkpoint_by_time()  # decided here, once, so every rank agrees
         if self.dist.sharded:
-            send_batch(batch)
+            send_batch(batch, by_time)
         metrics = self.trainer.train_on(batch)
         self.trainer.version += 1
         self.broadcast(force=True)
@@ -186,14 +199,13 @@ class Learner:
             version=self.version,
             learner_idle_s=t_pulled - t0,
             step_s=time.perf_counter() - t0,
-            lr=self.trainer.opt.param_groups[0]["lr"],
             sync_s=self.last_sync.seconds if self.last_sync else None,
             sync_error=self.last_sync.error if self.last_sync else None,
         )
         metrics["tokens_per_s"] = metrics["response_tokens"] / max(metrics["step_s"], 1e-9)
         idle = self.service.worker_idle_seconds()  # reported by heartbeats, summed over workers
         metrics["worker_idle_s"], self._worker_idle = idle - self._worker_idle, idle
-        if checkpoint_due(self.cfg, self.step):
+        if checkpoint_due(self.cfg, self.step, by_time):
             self.save()
         return metrics
 

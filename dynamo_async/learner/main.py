@@ -1,30 +1,51 @@
 """``dynamo-async learner``: one learner process (rank 0 hosts the buffer and the weight sync).
 
-Prints where workers connect, writes the same as JSON to ``--ready-file`` (for launchers),
-trains, evaluates, checkpoints. SIGTERM or SIGINT finishes the current step, saves a
-checkpoint and stops the workers; ``--resume`` continues from the newest checkpoint.
+Prints where workers connect, writes the same as JSON to ``--ready-file`` (for launchers;
+written to a temporary name and renamed, so a reader never sees half of it), trains, evaluates,
+checkpoints. SIGTERM, SIGINT or SIGHUP finishes the current step, saves a checkpoint and stops
+the workers; ``--resume`` continues from the newest checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import signal
-import threading
+import os
 from pathlib import Path
 
 from dynamo_async.config import dump_config
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
+from dynamo_async.signals import stop_on_signals
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """A new run needs a fresh directory; an earlier run's directory needs ``--resume``."""
-    earlier = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    """A new run needs a fresh directory; an earlier run's directory needs ``--resume``, which
+    needs a checkpoint. Each refusal says what to do with the directory."""
+    from dynamo_async.learner.checkpoint import latest_checkpoint
+
+    earlier = any((run_dir / name).exists() for name in ("metrics.jsonl", "checkpoints", "store"))
+    ckpt = latest_checkpoint(run_dir) if earlier else None
     if earlier and not resume:
-        raise UsageError(
-            f"--run-dir: got {run_dir}, which holds an earlier run, expected a new directory "
-            "(or --resume to continue that run)"
+        what = (
+            f"add --resume to continue it from {ckpt.name}, or delete it (rm -r {run_dir}) to start over"
+            if ckpt is not None
+            else f"it has no checkpoint to resume from (a start that failed or stopped early): delete it "
+            f"(rm -r {run_dir}) or pick another --run-dir"
         )
+        raise UsageError(f"--run-dir: got {run_dir}, which holds an earlier run, expected a new directory; {what}")
+    if resume and ckpt is None:
+        raise UsageError(
+            f"--resume: got run directory {run_dir} without a checkpoint (RUN_DIR/checkpoints/latest), "
+            f"expected one written by an earlier run; a run that stopped before its first checkpoint "
+            f"cannot resume: delete it (rm -r {run_dir}) and start again without --resume"
+        )
+
+
+def write_ready_file(path: Path, where: dict) -> None:
+    """``where`` as JSON at ``path``, atomically (written beside it, then renamed)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(where))
+    os.replace(tmp, path)
 
 
 def learner_main(
@@ -52,9 +73,7 @@ def learner_main(
     # files only on rank 0 once torch.distributed is initialised.
     resolve_model(cfg.model.name)
     info = init_from_env(device)  # several learner ranks under torchrun: FSDP2
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_on_signals()
     if info.rank > 0:
         return leave(info, follow(cfg, device, info, run_dir, resume))
     check_run_dir(run_dir, resume)
@@ -82,7 +101,7 @@ def learner_main(
         flush=True,
     )
     if ready_file:
-        Path(ready_file).write_text(json.dumps(where))
+        write_ready_file(Path(ready_file), where)
     try:
         learner.run(stop=stop)
     finally:

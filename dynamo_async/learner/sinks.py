@@ -83,7 +83,10 @@ def group_sizes(row: dict) -> list[int]:
 
 
 class TensorBoardSink:
-    def __init__(self, log_dir: Path):
+    """Scalars and the allocation histogram as TensorBoard events. A resumed run (``purge_step``:
+    the first step it trains) hides the events the killed run wrote from that step on."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -91,7 +94,7 @@ class TensorBoardSink:
                 "metrics.tensorboard: got true, but the tensorboard package is missing; expected "
                 "`pip install -e '.[tensorboard]'`, or set metrics.tensorboard=false"
             ) from None
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def write(self, row: dict) -> None:
         step = int(row["step"])
@@ -174,13 +177,13 @@ class StatusSink:
         pass
 
 
-def make_sinks(cfg: MetricsConfig, run_dir: Path, config: dict) -> list[MetricSink]:
+def make_sinks(cfg: MetricsConfig, run_dir: Path, config: dict, start_step: int = 0) -> list[MetricSink]:
     """metrics.jsonl, plus the optional sinks ``cfg`` turns on (``config``: the run config as
-    a plain mapping, for W&B)."""
+    a plain mapping, for W&B; ``start_step``: the step a resumed run continues after)."""
     sinks: list[MetricSink] = [JsonlSink(run_dir / "metrics.jsonl")]
     try:
         if cfg.tensorboard:
-            sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+            sinks.append(TensorBoardSink(run_dir / "tensorboard", purge_step=start_step + 1 if start_step else None))
         if cfg.wandb:
             os.environ.setdefault("WANDB_SILENT", "true")
             sinks.append(WandbSink(cfg, run_dir, config))

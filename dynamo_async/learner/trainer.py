@@ -110,30 +110,38 @@ class Trainer:
 
     def update(self, minis: list[MiniBatch]) -> dict:
         """One optimizer step per mini-batch (``ppo_epochs`` passes) over its ``update``
-        micro-batches; the schedule steps once."""
+        micro-batches; the schedule steps once. Logged: ``loss``, the mean over mini-batches of
+        each one's loss (the sum over its micro-batches, whose normalisers are the mini-batch's),
+        and ``lr``, the learning rate these updates used."""
         sums: Counter = Counter()
         counts: Counter = Counter()
         hists: dict[str, np.ndarray] = {}  # token histograms (beta factors): summed, not averaged
-        norms = []
+        norms, losses = [], []
+        lr = self.opt.param_groups[0]["lr"]
         for _ in range(self.cfg.optim.ppo_epochs):
             for mini in minis:
+                mini_loss = 0.0
                 for mb in mini.update:
                     loss, m = self.objective(self._logits(mb), self._policy_batch(mb), self.generator)
                     (loss * self.dist.world).backward()  # FSDP averages over ranks; the loss is a sum
+                    mini_loss += float(loss.detach())
                     if mb.extra.get("padding"):
                         continue
-                    for k, v in {**m, "loss": float(loss.detach())}.items():
+                    for k, v in m.items():
                         if isinstance(v, np.ndarray):
                             hists[k] = hists[k] + v if k in hists else v
                             continue
                         sums[k] += v
                         counts[k] += 1
+                losses.append(mini_loss)
                 norms.append(clip_and_step(self.masters.parameters(), self.opt, self.cfg.optim.grad_clip))
                 self.masters.push()
         self.sched.step()
         # Token counts (``<component>_masked_tokens``) add up over the step; the rest are means.
         out: dict = {k: sums[k] if k.endswith("_tokens") else sums[k] / counts[k] for k in sums}
         out.update({k: h.tolist() for k, h in hists.items()})
+        out["loss"] = float(np.mean(losses)) if losses else 0.0
+        out["lr"] = lr
         out["grad_norm"] = float(np.mean(norms)) if norms else 0.0
         out["grad_norm_max"] = float(np.max(norms)) if norms else 0.0
         return out
@@ -220,7 +228,7 @@ def replay_step(cfg: RunConfig, run_dir: Path, checkpoint_dir: Path, device: str
 
     trainer = Trainer(cfg, device, checkpoint_dir)
     for batch in iter_batches(run_dir):
-        if batch.step == trainer.step:
+        if batch.step == trainer.step + 1:  # the batch of the step after the checkpoint
             return trainer.train_on(batch)
     raise UsageError(
         f"replay: got checkpoint at step {trainer.step}, expected {run_dir} to have recorded "

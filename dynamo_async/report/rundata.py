@@ -86,7 +86,7 @@ def _store_arrays(run_dir: Path) -> dict:
     ``num_samples`` rows to ``batches`` (column ``step``) and then one row to ``steps``. A step
     written again after a resume replaces the earlier write: its rows are the last
     ``num_samples`` rows of that step (rows left by a crash before the steps row are ignored
-    the same way). Batch k trains learner step k + 1."""
+    the same way). The store numbers steps as ``metrics.jsonl`` does, from 1."""
     steps = read_table(
         run_dir, "steps", ["step", "num_samples", "staleness", "dropped_stale", "dropped_zero_variance"]
     ).to_pydict()
@@ -100,10 +100,10 @@ def _store_arrays(run_dir: Path) -> dict:
         rows = np.flatnonzero(step_col == step)
         rows = rows[max(0, len(rows) - int(steps["num_samples"][i])) :]
         ids, first, per_group = np.unique(groups[rows], return_index=True, return_counts=True)
-        sizes[step + 1] = per_group
-        staleness[step + 1] = np.asarray(steps["staleness"][i], dtype=float)
-        dropped[step + 1] = (int(steps["dropped_stale"][i]), int(steps["dropped_zero_variance"][i]))
-        points[step + 1] = _allocation_points(rows, ids, first, per_group, groups, prompts, accs, seen)
+        sizes[step] = per_group
+        staleness[step] = np.asarray(steps["staleness"][i], dtype=float)
+        dropped[step] = (int(steps["dropped_stale"][i]), int(steps["dropped_zero_variance"][i]))
+        points[step] = _allocation_points(rows, ids, first, per_group, groups, prompts, accs, seen)
     return {"group_sizes": sizes, "staleness": staleness, "dropped": dropped, "allocation_points": points}
 
 

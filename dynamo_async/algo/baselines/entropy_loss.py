@@ -3,7 +3,12 @@
     loss = L_pg - c_H * agg(H_t)
 
 ``H_t`` must carry its gradient (``token_stats(..., entropy_grad=True)``) and is aggregated
-with the same mode as the policy loss.
+with the same mode as the policy loss. For ``z = logits / T`` that gradient is exact,
+
+    dH_t / dz_j = -pi_j (log pi_j + H_t),
+
+and ``algo/logprobs.py`` computes it chunk by chunk, recomputing the softmax in the backward
+pass, so the baseline keeps no fp32 ``[tokens, vocab]`` tensor for backward (as plain GRPO).
 """
 
 from __future__ import annotations
