@@ -8,14 +8,16 @@ Four arms, fixed before any result was seen (Table 2's rows), each a real ``dyna
 - ``dynamo_no_dra``: ``method=dynamo allocation.dynamic=false`` (modulation only);
 - ``dra_only``: ``method=grpo allocation.dynamic=true`` (DRA only).
 
-The task is a mixed-difficulty synthetic pool where allocation matters: half single-digit sums
-(level 1, about 10% sampled accuracy at the start), a quarter level 3 (``a * b``, ``a + b + c``)
-and a quarter level 5 (multi-step two-digit expressions, near-impossible for a 135M model);
-``--num-train`` prompts, ``gen_batch_prompts`` 8, so with the defaults every prompt is seen
-``steps * 8 / num_train`` = 4 times. Everything else is ``configs/demo.yaml`` (lr 2e-5, 8
-rollouts on average in [4, 16], 16 new tokens). Every arm gets the same budget per step (8
-prompts x 8 rollouts), the same steps and learning rate; a seed sets the problem pool, the
-learner's seed and the sampling seed, the same for every arm.
+The task is a mixed-difficulty synthetic pool where allocation matters (``--levels``, mixed
+round-robin): by default three quarters single-digit sums (level 1, about 10% sampled accuracy
+at the start: the frontier) and a quarter level 5 (multi-step two-digit expressions, 0 of 32
+samples right at the start: near-impossible for a 135M model), ``--num-train`` 32 prompts,
+``gen_batch_prompts`` 8, so with 12 steps every prompt is seen 3 times; lr ``--lr`` 1e-5.
+Everything else is ``configs/demo.yaml`` (8 rollouts on average in [4, 16], 16 new tokens).
+Every arm gets the same budget per step (8 prompts x 8 rollouts), the same steps and learning
+rate; a seed sets the problem pool, the learner's seed and the sampling seed, the same for every
+arm. The first design (``--levels 1,1,3,5 --num-train 24 --lr 2e-5``: a quarter of the pool
+each at levels 3 and 5) collapsed in every arm to one constant answer within 5 steps (README).
 
 Per arm: held-out sampled accuracy after the last step (``--num-eval`` problems of the same
 mix, 4 samples each; mean and standard deviation over seeds), accuracy against rollouts
@@ -48,7 +50,6 @@ ARMS = {  # name: (method, dynamic allocation)
     "dynamo_no_dra": ("dynamo", False),
     "dra_only": ("grpo", True),
 }
-LEVELS = [1, 1, 3, 5]  # round-robin: half level 1, a quarter each of levels 3 and 5
 
 
 def arm_config(arm: str, seed: int, args) -> dict:
@@ -56,7 +57,9 @@ def arm_config(arm: str, seed: int, args) -> dict:
     method, dynamic = ARMS[arm]
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     cfg["method"] = method
-    cfg["data"]["synthetic"] = {"levels": LEVELS, "num_train": args.num_train, "num_eval": args.num_eval, "seed": seed}
+    levels = [int(x) for x in args.levels.split(",")]
+    cfg["data"]["synthetic"] = {"levels": levels, "num_train": args.num_train, "num_eval": args.num_eval, "seed": seed}
+    cfg["optim"]["lr"] = args.lr
     alloc = cfg["allocation"]
     alloc["dynamic"] = dynamic
     if not dynamic:  # uniform allocation reads no bounds; naming them is an error
@@ -139,7 +142,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--num-train", type=int, default=24)
+    ap.add_argument("--levels", default="1,1,1,5", help="synthetic levels, mixed round-robin")
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--num-train", type=int, default=32)
     ap.add_argument("--num-eval", type=int, default=32)
     ap.add_argument("--eval-every", type=int, default=6)
     ap.add_argument("--out", default="runs/efficacy")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
 
 import zmq
 
@@ -50,16 +52,19 @@ class BufferClient:
         self.timeout_ms = int(timeout_s * 1000)
         self.connect_timeout_ms = int(connect_timeout_s * 1000)
         self.completions_port = completions_port
+        self.work_port = work_port
+        self.buffer_id = ""  # from the Welcome; sent with every WorkRequest
         self._ctx = zmq.Context()
-        self._dealer = self._ctx.socket(zmq.DEALER)
-        self._dealer.setsockopt(zmq.LINGER, 0)
-        self._dealer.connect(f"tcp://{host}:{work_port}")
+        self._dealer = self._new_dealer()
         self._push = self._ctx.socket(zmq.PUSH)
         self._push.setsockopt(zmq.LINGER, 2000)  # deliver queued completions on close
         if completions_port is not None:
             self._push.connect(f"tcp://{host}:{completions_port}")
 
-    def hello(self, engine: str, capacity: int, receivers: tuple[str, ...] = ()) -> Welcome:
+    def hello(
+        self, engine: str, capacity: int, receivers: tuple[str, ...] = (), cancel: Callable[[], bool] | None = None
+    ) -> Welcome:
+        """Say who this worker is; waits up to the connect timeout (or until ``cancel()``)."""
         reply = self._ask(
             Hello(
                 worker_id=self.worker_id,
@@ -70,16 +75,33 @@ class BufferClient:
                 receivers=tuple(receivers),
             ),
             self.connect_timeout_ms,
+            cancel,
         )
         if not isinstance(reply, Welcome):
             raise ConnectionError(f"hello: got {type(reply).__name__}, expected Welcome from the learner")
         if self.completions_port is None:
             self.completions_port = reply.completions_port
             self._push.connect(f"tcp://{self.host}:{reply.completions_port}")
+        self.buffer_id = reply.buffer_id
         return reply
 
+    def reset(self) -> None:
+        """A fresh work socket: requests queued for a learner that stopped answering are dropped,
+        so the next answer is to the next request (used before saying hello again)."""
+        self._dealer.close()
+        self._dealer = self._new_dealer()
+
+    def _new_dealer(self) -> zmq.Socket:
+        dealer = self._ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(f"tcp://{self.host}:{self.work_port}")
+        return dealer
+
     def request_work(self, capacity: int, policy_version: int) -> WorkGrant | NoWork:
-        reply = self._ask(WorkRequest(worker_id=self.worker_id, capacity=capacity, policy_version=policy_version))
+        request = WorkRequest(
+            worker_id=self.worker_id, capacity=capacity, policy_version=policy_version, buffer_id=self.buffer_id
+        )
+        reply = self._ask(request)
         if not isinstance(reply, (WorkGrant, NoWork)):
             raise ConnectionError(f"work request: got {type(reply).__name__}, expected WorkGrant or NoWork")
         return reply
@@ -102,14 +124,18 @@ class BufferClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _ask(self, msg: Message, timeout_ms: int | None = None) -> Message:
+    def _ask(self, msg: Message, timeout_ms: int | None = None, cancel: Callable[[], bool] | None = None) -> Message:
+        """Send ``msg`` and wait for the answer: up to ``timeout_ms``, polled in slices of at most
+        a second so that ``cancel()`` (e.g. the worker was told to stop) ends the wait early."""
         timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
         self._dealer.send(encode(msg))  # queued by ZeroMQ until the learner is up
-        if not self._dealer.poll(timeout_ms):
-            raise TimeoutError(
-                f"no answer from the buffer within {timeout_ms / 1000:.0f} s; "
-                "check that the learner is running and the address is right"
-            )
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not self._dealer.poll(max(0, min(1000, int((deadline - time.monotonic()) * 1000)))):
+            if time.monotonic() >= deadline or (cancel is not None and cancel()):
+                raise TimeoutError(
+                    f"no answer from the buffer within {timeout_ms / 1000:.0f} s; "
+                    "check that the learner is running and the address is right"
+                )
         return decode(self._dealer.recv())
 
 

@@ -14,6 +14,7 @@ expired leases every ``expire_every_s``. Runs in a thread of the learner process
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 
 import msgspec
@@ -65,6 +66,7 @@ class BufferServer:
     ):
         self.service = service
         self.welcome = welcome
+        self.buffer_id = uuid.uuid4().hex  # this start: workers welcomed by an earlier one re-hello
         self.expire_every_s = expire_every_s
         self.max_bytes = service.cfg.buffer.max_message_bytes
         self._ctx = zmq.Context()
@@ -189,6 +191,8 @@ class BufferServer:
 
     def _answer(self, msg: Message | None) -> Message | None:
         if isinstance(msg, WorkRequest):
+            if msg.buffer_id and msg.buffer_id != self.buffer_id:  # welcomed by an earlier start
+                return NoWork(reason="reconnect", retry_after_s=0.0)
             if msg.capacity < 1:
                 self.service.reject("bad_capacity")
                 return NoWork(reason="empty", retry_after_s=1.0)
@@ -197,7 +201,9 @@ class BufferServer:
         if isinstance(msg, Hello):
             self.service.register_worker(msg.worker_id, msg.receivers)
             welcome = self.welcome(msg) if self.welcome is not None else self._standalone_welcome(msg)
-            return msgspec.structs.replace(welcome, completions_port=self.endpoints.completions)
+            return msgspec.structs.replace(
+                welcome, completions_port=self.endpoints.completions, buffer_id=self.buffer_id
+            )
         if msg is not None:
             self.service.reject("unexpected_type")
         return NoWork(reason="empty", retry_after_s=1.0)

@@ -33,7 +33,8 @@ from dynamo_async.sample import SampleRecord
 
 # 2: Status carries workers, throughput counters and the last step's figures
 # 3: Completion carries its sample as one nested SampleRecord (dynamo_async/sample.py)
-PROTOCOL_VERSION = 3
+# 4: Welcome and WorkRequest carry the buffer's id; NoWork "reconnect" (the learner restarted)
+PROTOCOL_VERSION = 4
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_GROUP = 4096
 
@@ -69,7 +70,9 @@ class Hello(_Msg, tag="hello"):
 
 class Welcome(_Msg, tag="welcome"):
     """Learner -> worker: the resolved run config (YAML), where to push completions, and the
-    weight-sync rendezvous (``sync_port`` 0: no weight sync, e.g. a buffer without learner)."""
+    weight-sync rendezvous (``sync_port`` 0: no weight sync, e.g. a buffer without learner).
+    ``buffer_id`` names this start of the buffer (filled in by the server): a worker sends it
+    with every WorkRequest, so a restarted learner tells it to say hello again."""
 
     worker_id: str
     config_yaml: str
@@ -77,14 +80,17 @@ class Welcome(_Msg, tag="welcome"):
     sync_port: int
     policy_version: int
     completions_port: int = 0
+    buffer_id: str = ""
 
 
 class WorkRequest(_Msg, tag="work_request"):
-    """Worker -> buffer: room for ``capacity`` more rollouts at ``policy_version``."""
+    """Worker -> buffer: room for ``capacity`` more rollouts at ``policy_version``; ``buffer_id``
+    from the worker's Welcome ("": a client that never said hello, e.g. a test tool)."""
 
     worker_id: str
     capacity: int
     policy_version: int
+    buffer_id: str = ""
 
 
 class WorkItem(_Msg, tag="work_item"):
@@ -126,9 +132,11 @@ class Goodbye(_Msg, tag="goodbye"):
 
 
 class NoWork(_Msg, tag="no_work"):
-    """Buffer -> worker: nothing to hand out now (staleness gate, empty pool, shutdown)."""
+    """Buffer -> worker: nothing to hand out now (staleness gate, empty pool, shutdown), or
+    "reconnect": the request names another start of the buffer (the learner restarted), so the
+    worker says hello again, joins the new weight sync and loads the current weights."""
 
-    reason: Literal["staleness", "empty", "shutdown"]
+    reason: Literal["staleness", "empty", "shutdown", "reconnect"]
     retry_after_s: float
 
 

@@ -216,13 +216,25 @@ def build_hf_parts(cfg: RunConfig, worker_id: str, welcome, device: str, scorer)
 
     tokenizer = load_tokenizer(cfg.model.name)
     model = load_model(cfg.model.name, cfg.model.compute_dtype, device)
-    receivers = []
-    source = None
-    if welcome.sync_port:
-        backend = collective_backend(device)
-        receiver = WeightReceiver(worker_id, welcome.sync_host, welcome.sync_port, backend, device=device)
+    engine = HFEngine(model, tokenizer, cfg, device)
+    receivers: list[WeightReceiver] = []
+
+    def join(welcome) -> tuple[str, ...]:
+        """(Re)start the receiver against ``welcome``'s rendezvous; the engine takes from it."""
+        for old in receivers:
+            old.stop()
+            old.join(timeout=5)
+        receivers.clear()
+        engine.weight_source = None
+        if not welcome.sync_port:
+            return ()
+        receiver = WeightReceiver(
+            worker_id, welcome.sync_host, welcome.sync_port, collective_backend(device), device=device
+        )
         receiver.start()
         receivers.append(receiver)
-        source = receiver.take_staged
-    engine = HFEngine(model, tokenizer, cfg, device, weight_source=source)
-    return WorkerParts(engine, tokenizer, scorer, receivers, (worker_id,) if receivers else ())
+        engine.weight_source = receiver.take_staged
+        return (worker_id,)
+
+    ids = join(welcome)
+    return WorkerParts(engine, tokenizer, scorer, receivers, ids, restart_receivers=join)

@@ -36,10 +36,20 @@ class WorkerParts:
     scorer: MathVerifyScorer
     receivers: list[WeightReceiver] = field(default_factory=list)
     receiver_ids: tuple[str, ...] = ()
+    # Joins the weight sync of a restarted learner's Welcome; returns the new receiver ids.
+    restart_receivers: Callable[[Welcome], tuple[str, ...]] | None = None
 
     def wait_for_weights(self, version: int, timeout_s: float) -> None:
         """A late joiner first loads the learner's current weights (``version`` > 0)."""
         self.engine.wait_for_weights(version, timeout_s)
+
+    def rejoin(self, welcome: Welcome) -> None:
+        """After the learner restarted: receivers join its new weight-sync rendezvous, and the
+        engine forgets its version (its weights may be ahead of the resumed learner's), so that
+        ``wait_for_weights`` loads the learner's current weights whatever their version."""
+        assert self.restart_receivers is not None, "this engine's builder gave no way to rejoin"
+        self.receiver_ids = self.restart_receivers(welcome)
+        self.engine.policy_version = -1
 
     def close(self) -> None:
         for r in self.receivers:

@@ -141,17 +141,16 @@ def build_vllm_parts(cfg: RunConfig, worker_id: str, welcome, device: str, score
     from dynamo_async.models import load_tokenizer
 
     engine = start_vllm_engine(cfg)
-    ids: tuple[str, ...] = ()
-    if welcome.sync_port:
-        ids = tuple(
-            asyncio.run_coroutine_threadsafe(
-                engine.llm.collective_rpc(
-                    "dynamo_start_receiver", args=(welcome.sync_host, welcome.sync_port, worker_id)
-                ),
-                engine._loop,
-            ).result()
-        )
-    return WorkerParts(engine, load_tokenizer(cfg.model.name), scorer, [], ids)
+
+    def join(welcome) -> tuple[str, ...]:
+        """(Re)start every rank's receiver against ``welcome``'s rendezvous."""
+        if not welcome.sync_port:
+            return ()
+        rpc = engine.llm.collective_rpc("dynamo_start_receiver", args=(welcome.sync_host, welcome.sync_port, worker_id))
+        return tuple(asyncio.run_coroutine_threadsafe(rpc, engine._loop).result())
+
+    ids = join(welcome)
+    return WorkerParts(engine, load_tokenizer(cfg.model.name), scorer, [], ids, restart_receivers=join)
 
 
 def start_vllm_engine(cfg: RunConfig) -> VLLMEngine:

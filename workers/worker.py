@@ -92,9 +92,21 @@ class Heartbeats(threading.Thread):
 class RolloutWorker:
     """The loop of one worker process, around an engine, a scorer and a buffer client."""
 
-    def __init__(self, cfg: RunConfig, client: BufferClient, engine, tokenizer, scorer, capacity: int):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        client: BufferClient,
+        engine,
+        tokenizer,
+        scorer,
+        capacity: int,
+        rejoin: Callable[[], bool] | None = None,
+    ):
+        """``rejoin``: say hello to a restarted learner and load its weights (True), or give up
+        (False); None: stop when the learner stops answering."""
         self.cfg, self.client, self.engine, self.tokenizer, self.scorer = cfg, client, engine, tokenizer, scorer
         self.capacity = capacity
+        self.rejoin = rejoin
         self.pending: deque[_Pending] = deque()
         self.sent = 0
         self.idle_seconds = 0.0  # time spent waiting for work (reported in heartbeats)
@@ -110,11 +122,16 @@ class RolloutWorker:
             self.push_scored(block=False)
             try:
                 grant = self.client.request_work(self.capacity, self.engine.policy_version)
-            except TimeoutError:  # the learner stopped (end of run) or is unreachable
-                print(f"worker {self.client.worker_id}: the learner does not answer; stopping", flush=True)
+            except TimeoutError:  # the learner crashed, is restarting, or is unreachable
+                if self._rejoin("the learner does not answer"):
+                    continue
                 break
             if isinstance(grant, NoWork):
                 if grant.reason == "shutdown":
+                    break
+                if grant.reason == "reconnect":
+                    if self._rejoin("the learner restarted"):
+                        continue
                     break
                 idle_since = idle_since or time.monotonic()
                 if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
@@ -185,6 +202,18 @@ class RolloutWorker:
         )
         return Completion(lease_id=p.item.lease_id, sample=record)
 
+    def _rejoin(self, why: str) -> bool:
+        """Drop what belongs to the learner that went away (its groups are generated again under
+        new ids after its resume), then rejoin; False: stop."""
+        if self.rejoin is None:
+            print(f"worker {self.client.worker_id}: {why}; stopping", flush=True)
+            return False
+        print(f"worker {self.client.worker_id}: {why}; waiting to say hello again", flush=True)
+        self.pending.clear()
+        self._unsent.clear()
+        self.held_leases = ()
+        return self.rejoin()
+
     def _should_stop(self) -> bool:
         return self.stop.is_set() or os.getppid() != self._parent
 
@@ -206,6 +235,7 @@ def run_worker(
     if welcome.policy_version > 0 and parts.receiver_ids:
         parts.wait_for_weights(welcome.policy_version, cfg.buffer.worker_timeout_s * 4)
     worker = RolloutWorker(cfg, client, parts.engine, parts.tokenizer, parts.scorer, capacity)
+    worker.rejoin = _rejoiner(client, parts, cfg, welcome.config_yaml, capacity, worker._should_stop)
     heartbeats = Heartbeats(
         host,
         welcome.completions_port,
@@ -223,6 +253,39 @@ def run_worker(
         heartbeats.stop()
         client.close()
         parts.close()
+
+
+def _rejoiner(
+    client: BufferClient, parts, cfg: RunConfig, config_yaml: str, capacity: int, cancel: Callable[[], bool]
+) -> Callable[[], bool]:
+    """What a worker does when its learner restarted: hello (waiting up to the client's connect
+    timeout for the learner to come back), join the new weight sync, load the current weights.
+    It gives up (False) on a learner that does not come back, that runs another config, or that
+    started a new run (version 0: the weights this worker holds are of another run)."""
+
+    def rejoin() -> bool:
+        client.reset()
+        try:
+            welcome = client.hello("pending", capacity, cancel=cancel)
+        except TimeoutError as err:
+            print(f"worker {client.worker_id}: {err}; stopping", flush=True)
+            return False
+        if welcome.config_yaml != config_yaml:
+            print(f"worker {client.worker_id}: the learner came back with another config; restart the workers")
+            return False
+        if welcome.policy_version == 0:
+            print(f"worker {client.worker_id}: the learner came back as a new run (version 0); stopping", flush=True)
+            return False
+        parts.rejoin(welcome)
+        client.hello(cfg.rollout.engine, capacity, receivers=parts.receiver_ids)
+        if parts.receiver_ids:
+            parts.wait_for_weights(welcome.policy_version, cfg.buffer.worker_timeout_s * 4)
+        else:  # no weight sync (a buffer without learner): nothing to load
+            parts.engine.policy_version = welcome.policy_version
+        print(f"worker {client.worker_id}: rejoined at version {welcome.policy_version}", flush=True)
+        return True
+
+    return rejoin
 
 
 def parse_connect(connect: str) -> tuple[str, int]:
