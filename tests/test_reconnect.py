@@ -26,7 +26,8 @@ def test_a_request_welcomed_by_an_earlier_start_is_told_to_reconnect():
         client.hello("hf", 4)  # hello again: served as before
         assert isinstance(client.request_work(4, 0), WorkGrant)
         client.close()
-    assert BufferServer(make_service()).buffer_id != server.buffer_id  # each start has its own id
+    with BufferServer(make_service()) as other:
+        assert other.buffer_id != server.buffer_id  # each start has its own id
 
 
 class _Client:
@@ -53,12 +54,31 @@ def _worker(rejoin) -> RolloutWorker:
 
 def test_the_worker_drops_the_old_learners_work_and_rejoins():
     calls = []
-    worker = _worker(lambda: calls.append("rejoined") or True)
+    worker = _worker(lambda: calls.append("rejoined") or "rejoined")
     assert worker.run() == 0
     assert calls == ["rejoined"] and not worker.pending and worker.held_leases == () and not worker._unsent
 
 
+def test_a_slow_learner_keeps_the_workers_work():
+    """A timeout whose hello finds the same learner ("same") drops nothing."""
+    worker = _worker(lambda: "same")
+    seen = []
+
+    def request_work(capacity, version):
+        if not seen:
+            seen.append(None)
+            raise TimeoutError("no answer")
+        seen.append((len(worker.pending), worker.held_leases))
+        worker.pending.clear()  # let the loop end without scoring the fake completion
+        return NoWork(reason="shutdown", retry_after_s=0.0)
+
+    worker.client.request_work = request_work
+    worker.run()
+    assert seen[1] == (1, (7,))  # after the rejoin its pending work and lease are still its own
+
+
 def test_a_worker_that_cannot_rejoin_stops():
-    worker = _worker(lambda: False)
+    worker = _worker(None)
+    worker.rejoin = lambda: worker.pending.clear()  # gives up (None); nothing left to score
     worker.run()
     assert worker.client.replies  # stopped at the reconnect, never asked again

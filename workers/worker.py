@@ -100,10 +100,11 @@ class RolloutWorker:
         tokenizer,
         scorer,
         capacity: int,
-        rejoin: Callable[[], bool] | None = None,
+        rejoin: Callable[[], str | None] | None = None,
     ):
-        """``rejoin``: say hello to a restarted learner and load its weights (True), or give up
-        (False); None: stop when the learner stops answering."""
+        """``rejoin``: say hello again; "rejoined" (a restarted learner: its weights are loaded),
+        "same" (the learner was only slow to answer) or None (give up). None: stop when the
+        learner stops answering."""
         self.cfg, self.client, self.engine, self.tokenizer, self.scorer = cfg, client, engine, tokenizer, scorer
         self.capacity = capacity
         self.rejoin = rejoin
@@ -203,16 +204,18 @@ class RolloutWorker:
         return Completion(lease_id=p.item.lease_id, sample=record)
 
     def _rejoin(self, why: str) -> bool:
-        """Drop what belongs to the learner that went away (its groups are generated again under
-        new ids after its resume), then rejoin; False: stop."""
+        """Say hello again; after a restarted learner, drop what belonged to the one that went
+        away (its groups are generated again under new ids after its resume). False: stop."""
         if self.rejoin is None:
             print(f"worker {self.client.worker_id}: {why}; stopping", flush=True)
             return False
-        print(f"worker {self.client.worker_id}: {why}; waiting to say hello again", flush=True)
-        self.pending.clear()
-        self._unsent.clear()
-        self.held_leases = ()
-        return self.rejoin()
+        print(f"worker {self.client.worker_id}: {why}; saying hello again", flush=True)
+        outcome = self.rejoin()
+        if outcome == "rejoined":
+            self.pending.clear()
+            self._unsent.clear()
+            self.held_leases = ()
+        return outcome is not None
 
     def _should_stop(self) -> bool:
         return self.stop.is_set() or os.getppid() != self._parent
@@ -224,7 +227,9 @@ def run_worker(
     """Entry of a worker process: connect, build engine and scorer, work, clean up."""
     host, port = parse_connect(connect)
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{index}"
-    client = BufferClient(host, port, None, worker_id)
+    # A work request unanswered for 10 s means the learner is gone (its server thread answers
+    # at once even mid-step): the worker then waits for it to come back (rejoin).
+    client = BufferClient(host, port, None, worker_id, timeout_s=10.0)
     welcome = client.hello("pending", capacity)
     cfg = config_from_dict(parse_yaml(welcome.config_yaml))
     from workers.factory import build_worker_parts
@@ -257,25 +262,29 @@ def run_worker(
 
 def _rejoiner(
     client: BufferClient, parts, cfg: RunConfig, config_yaml: str, capacity: int, cancel: Callable[[], bool]
-) -> Callable[[], bool]:
+) -> Callable[[], str | None]:
     """What a worker does when its learner restarted: hello (waiting up to the client's connect
     timeout for the learner to come back), join the new weight sync, load the current weights.
     It gives up (False) on a learner that does not come back, that runs another config, or that
     started a new run (version 0: the weights this worker holds are of another run)."""
 
-    def rejoin() -> bool:
+    def rejoin() -> str | None:
+        before = client.buffer_id
         client.reset()
         try:
             welcome = client.hello("pending", capacity, cancel=cancel)
         except TimeoutError as err:
             print(f"worker {client.worker_id}: {err}; stopping", flush=True)
-            return False
+            return None
+        if welcome.buffer_id == before:  # the same learner, only slow to answer: carry on
+            client.hello(cfg.rollout.engine, capacity, receivers=parts.receiver_ids)
+            return "same"
         if welcome.config_yaml != config_yaml:
             print(f"worker {client.worker_id}: the learner came back with another config; restart the workers")
-            return False
+            return None
         if welcome.policy_version == 0:
             print(f"worker {client.worker_id}: the learner came back as a new run (version 0); stopping", flush=True)
-            return False
+            return None
         parts.rejoin(welcome)
         client.hello(cfg.rollout.engine, capacity, receivers=parts.receiver_ids)
         if parts.receiver_ids:
@@ -283,7 +292,7 @@ def _rejoiner(
         else:  # no weight sync (a buffer without learner): nothing to load
             parts.engine.policy_version = welcome.policy_version
         print(f"worker {client.worker_id}: rejoined at version {welcome.policy_version}", flush=True)
-        return True
+        return "rejoined"
 
     return rejoin
 
