@@ -63,7 +63,9 @@ def config(method: str, *extra: str):
     )
 
 
-def run_ranks(out: Path, method: str, *extra: str, nproc: int = 2, device: str = "cpu", timeout_s: float = 240):
+def run_ranks(
+    out: Path, method: str, *extra: str, nproc: int = 2, device: str = "cpu", timeout_s: float = 240, groups: int = 4
+):
     """Run ``main`` under torchrun with ``nproc`` ranks; returns the float32 masters rank 0 wrote."""
     import socket
     import subprocess
@@ -89,7 +91,11 @@ def run_ranks(out: Path, method: str, *extra: str, nproc: int = 2, device: str =
         *extra,
     ]
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "FSDP_DEVICE": device}
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "FSDP_DEVICE": device, "FSDP_GROUPS": str(groups)},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return load_file(str(out))
@@ -111,7 +117,8 @@ def main(out: str, method: str, *extra: str) -> None:
     info = DistInfo(dist.get_rank(), dist.get_world_size(), fsdp=True)  # sharded with one rank too
     torch.manual_seed(0)
     trainer = Trainer(cfg, device, dist_info=info)
-    metrics = trainer.train_on(fixed_batch(trainer.model.config.vocab_size))
+    groups = int(os.environ.get("FSDP_GROUPS", "4"))
+    metrics = trainer.train_on(fixed_batch(trainer.model.config.vocab_size, groups))
     weights = trainer.full_state().weights  # the float32 masters; a collective: every rank
     trainer.named_weights()  # the broadcast's gather in the compute dtype runs on every rank too
     assert np.isfinite(metrics["loss"])

@@ -34,13 +34,13 @@ def _sharded_step(tmp_path: Path, method: str, *extra: str) -> dict[str, torch.T
     return fsdp_ranks.run_ranks(tmp_path / f"{method}.safetensors", method, *extra)
 
 
-def _single_step(method: str, *extra: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _single_step(method: str, *extra: str, groups: int = 4) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     from dynamo_async.learner.trainer import Trainer
 
     torch.manual_seed(0)
     trainer = Trainer(fsdp_ranks.config(method, *extra), "cpu")
     before = {n: t.detach().clone() for n, t in trainer.masters.named.items()}
-    trainer.train_on(fsdp_ranks.fixed_batch(trainer.model.config.vocab_size))
+    trainer.train_on(fsdp_ranks.fixed_batch(trainer.model.config.vocab_size, groups))
     return before, {n: t.detach().clone() for n, t in trainer.masters.named.items()}
 
 
@@ -76,6 +76,24 @@ def test_sharded_bf16_compute_moves_the_float32_masters_at_lr_1e_6(tmp_path):
     assert moved32 > 0.9 and moved16 / moved32 >= 0.9, (moved16, moved32)
     for name in before:  # Adam's first step is about lr * sign(grad): within 2 lr of float32's
         torch.testing.assert_close(sharded[name], single32[name], rtol=0, atol=2.5e-6)
+
+
+def test_a_last_mini_batch_shorter_than_the_ranks_gives_the_single_process_update(tmp_path):
+    """5 groups in mini-batches of 2 over 2 ranks: rank 1 has no group in the third mini-batch
+    and joins its passes with masked copies; DynaMO's normalisers are still the mini-batch's."""
+    extra = ("optim.mini_batch_prompts=2",)
+    sharded = fsdp_ranks.run_ranks(tmp_path / "five.safetensors", "dynamo", *extra, groups=5)
+    before, single = _single_step("dynamo", *extra, groups=5)
+    assert any(not torch.equal(before[n], sharded[n]) for n in sharded)
+    for name in single:  # three Adam steps at lr 1e-3 (see the test above for the tolerance)
+        torch.testing.assert_close(sharded[name], single[name], rtol=1e-4, atol=5e-5)
+
+
+def test_a_step_needs_a_group_for_every_rank():
+    from dynamo_async.learner.batching import check_split
+
+    with pytest.raises(ValueError, match="expected at least one group per rank"):
+        check_split(fsdp_ranks.config("grpo", "allocation.gen_batch_prompts=2", "optim.mini_batch_prompts=4"), 4)
 
 
 def test_mini_batch_must_split_evenly_across_ranks():

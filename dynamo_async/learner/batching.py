@@ -80,17 +80,32 @@ def group_rows(groups: tuple[ReadyGroup, ...], cfg: RunConfig) -> list[list[Row]
     return rows
 
 
-def mini_batches(
-    batch: LearnerBatch, cfg: RunConfig, pad_id: int, packing: Packing, rank: int = 0, world: int = 1
-) -> list[MiniBatch]:
-    """The batch's groups in mini-batches (optimizer steps) of micro-batches, this rank's share."""
-    groups = group_rows(batch.groups, cfg)
+def check_split(cfg: RunConfig, world: int) -> None:
+    """The rule for splitting a step's groups over ``world`` learner ranks: each mini-batch's
+    groups are dealt round-robin, so ``mini_batch_prompts`` is a multiple of the ranks, and every
+    rank holds at least one group of a step (``gen_batch_prompts`` >= ranks). A last mini-batch
+    shorter than the ranks is fine: the ranks without a group in it join with masked passes."""
     size = cfg.optim.mini_batch_prompts
     if size % world:
         raise UsageError(
             f"optim.mini_batch_prompts: got {size} for {world} learner ranks, expected a multiple "
             "of the number of ranks"
         )
+    if cfg.allocation.gen_batch_prompts < world:
+        raise UsageError(
+            f"allocation.gen_batch_prompts: got {cfg.allocation.gen_batch_prompts} for {world} learner ranks, "
+            "expected at least one group per rank"
+        )
+
+
+def mini_batches(
+    batch: LearnerBatch, cfg: RunConfig, pad_id: int, packing: Packing, rank: int = 0, world: int = 1
+) -> list[MiniBatch]:
+    """The batch's groups in mini-batches (optimizer steps) of micro-batches, this rank's share."""
+    groups = group_rows(batch.groups, cfg)
+    size = cfg.optim.mini_batch_prompts
+    check_split(cfg, world)
+    assert len(groups) >= world, f"{len(groups)} groups for {world} ranks"
     out = []
     for start in range(0, len(groups), size):
         mini = groups[start : start + size]

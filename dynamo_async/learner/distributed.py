@@ -73,15 +73,19 @@ def full_weights(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.
 
 def equalize(minis: list, info: DistInfo) -> list:
     """Pad each mini-batch's ``update`` and ``stats_only`` lists to the longest across ranks with
-    masked copies (every rank runs the same forward and backward passes, FSDP's collectives)."""
+    masked copies (every rank runs the same forward and backward passes, FSDP's collectives).
+    A rank without a group in some mini-batch (the last one, shorter than the ranks) pads it
+    with masked copies of one of its other micro-batches; every rank has one, because each holds
+    a group of the first mini-batch (``batching.check_split``)."""
     if not info.sharded:
         return minis
     counts = torch.tensor([n for m in minis for n in (len(m.update), len(m.stats_only))], dtype=torch.int64)
     dist.all_reduce(counts, op=dist.ReduceOp.MAX)
     targets = counts.view(-1, 2).tolist()
+    mine = [mb for m in minis for mb in m.all()]
+    assert mine, "every rank holds a group of the first mini-batch"
     for mini, (n_update, n_stats) in zip(minis, targets):
-        assert mini.all(), "every rank holds at least one micro-batch of each mini-batch"
-        template = mini.all()[-1]
+        template = mini.all()[-1] if mini.all() else mine[-1]
         mini.update += [_masked_copy(template) for _ in range(n_update - len(mini.update))]
         mini.stats_only += [_masked_copy(template) for _ in range(n_stats - len(mini.stats_only))]
     return minis

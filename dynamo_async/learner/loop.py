@@ -29,9 +29,10 @@ from dynamo_async.config import config_to_yaml
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
 from dynamo_async.learner import checkpoint
-from dynamo_async.learner.distributed import DistInfo, checkpoint_due, send_batch
+from dynamo_async.learner.distributed import DistInfo, send_batch
 from dynamo_async.learner.metrics import MetricsLog
 from dynamo_async.learner.sinks import StatusSink, make_sinks
+from dynamo_async.learner.step import learner_step
 from dynamo_async.learner.trainer import Trainer
 from dynamo_async.protocol import Hello, Welcome
 from dynamo_async.weights.group import collective_backend
@@ -76,7 +77,7 @@ class Learner:
         self.sender = WeightSender(ctx.host, 0, backend=backend, device=ctx.device)
         if not dist_info.sharded:
             self.sender.bind(dict(self.trainer.model.named_parameters()))  # parameters live in the buckets
-        self._full: dict | None = None  # the last gathered full weights (several learner ranks)
+        self._weights: dict | None = None  # the last step's full weights (gathered when sharded)
         self.server = BufferServer(self.service, ctx.host, ctx.port, welcome=self._welcome)
         self._sent_to: tuple[str, ...] = ()
         self.last_sync = None
@@ -160,10 +161,11 @@ class Learner:
         self.server.stop()
         self.store.close()
 
-    def save(self) -> Path:
-        """Write a checkpoint of this step and keep only the newest ``trainer.keep_checkpoints``."""
+    def save(self, full: checkpoint.FullState | None = None) -> Path:
+        """Write a checkpoint of this step (``full``: gathered by the step; else gathered now, a
+        collective with the other ranks when sharded) and keep the newest ``keep_checkpoints``."""
         t = self.trainer
-        full = t.full_state()  # a collective with the other ranks when sharded
+        full = full if full is not None else t.full_state()
         path = checkpoint.save_checkpoint(
             self.ctx.run_dir, t.step, t.version, t.model, t.tokenizer, t.opt, t.sched, self.service, full
         )
@@ -186,13 +188,13 @@ class Learner:
         by_time = self._checkpoint_by_time()  # decided here, once, so every rank agrees
         if self.dist.sharded:
             send_batch(batch, by_time)
-        metrics = self.trainer.train_on(batch)
-        self.trainer.version += 1
+        result = learner_step(self.trainer, batch, by_time)  # what every rank runs
+        self._weights = result.weights
         self.broadcast(force=True)
         # Only now may the gate admit groups for the new version: a group admitted before the
         # workers have its weights would be generated with old ones and dropped as too stale.
         self.service.set_version(self.version)
-        self.trainer.step += 1
+        metrics = result.metrics
         metrics.update(self.batch_metrics(batch))
         metrics.update(
             step=self.step,
@@ -205,8 +207,8 @@ class Learner:
         metrics["tokens_per_s"] = metrics["response_tokens"] / max(metrics["step_s"], 1e-9)
         idle = self.service.worker_idle_seconds()  # reported by heartbeats, summed over workers
         metrics["worker_idle_s"], self._worker_idle = idle - self._worker_idle, idle
-        if checkpoint_due(self.cfg, self.step, by_time):
-            self.save()
+        if result.checkpoint is not None:
+            self.save(result.checkpoint)
         return metrics
 
     def pull_batch(self) -> LearnerBatch | None:
@@ -225,14 +227,12 @@ class Learner:
     def broadcast(self, force: bool) -> None:
         """Send the weights (always after an update; otherwise only to newly joined workers)."""
         members = tuple(self.service.live_receivers())
-        if force and self.dist.sharded:
-            self._full = self.trainer.named_weights()  # a collective: every rank gathers each step
         if not members or (not force and set(members) <= set(self._sent_to)):
             return
         if self.version == 0 and not force:  # newcomers loaded the same initial weights
             self._sent_to = members
             return
-        weights = self._full if self.dist.sharded else self.trainer.named_weights()
+        weights = self._weights if self.dist.sharded else self.trainer.named_weights()
         if weights is None:  # several ranks, before the first step: newcomers loaded these weights
             self._sent_to = members
             return

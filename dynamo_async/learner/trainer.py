@@ -19,7 +19,7 @@ from dynamo_async.algo.objective import PolicyBatch, assemble
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
 from dynamo_async.learner import checkpoint, shared_prompt
-from dynamo_async.learner.batching import MiniBatch, Packing, mini_batches
+from dynamo_async.learner.batching import MiniBatch, Packing, check_split, mini_batches
 from dynamo_async.learner.distributed import DistInfo, equalize, full_weights, max_over_ranks, shard_model
 from dynamo_async.learner.micro import MicroBatch, RowInputs
 from dynamo_async.learner.optim import clip_and_step, make_optimizer
@@ -54,6 +54,7 @@ class Trainer:
                     "--resume with several learner ranks: got a checkpoint, expected a fresh run "
                     "(resuming a sharded run is not supported yet)"
                 )
+            check_split(cfg, dist_info.world)  # refused at start, not at the first step
             shard_model(self.model, self.compute_dtype)
         self.masters = MasterWeights(self.model, self.compute_dtype, sharded=dist_info.sharded)
         self.opt, self.sched = make_optimizer(self.masters.parameters(), cfg.optim)
