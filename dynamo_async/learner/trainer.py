@@ -48,12 +48,7 @@ class Trainer:
         shared, packs = self.cache_kw is not None, shared_prompt.packs_tails(self.model)
         self.packing = Packing.of(cfg, shared, self.objective.skips_zero_advantage, packs)
         self.compute_dtype = DTYPES[cfg.model.compute_dtype]
-        if dist_info.sharded:
-            if checkpoint_dir is not None:
-                raise UsageError(
-                    "--resume with several learner ranks: got a checkpoint, expected a fresh run "
-                    "(resuming a sharded run is not supported yet)"
-                )
+        if dist_info.sharded:  # a checkpoint holds full tensors: any number of ranks resumes it
             check_split(cfg, dist_info.world)  # refused at start, not at the first step
             shard_model(self.model, self.compute_dtype)
         self.masters = MasterWeights(self.model, self.compute_dtype, sharded=dist_info.sharded)

@@ -1,0 +1,68 @@
+"""Run by tests/test_fsdp.py under torchrun: a sharded trainer that checkpoints and resumes.
+
+``full OUT CKPT_ROOT``: 4 steps on fixed batches, a checkpoint after step 2 (written by
+``checkpoint.save_checkpoint`` from the gathered full state, as the learner does), then the
+float32 masters and AdamW moments after step 4 to OUT. ``resume OUT CKPT``: a trainer built
+from that checkpoint runs steps 3 and 4 on the same batches and writes the same to OUT.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from fsdp_ranks import config, fixed_batch
+
+from dynamo_async.learner import checkpoint
+from dynamo_async.learner.distributed import DistInfo, leave
+from dynamo_async.learner.step import learner_step
+
+
+class _NoBuffer:
+    """The buffer's part of the checkpoint (this test has no buffer)."""
+
+    def save_state(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+
+
+def batches(vocab: int) -> list:
+    return [fixed_batch(vocab, 4 + step % 2) for step in range(4)]
+
+
+def final_state(trainer) -> dict[str, torch.Tensor]:
+    full = trainer.full_state()  # a collective: every rank
+    return {**{f"w/{n}": t for n, t in full.weights.items()}, **{f"m/{n}": t for n, t in full.moments.items()}}
+
+
+def main(mode: str, out: str, where: str) -> None:
+    from safetensors.torch import save_file
+
+    from dynamo_async.learner.trainer import Trainer
+    from dynamo_async.models import resolve_model
+
+    cfg = config("dynamo", "optim.mini_batch_prompts=2", "trainer.checkpoint_every=0", "trainer.checkpoint_every_s=0")
+    resolve_model(cfg.model.name)
+    dist.init_process_group("gloo")
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), fsdp=True)
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, "cpu", Path(where) if mode == "resume" else None, dist_info=info)
+    for batch in batches(trainer.model.config.vocab_size)[trainer.step :]:
+        learner_step(trainer, batch, by_time=False)
+        if mode == "full" and trainer.step == 2:
+            full = trainer.full_state()
+            if info.rank == 0:
+                t = trainer
+                checkpoint.save_checkpoint(
+                    Path(where), t.step, t.version, t.model, t.tokenizer, t.opt, t.sched, _NoBuffer(), full
+                )
+            dist.barrier()
+    state = final_state(trainer)
+    if info.rank == 0:
+        save_file({k: v.contiguous() for k, v in state.items()}, out)
+    leave(info, 0)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
