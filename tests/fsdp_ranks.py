@@ -63,33 +63,26 @@ def config(method: str, *extra: str):
     )
 
 
-def run_ranks(
-    out: Path, method: str, *extra: str, nproc: int = 2, device: str = "cpu", timeout_s: float = 240, groups: int = 4
-):
-    """Run ``main`` under torchrun with ``nproc`` ranks; returns the float32 masters rank 0 wrote."""
+def torchrun_command(script: str, *args: str, nproc: int = 2) -> list[str]:
+    """``python -m torch.distributed.run`` of ``script`` with ``nproc`` local ranks on a free port."""
     import socket
-    import subprocess
-
-    from safetensors.torch import load_file
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(nproc),
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(port),
-        __file__,
-        str(out),
-        method,
-        *extra,
-    ]
+    head = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr"]
+    return [*head, "127.0.0.1", "--master-port", str(port), str(script), *args]
+
+
+def run_ranks(
+    out: Path, method: str, *extra: str, nproc: int = 2, device: str = "cpu", timeout_s: float = 240, groups: int = 4
+):
+    """Run ``main`` under torchrun with ``nproc`` ranks; returns the float32 masters rank 0 wrote."""
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    cmd = torchrun_command(__file__, str(out), method, *extra, nproc=nproc)
     proc = subprocess.run(
         cmd,
         capture_output=True,

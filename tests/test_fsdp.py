@@ -173,19 +173,7 @@ def test_learner_with_two_ranks_under_torchrun_trains_and_serves_workers(tmp_pat
 
 
 def _torchrun(script: str, *args: str, nproc: int = 2) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(nproc),
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(_free_port()),
-        str(HERE / script),
-        *args,
-    ]
+    cmd = fsdp_ranks.torchrun_command(str(HERE / script), *args, nproc=nproc)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
