@@ -173,7 +173,8 @@ def test_a_new_run_refuses_an_earlier_runs_directory(tmp_path):
     proc = subprocess.run(
         CLI + ["run", "--config", str(TINY), "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
     )
-    assert proc.returncode == 2 and "holds an earlier run" in proc.stderr and "--resume" in proc.stderr
+    assert proc.returncode == 2 and "holds an earlier run" in proc.stderr
+    assert "no checkpoint to resume from" in proc.stderr and f"rm -r {tmp_path}" in proc.stderr
 
 
 def test_sighup_to_the_runs_process_group_checkpoints_by_time_and_keeps_the_newest(tmp_path):
