@@ -20,10 +20,11 @@ table would hold two histories (steps counted twice, samples doubled, ``iter_bat
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
+
+from dynamo_async.lines import write_atomic
 
 SUPERSEDED = "superseded.json"
 
@@ -64,7 +65,7 @@ def supersede(run_dir: str | Path, step: int, kept: dict[str, int], present: dic
         path = _path(run_dir)
         entries = json.loads(path.read_text()) if path.is_file() else []
         entries.append({"resumed_from_step": step, "ranges": {t: list(r) for t, r in ranges.items()}})
-        _write_atomic(path, json.dumps(entries, indent=1) + "\n")
+        write_atomic(path, json.dumps(entries, indent=1) + "\n")
     return ranges
 
 
@@ -83,11 +84,5 @@ def cut_metrics(run_dir: str | Path, step: int) -> int:
     if cut:
         with (Path(run_dir) / "metrics.superseded.jsonl").open("a") as f:
             f.writelines(cut)
-        _write_atomic(path, "".join(keep))
+        write_atomic(path, "".join(keep))
     return len(cut)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -277,7 +277,12 @@ def _existing(run_dir: Path) -> tuple[dict[str, int], int]:
     if not store_dir(run_dir).is_dir():
         return {t: 0 for t in SCHEMAS}, 0
     ids = read_table(run_dir, "completions", ["group_id"], superseded=True)["group_id"]
-    counts = {t: read_table(run_dir, t, [SCHEMAS[t].names[0]], superseded=True).num_rows for t in SCHEMAS}
+    counts = {
+        t: read_table(run_dir, t, [SCHEMAS[t].names[0]], superseded=True).num_rows
+        for t in SCHEMAS
+        if t != "completions"
+    }
+    counts["completions"] = len(ids)
     top = pc.max(ids).as_py() if len(ids) else None
     return counts, 0 if top is None else top + 1
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``text`` at ``path``, written beside it and renamed into place: a reader sees the old file
+    or the whole new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def cut_torn_tail(path: Path) -> bytes:

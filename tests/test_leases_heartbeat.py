@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_buffer_service import FakeClock
 
 from buffer.client import BufferClient
 from buffer.leases import LeaseTable
@@ -29,14 +30,6 @@ from workers.engine import GenResult
 from workers.worker import Heartbeats, RolloutWorker
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def make_prompts(n: int) -> list[PoolPrompt]:

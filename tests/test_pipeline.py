@@ -32,6 +32,14 @@ def _train_rows(run_dir: Path) -> list[dict]:
     return [r for r in rows if not r.get("eval")]
 
 
+def _wait_for_steps(run_dir: Path, proc: subprocess.Popen, steps: int, timeout_s: float = 180) -> None:
+    """Until ``metrics.jsonl`` has ``steps`` learner rows (``proc`` must keep running meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists() or len(_train_rows(run_dir)) < steps:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.1)
+
+
 def _assert_groups_complete(run_dir: Path) -> None:
     """Every trained group holds each of its sample indices exactly once."""
     batches = read_table(run_dir, "batches").to_pydict()
@@ -127,10 +135,7 @@ def test_stopped_learner_resumes_step_version_and_statistics(tmp_path):
     run_dir = tmp_path / "run"
     args = ["--config", str(TINY), "--run-dir", str(run_dir), "trainer.total_steps=12", "trainer.checkpoint_every=1"]
     first = subprocess.Popen(CLI + ["run"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists() or len(_train_rows(run_dir)) < 2:
-        assert first.poll() is None, first.stdout.read()
-        time.sleep(0.2)
+    _wait_for_steps(run_dir, first, 2)
     first.send_signal(signal.SIGTERM)
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 0, out
@@ -195,10 +200,7 @@ def test_sighup_to_the_runs_process_group_checkpoints_by_time_and_keeps_the_newe
     run = subprocess.Popen(
         CLI + ["run"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists() or len(_train_rows(run_dir)) < 3:
-        assert run.poll() is None, run.stdout.read()
-        time.sleep(0.2)
+    _wait_for_steps(run_dir, run, 3)
     os.killpg(run.pid, signal.SIGHUP)  # the group of exactly the processes this test started
     out, _ = run.communicate(timeout=120)
     assert run.returncode == 0, out
@@ -217,10 +219,7 @@ def test_a_learner_killed_between_checkpoints_resumes_with_one_history(tmp_path)
     run_dir = tmp_path / "run"
     args = ["--config", str(TINY), "--run-dir", str(run_dir), "trainer.total_steps=10", "trainer.checkpoint_every=4"]
     first = subprocess.Popen(CLI + ["run"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists() or len(_train_rows(run_dir)) < 5:
-        assert first.poll() is None, first.stdout.read()
-        time.sleep(0.1)
+    _wait_for_steps(run_dir, first, 5)
     learner = next(p for p in psutil.Process(first.pid).children() if "learner" in p.cmdline())
     learner.kill()  # SIGKILL: no checkpoint, no goodbye
     first.communicate(timeout=120)

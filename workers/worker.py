@@ -235,10 +235,7 @@ def run_worker(
     from workers.factory import build_worker_parts
 
     parts = build_worker_parts(cfg, worker_id, welcome, device)
-    # Receivers are announced only once they listen: every plan that names them comes later.
-    client.hello(cfg.rollout.engine, capacity, receivers=parts.receiver_ids)
-    if welcome.policy_version > 0 and parts.receiver_ids:
-        parts.wait_for_weights(welcome.policy_version, cfg.buffer.worker_timeout_s * 4)
+    _announce(client, parts, cfg, capacity, welcome.policy_version)
     worker = RolloutWorker(cfg, client, parts.engine, parts.tokenizer, parts.scorer, capacity)
     worker.rejoin = _rejoiner(client, parts, cfg, welcome.config_yaml, capacity, worker._should_stop)
     heartbeats = Heartbeats(
@@ -265,7 +262,7 @@ def _rejoiner(
 ) -> Callable[[], str | None]:
     """What a worker does when its learner restarted: hello (waiting up to the client's connect
     timeout for the learner to come back), join the new weight sync, load the current weights.
-    It gives up (False) on a learner that does not come back, that runs another config, or that
+    It gives up (None) on a learner that does not come back, that runs another config, or that
     started a new run (version 0: the weights this worker holds are of another run)."""
 
     def rejoin() -> str | None:
@@ -280,21 +277,29 @@ def _rejoiner(
             client.hello(cfg.rollout.engine, capacity, receivers=parts.receiver_ids)
             return "same"
         if welcome.config_yaml != config_yaml:
-            print(f"worker {client.worker_id}: the learner came back with another config; restart the workers")
+            print(
+                f"worker {client.worker_id}: the learner came back with another config; restart the workers", flush=True
+            )
             return None
         if welcome.policy_version == 0:
             print(f"worker {client.worker_id}: the learner came back as a new run (version 0); stopping", flush=True)
             return None
         parts.rejoin(welcome)
-        client.hello(cfg.rollout.engine, capacity, receivers=parts.receiver_ids)
-        if parts.receiver_ids:
-            parts.wait_for_weights(welcome.policy_version, cfg.buffer.worker_timeout_s * 4)
-        else:  # no weight sync (a buffer without learner): nothing to load
+        _announce(client, parts, cfg, capacity, welcome.policy_version)
+        if not parts.receiver_ids:  # no weight sync (a buffer without learner): nothing to load
             parts.engine.policy_version = welcome.policy_version
         print(f"worker {client.worker_id}: rejoined at version {welcome.policy_version}", flush=True)
         return "rejoined"
 
     return rejoin
+
+
+def _announce(client: BufferClient, parts, cfg: RunConfig, capacity: int, version: int) -> None:
+    """Hello with the receivers (announced only once they listen: every plan that names them
+    comes later), then, past version 0, the learner's current weights before any generation."""
+    client.hello(cfg.rollout.engine, capacity, receivers=parts.receiver_ids)
+    if version > 0 and parts.receiver_ids:
+        parts.wait_for_weights(version, cfg.buffer.worker_timeout_s * 4)
 
 
 def parse_connect(connect: str) -> tuple[str, int]:

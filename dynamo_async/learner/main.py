@@ -9,12 +9,12 @@ the workers; ``--resume`` continues from the newest checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from dynamo_async.config import dump_config
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
+from dynamo_async.lines import write_atomic
 from dynamo_async.signals import stop_on_signals
 
 
@@ -42,10 +42,8 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 def write_ready_file(path: Path, where: dict) -> None:
-    """``where`` as JSON at ``path``, atomically (written beside it, then renamed)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(where))
-    os.replace(tmp, path)
+    """``where`` as JSON at ``path``, atomically (``lines.write_atomic``)."""
+    write_atomic(path, json.dumps(where))
 
 
 def learner_main(
