@@ -209,7 +209,9 @@ def test_sighup_to_the_runs_process_group_checkpoints_by_time_and_keeps_the_newe
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
     last = f"step-{steps[-1]:06d}"
     assert (run_dir / "checkpoints" / "latest").read_text() == last
-    assert kept == [f"step-{steps[-1] - 1:06d}", last]  # one per step by time, the two newest kept
+    # by time: a checkpoint at most every 1 ms, so nearly every step (a batch already waiting can
+    # start its step within 1 ms of the last save); only the two newest stay
+    assert len(kept) == 2 and kept[-1] == last and kept[0] < last, kept
 
 
 def test_a_learner_killed_between_checkpoints_resumes_with_one_history(tmp_path):
