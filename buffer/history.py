@@ -86,3 +86,19 @@ def cut_metrics(run_dir: str | Path, step: int) -> int:
             f.writelines(cut)
         write_atomic(path, "".join(keep))
     return len(cut)
+
+
+def last_superseded_step(run_dir: str | Path) -> int:
+    """The highest step in ``metrics.superseded.jsonl`` (0 if none): a metrics sink that saw
+    rows up to it (W&B) must rewind to a resumed run's step below it."""
+    path = Path(run_dir) / "metrics.superseded.jsonl"
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return max((int(json.loads(line).get("step", 0)) for line in lines), default=0)
+
+
+def rewinds(run_dir: str | Path, step: int) -> bool:
+    """Whether a run resumed at ``step`` must rewind sinks that keep every row they were sent
+    (W&B): an earlier, killed run logged steps after ``step``, now superseded."""
+    return step > 0 and last_superseded_step(run_dir) > step

@@ -112,7 +112,7 @@ def main(out: str, method: str, *extra: str) -> None:
     trainer = Trainer(cfg, device, dist_info=info)
     groups = int(os.environ.get("FSDP_GROUPS", "4"))
     metrics = trainer.train_on(fixed_batch(trainer.model.config.vocab_size, groups))
-    weights = trainer.full_state().weights  # the float32 masters; a collective: every rank
+    weights = {k[2:]: t for k, t in trainer.full_state().items() if k.startswith("w/")}  # collective
     trainer.named_weights()  # the broadcast's gather in the compute dtype runs on every rank too
     assert np.isfinite(metrics["loss"])
     if info.rank == 0:

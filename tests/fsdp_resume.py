@@ -1,8 +1,8 @@
 """Run by tests/test_fsdp.py under torchrun: a sharded trainer that checkpoints and resumes.
 
 ``full OUT CKPT_ROOT``: 4 steps on fixed batches, a checkpoint after step 2 (written by
-``checkpoint.save_checkpoint`` from the gathered full state, as the learner does), then the
-float32 masters and AdamW moments after step 4 to OUT. ``resume OUT CKPT``: a trainer built
+``checkpoint.save_checkpoint`` on every rank, as the learner does: DCP shards and the HF
+model), then the float32 masters and AdamW moments after step 4 to OUT. ``resume OUT CKPT``: a trainer built
 from that checkpoint runs steps 3 and 4 on the same batches and writes the same to OUT.
 """
 
@@ -20,20 +20,8 @@ from dynamo_async.learner.distributed import DistInfo, leave
 from dynamo_async.learner.step import learner_step
 
 
-class _NoBuffer:
-    """The buffer's part of the checkpoint (this test has no buffer)."""
-
-    def save_state(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-
-
 def batches(vocab: int) -> list:
     return [fixed_batch(vocab, 4 + step % 2) for step in range(4)]
-
-
-def final_state(trainer) -> dict[str, torch.Tensor]:
-    full = trainer.full_state()  # a collective: every rank
-    return {**{f"w/{n}": t for n, t in full.weights.items()}, **{f"m/{n}": t for n, t in full.moments.items()}}
 
 
 def main(mode: str, out: str, where: str) -> None:
@@ -51,14 +39,8 @@ def main(mode: str, out: str, where: str) -> None:
     for batch in batches(trainer.model.config.vocab_size)[trainer.step :]:
         learner_step(trainer, batch, by_time=False)
         if mode == "full" and trainer.step == 2:
-            full = trainer.full_state()
-            if info.rank == 0:
-                t = trainer
-                checkpoint.save_checkpoint(
-                    Path(where), t.step, t.version, t.model, t.tokenizer, t.opt, t.sched, _NoBuffer(), full
-                )
-            dist.barrier()
-    state = final_state(trainer)
+            checkpoint.save_checkpoint(Path(where), trainer)  # every rank writes its shards
+    state = trainer.full_state()  # a collective: every rank
     if info.rank == 0:
         save_file({k: v.contiguous() for k, v in state.items()}, out)
     leave(info, 0)

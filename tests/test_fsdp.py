@@ -104,8 +104,8 @@ def test_mini_batch_must_split_evenly_across_ranks():
         mini_batches(fsdp_ranks.fixed_batch(100), cfg, 0, Packing.of(cfg, True, True), rank=0, world=3)
 
 
-def _torchrun_learner(run_dir: Path, *extra: str) -> None:
-    """``torchrun --nproc-per-node 2 -m dynamo_async.cli learner`` with one worker, to the end."""
+def _torchrun_learner(run_dir: Path, *extra: str, nproc: int = 2) -> None:
+    """``torchrun --nproc-per-node NPROC -m dynamo_async.cli learner`` with one worker, to the end."""
     from dynamo_async.models import resolve_model
 
     resolve_model("builtin:tiny-math")  # built once here, not by three processes at once
@@ -116,7 +116,7 @@ def _torchrun_learner(run_dir: Path, *extra: str) -> None:
             "-m",
             "torch.distributed.run",
             "--nproc-per-node",
-            "2",
+            str(nproc),
             "--master-addr",
             "127.0.0.1",
             "--master-port",
@@ -191,6 +191,10 @@ def test_a_sharded_run_resumed_from_its_checkpoint_continues_as_if_uninterrupted
     _torchrun("fsdp_resume.py", "full", str(tmp_path / "full.safetensors"), str(tmp_path / "run"))
     ckpt = checkpoint.latest_checkpoint(tmp_path / "run")
     assert ckpt is not None and ckpt.name == "step-000002"
+    # each rank wrote its own shards of the masters and moments (DCP), rank 0 the index
+    files = [p.name for p in (ckpt / "state").iterdir()]
+    assert ".metadata" in files and {f.split("_")[2] for f in files if f.endswith(".distcp")} == {"0", "1"}
+    assert not (ckpt / "optimizer.safetensors").exists()
     _torchrun("fsdp_resume.py", "resume", str(tmp_path / "resumed.safetensors"), str(ckpt))
     full, resumed = load_file(str(tmp_path / "full.safetensors")), load_file(str(tmp_path / "resumed.safetensors"))
     assert set(full) == set(resumed) and any(k.startswith("m/") for k in full)
@@ -203,6 +207,39 @@ def test_a_sharded_run_resumed_from_its_checkpoint_continues_as_if_uninterrupted
     assert (single.step, single.version) == (2, 2)
     for batch in fsdp_resume.batches(single.model.config.vocab_size)[2:]:
         learner_step(single, batch, by_time=False)
-    one = fsdp_resume.final_state(single)
+    one = single.full_state()
     for key in full:
         torch.testing.assert_close(one[key], full[key], rtol=1e-4, atol=5e-5, msg=key)
+
+
+def test_held_out_evaluations_run_on_two_ranks_and_match_one_process(tmp_path):
+    """With 2 learner ranks the evaluations before, during and after the run take place (each
+    rank samples its share with its sharded model); the first equals one process's evaluation
+    of the same initial weights."""
+    from dynamo_async.config import load_config
+    from dynamo_async.learner import heldout
+    from dynamo_async.learner.trainer import Trainer
+
+    run_dir = tmp_path / "run"
+    _torchrun_learner(run_dir, "trainer.eval_samples=2", "trainer.eval_every=2")
+    evals = [r for r in _rows(run_dir) if r.get("eval")]
+    assert [(r["label"], r["step"]) for r in evals] == [("before", 0), ("step 2", 2), ("after", 3)]
+    single = heldout.evaluate(Trainer(load_config(fsdp_ranks.TINY, ["trainer.eval_samples=2"]), "cpu"))
+    assert single and all(res.total == 32 for res in single.values())
+    assert {k: v for k, v in evals[0].items() if k.startswith("eval/")} == {
+        f"eval/{name}": res.accuracy for name, res in single.items()
+    }
+
+
+def test_a_two_rank_learner_resumes_with_resume_on_two_ranks_and_then_on_one(tmp_path):
+    """``learner --resume`` continues a 2-rank run on 2 ranks and then on 1 (the DCP shards are
+    laid out anew at load): one row per step, and each start continues where the last stopped."""
+    run_dir = tmp_path / "run"
+    _torchrun_learner(run_dir)
+    _torchrun_learner(run_dir, "--resume", "trainer.total_steps=5")
+    _torchrun_learner(run_dir, "--resume", "trainer.total_steps=6", nproc=1)
+    rows = [r for r in _rows(run_dir) if not r.get("eval")]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and [r["version"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(r["sync_error"] is None and r["workers"] == 1 for r in rows)
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
+    assert ckpts == ["step-000003", "step-000005", "step-000006"]

@@ -8,6 +8,7 @@ checkpoint round trips of the masters and the optimizer state.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -112,19 +113,12 @@ def test_pure_bf16_weights_lose_the_updates_the_masters_keep():
     assert _moved(before, after) < 0.1
 
 
-class _NoBuffer:
-    def save_state(self, path: Path) -> None:
-        path.mkdir(parents=True)
-
-
 def test_checkpoint_round_trips_the_float32_masters_and_optimizer_exactly(tmp_path):
     torch.manual_seed(0)
     trainer = Trainer(_config("bfloat16"), "cpu")
     _trained(trainer, 2)
     trainer.step, trainer.version = 2, 2
-    ckpt = checkpoint.save_checkpoint(
-        tmp_path, 2, 2, trainer.model, trainer.tokenizer, trainer.opt, trainer.sched, _NoBuffer(), trainer.full_state()
-    )
+    ckpt = checkpoint.save_checkpoint(tmp_path, trainer)
     saved = load_file(str(ckpt / "model" / "model.safetensors"))
     assert all(t.dtype == torch.float32 for t in saved.values())
     resumed = Trainer(_config("bfloat16"), "cpu", checkpoint_dir=ckpt)
@@ -146,9 +140,7 @@ def test_checkpoint_model_loads_in_transformers_as_float32(tmp_path):
     from transformers import AutoModelForCausalLM
 
     trainer = Trainer(_config("bfloat16"), "cpu")
-    ckpt = checkpoint.save_checkpoint(
-        tmp_path, 0, 0, trainer.model, trainer.tokenizer, trainer.opt, trainer.sched, _NoBuffer(), trainer.full_state()
-    )
+    ckpt = checkpoint.save_checkpoint(tmp_path, trainer)
     loaded = AutoModelForCausalLM.from_pretrained(ckpt / "model")
     assert loaded.dtype == torch.float32
     for name, p in loaded.named_parameters():
@@ -157,16 +149,17 @@ def test_checkpoint_model_loads_in_transformers_as_float32(tmp_path):
 
 
 def test_resume_from_a_checkpoint_with_bf16_optimizer_moments(tmp_path):
-    """A run checkpointed before float32 masters kept bf16 AdamW moments: resuming casts them."""
+    """A run checkpointed before DCP shards and float32 masters kept one file of bf16 AdamW moments:
+    it still resumes, casting them."""
     from safetensors.torch import save_file
 
     trainer = Trainer(_config("bfloat16"), "cpu")
     _trained(trainer, 1)
-    ckpt = checkpoint.save_checkpoint(
-        tmp_path, 1, 1, trainer.model, trainer.tokenizer, trainer.opt, trainer.sched, _NoBuffer(), trainer.full_state()
-    )
-    moments = load_file(str(ckpt / "optimizer.safetensors"))
-    save_file({k: v.to(torch.bfloat16) for k, v in moments.items()}, str(ckpt / "optimizer.safetensors"))
+    ckpt = checkpoint.save_checkpoint(tmp_path, trainer)
+    # the layout before DCP shards: one optimizer.safetensors of full moments, here in bf16
+    moments = {k[2:]: v.to(torch.bfloat16) for k, v in trainer.full_state().items() if k.startswith("m/")}
+    shutil.rmtree(ckpt / "state")
+    save_file(moments, str(ckpt / "optimizer.safetensors"))
     resumed = Trainer(_config("bfloat16"), "cpu", checkpoint_dir=ckpt)
     assert all(s["exp_avg"].dtype == torch.float32 for s in resumed.opt.state.values())
     before, after = _trained(resumed, 1)

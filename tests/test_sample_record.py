@@ -19,7 +19,7 @@ from buffer.service import BufferService
 from buffer.store import BATCHES_SCHEMA, COMPLETIONS_SCHEMA, RunStore, read_table
 from buffer.tables import BATCH_COLUMNS, COMPLETION_COLUMNS, arrow_fields, records_from
 from dynamo_async.config import load_config
-from dynamo_async.learner.distributed import decode_batch, encode_batch
+from dynamo_async.learner.orders import Evaluate, Step, decode_order, encode_order
 from dynamo_async.protocol import Completion, NoWork, decode, encode
 from dynamo_async.sample import Float32, SampleRecord
 from workers.engine import GenResult
@@ -168,8 +168,11 @@ def test_rank_to_rank_encoding_round_trips_a_learner_batch():
         for g in range(3)
     )
     batch = LearnerBatch(7, 3, groups, dropped_stale=1, dropped_zero_variance=2, staleness=(1, 2, 3))
-    back, by_time = decode_batch(encode_batch(batch, checkpoint=True))
-    assert by_time is True and decode_batch(encode_batch(batch))[1] is False
+    order = decode_order(encode_order(Step(batch, checkpoint=True)))
+    assert isinstance(order, Step) and order.checkpoint is True
+    assert decode_order(encode_order(Step(batch))).checkpoint is False
+    assert isinstance(decode_order(encode_order(Evaluate())), Evaluate)
+    back = order.batch
     for name in ("step", "policy_version", "dropped_stale", "dropped_zero_variance", "staleness"):
         assert getattr(back, name) == getattr(batch, name), name
     for g, w in zip(back.groups, batch.groups, strict=True):

@@ -115,18 +115,33 @@ def test_wandb_sink_logs_steps_and_a_resumed_run_continues_the_same_wandb_run(tm
     init = calls[0][1]
     assert init["project"] == "proj" and init["mode"] == "offline" and init["resume"] == "allow"
     assert init["name"] == tmp_path.name and init["config"] == {"method": "dynamo"} and init["entity"] is None
-    # plotted against train/step, which a resumed run may repeat (W&B's own step only grows)
-    assert calls[1:4] == [
-        ("define_metric", "train/step", None),
-        ("define_metric", "train/*", "train/step"),
-        ("define_metric", "eval/*", "train/step"),
-    ]
-    _, data, step = calls[4]
-    assert step is None and data["train/step"] == 3 and data["train/accuracy"] == 0.25
+    _, data, step = calls[1]  # W&B's own step is the learner step
+    assert step == 3 and data["train/accuracy"] == 0.25
     assert data["train/allocation_group_size"] == ("histogram", [4, 4, 6])
-    assert calls[5] == ("log", {"eval/synthetic": 0.5, "train/step": 3}, None) and calls[6] == ("finish",)
-    WandbSink(cfg, tmp_path, {}).close()  # the resumed learner
-    assert calls[7][1]["id"] == init["id"]
+    assert calls[2] == ("log", {"eval/synthetic": 0.5}, 3) and calls[3] == ("finish",)
+    WandbSink(cfg, tmp_path, {}, start_step=3).close()  # a learner resumed after a clean stop
+    assert calls[4][1]["id"] == init["id"] and calls[4][1]["resume"] == "allow"
+
+
+def test_a_run_resumed_after_a_kill_rewinds_its_wandb_run_to_the_checkpoint(tmp_path, monkeypatch):
+    """The killed run logged steps 5-7 after its step-4 checkpoint: the resumed run rewinds the
+    same W&B run to step 4 (W&B would otherwise ignore its rows for steps 5-7); once it has
+    passed step 7, a later resume continues without a rewind."""
+    from buffer import history
+
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "wandb", _fake_wandb(calls))
+    cfg = MetricsConfig(wandb=True, wandb_mode="offline")
+    lines = [json.dumps({"step": s}) for s in range(1, 8)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    WandbSink(cfg, tmp_path, {}).close()
+    run_id = calls[0][1]["id"]
+    history.cut_metrics(tmp_path, 4)
+    assert history.rewinds(tmp_path, 4) and not history.rewinds(tmp_path, 0)
+    make_sinks(cfg, tmp_path, {}, start_step=4, rewind=True)[-1].close()
+    resumed = calls[2][1]
+    assert resumed["resume_from"] == f"{run_id}?_step=4" and "id" not in resumed and "resume" not in resumed
+    assert not history.rewinds(tmp_path, 9)  # resumed later at step 9: no rewind
 
 
 def test_wandb_sink_runs_offline_with_the_real_package_and_resumes_the_same_run(tmp_path):

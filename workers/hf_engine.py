@@ -39,8 +39,12 @@ class HFEngine:
         device: str = "cpu",
         weight_source: WeightSource | None = None,
         policy_version: int = 0,
+        all_done=None,
     ):
+        """``all_done(done) -> bool``: whether to stop decoding, given whether this call's
+        sequences are all done (default: stop then); sharded learner ranks stop together."""
         self.model = model.eval()
+        self._all_done = all_done if all_done is not None else bool
         self.cfg = cfg
         self.device = device
         self.weight_source = weight_source
@@ -80,7 +84,7 @@ class HFEngine:
                 cache, logits = self._prefill(state)
             tokens, logp, ent = self._sample(logits, gens)
             state.append(tokens, logp, ent, self.policy_version, self.eos_ids)
-            if state.all_done:
+            if self._all_done(state.all_done):
                 break
             logits, cache = self._step(state, tokens, cache)
         return state.results()

@@ -370,6 +370,17 @@ class OptimConfig(_Section):
             )
         ),
     ] = True
+    refresh_stats: Annotated[
+        bool,
+        Meta(
+            description=(
+                "Recompute the entropy and vocabulary sums (and their mini-batch normalisers) of each "
+                "mini-batch after the first with the weights it is trained from (one no-grad forward "
+                "of that mini-batch); false uses the proximal pass's, from the step's start weights "
+                "(measured error in docs/design.md section 8). The proximal log-probs stay the start's."
+            )
+        ),
+    ] = True
     sort_by_length: Annotated[
         bool,
         Meta(

@@ -28,19 +28,33 @@ class EvalResult:
 
 
 def sampled_accuracy(
-    engine, tokenizer, scorer, problems: list[Problem], cfg, samples: int = 1, batch_size: int = 32, seed: int = 12345
+    engine,
+    tokenizer,
+    scorer,
+    problems: list[Problem],
+    cfg,
+    samples: int = 1,
+    batch_size: int = 32,
+    seed: int = 12345,
+    share: tuple[int, int] = (0, 1),
 ) -> EvalResult:
-    """Generate ``samples`` responses per problem with ``engine`` and count the correct ones."""
-    jobs = [(p, k) for p in problems for k in range(samples)]
+    """Generate ``samples`` responses per problem with ``engine`` and count the correct ones.
+
+    ``share`` = (rank, ranks): sample only jobs rank, rank + ranks, ... of the full list (each
+    with the seed it has there, so the shares add up to the single-process evaluation), in as
+    many engine calls as the largest share needs: a shorter share repeats its last job, uncounted
+    (sharded learner ranks run every forward pass together)."""
+    rank, ranks = share
+    jobs = [(i, p, k) for i, (p, k) in enumerate((p, k) for p in problems for k in range(samples))]
+    mine = jobs[rank::ranks]
+    longest = -(-len(jobs) // ranks)
+    padded = mine + [mine[-1] if mine else jobs[0]] * (longest - len(mine))
     correct = 0
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        reqs = [
-            GenRequest(prompt_ids(tokenizer, p.problem, cfg), seed + 1000 * i + k)
-            for i, (p, k) in enumerate(chunk, start)
-        ]
+    for start in range(0, len(padded), batch_size):
+        chunk = padded[start : start + batch_size]
+        reqs = [GenRequest(prompt_ids(tokenizer, p.problem, cfg), seed + 1000 * i + k) for i, p, k in chunk]
         results = engine.generate(reqs)
         texts = [tokenizer.decode(r.token_ids.tolist(), skip_special_tokens=True) for r in results]
-        scores = scorer.score(texts, [p.answer for p, _ in chunk])
-        correct += sum(s.acc for s in scores)
-    return EvalResult(correct, len(jobs))
+        scores = scorer.score(texts, [p.answer for _, p, _ in chunk])
+        correct += sum(s.acc for j, s in enumerate(scores, start) if j < len(mine))
+    return EvalResult(correct, len(mine))

@@ -1,19 +1,27 @@
-"""Checkpoints: model in Hugging Face format, optimizer as safetensors, state as JSON.
+"""Checkpoints: DCP shards of the training state, the model in Hugging Face format, JSON state.
 
     RUN_DIR/checkpoints/step-000012/
-        model/                 save_pretrained (safetensors, the float32 masters) + tokenizer: loadable by
-                               transformers and vLLM (which cast to their dtype at load)
-        optimizer.safetensors  AdamW moments per parameter name ("<name>/exp_avg", "<name>/exp_avg_sq")
+        state/                 float32 masters and AdamW moments as DCP shards, written by every
+                               learner rank in parallel; resumes on any number of ranks (shards.py)
+        model/                 save_pretrained (safetensors, the float32 masters) + tokenizer: for
+                               users, ``eval``, transformers and vLLM (which cast to their dtype at load)
         torch_rng.safetensors  the torch CPU generator state
         trainer_state.json     step, version, optimizer step counts and hyper-parameters, scheduler
         buffer/                the buffer's statistics and counters (BufferService.save_state)
     RUN_DIR/checkpoints/latest  the name of the newest complete checkpoint
 
+Every learner rank calls ``save_checkpoint``: all write their shards of ``state/`` at once, then
+gather the masters one tensor at a time into rank 0's memory (the CPU), which writes ``model/``
+and the rest. A resume builds the model from ``model/`` and reads the masters and moments from
+``state/``, each rank its own shards. The run directory must be on a file system every learner
+rank sees (as for any DCP checkpoint).
+
 The newest ``trainer.keep_checkpoints`` are kept. Checkpoints are written every
 ``trainer.checkpoint_every`` steps, after the first step ending ``trainer.checkpoint_every_s``
 seconds after the last one, at the end, and when the learner is stopped (SIGTERM, SIGINT, SIGHUP).
 
-Nothing is pickled. A checkpoint is written into a temporary folder and renamed when complete.
+A checkpoint is written into a temporary folder and renamed when complete. Nothing is pickled by
+this project; DCP's index ``state/.metadata`` is a torch pickle (``shards.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ import msgspec
 import torch
 from safetensors.torch import load_file, save_file
 
+from dynamo_async.errors import UsageError
+from dynamo_async.learner import shards
+
 
 class TrainerState(msgspec.Struct):
     step: int
@@ -36,28 +47,46 @@ class TrainerState(msgspec.Struct):
     lrs: list[float]
 
 
-def save_checkpoint(
-    run_dir: Path, step: int, version: int, model, tokenizer, opt, sched, service, full: FullState
-) -> Path:
-    """Write a checkpoint; ``full`` holds the float32 master weights and the optimizer moments
-    (``Trainer.full_state``, gathered from every rank when sharded): the model is saved from it."""
+def save_checkpoint(run_dir: Path, trainer, service=None) -> Path | None:
+    """Every learner rank: write a checkpoint of ``trainer`` (``service``: rank 0's buffer, whose
+    state goes in too). Returns the checkpoint's folder on rank 0, None on the others."""
+    rank0, sharded = trainer.dist.rank == 0, trainer.dist.sharded
     root = Path(run_dir) / "checkpoints"
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "model", state_dict=full.weights)
-    _record_dtype(tmp / "model", full.weights)
-    tokenizer.save_pretrained(tmp / "model")
-    save_file(full.moments, str(tmp / "optimizer.safetensors"))
+    final, tmp = root / f"step-{trainer.step:06d}", root / f".tmp-step-{trainer.step:06d}"
+    if rank0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if sharded:
+        torch.distributed.barrier()  # the folder is there before any rank writes into it
+    shards.save_shards(tmp / "state", trainer.masters.named, trainer.opt, sharded)
+    weights = gather_masters(trainer.masters.named, sharded, rank0)
+    if not rank0:
+        return None
+    trainer.model.save_pretrained(tmp / "model", state_dict=weights)
+    _record_dtype(tmp / "model", weights)
+    trainer.tokenizer.save_pretrained(tmp / "model")
     save_file({"state": torch.get_rng_state()}, str(tmp / "torch_rng.safetensors"))
-    state = TrainerState(step, version, sched.last_epoch, full.steps, [g["lr"] for g in opt.param_groups])
+    opt, sched = trainer.opt, trainer.sched
+    steps = shards.step_counts(trainer.masters.named, opt)
+    state = TrainerState(trainer.step, trainer.version, sched.last_epoch, steps, [g["lr"] for g in opt.param_groups])
     (tmp / "trainer_state.json").write_bytes(msgspec.json.encode(state))
-    service.save_state(tmp / "buffer")
+    if service is not None:
+        service.save_state(tmp / "buffer")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     (root / "latest").write_text(final.name)
     return final
+
+
+def gather_masters(named: dict[str, torch.Tensor], sharded: bool, keep: bool) -> dict[str, torch.Tensor]:
+    """Full float32 masters on the CPU, one tensor at a time (a collective on every rank when
+    sharded); only a rank with ``keep`` holds them, the others get an empty dict."""
+    out = {}
+    for name, t in named.items():
+        full = t.detach().full_tensor() if sharded else t.detach()
+        if keep:
+            out[name] = full.cpu()
+    return out
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
@@ -86,28 +115,6 @@ def _record_dtype(model_dir: Path, weights: dict) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-class FullState(msgspec.Struct):
-    """Full (unsharded) weights and AdamW moments, gathered on every learner rank."""
-
-    weights: dict
-    moments: dict
-    steps: dict
-
-
-def optimizer_moments(named: dict, opt, gather=lambda t: t) -> tuple[dict, dict]:
-    """AdamW moments by "<param name>/exp_avg" / "/exp_avg_sq", and steps by name (fixed order);
-    ``named`` maps names to the tensors the optimizer updates (the float32 masters)."""
-    moments, steps = {}, {}
-    for name, p in named.items():
-        st = opt.state.get(p)
-        if not st:
-            continue
-        moments[f"{name}/exp_avg"] = gather(st["exp_avg"]).contiguous()
-        moments[f"{name}/exp_avg_sq"] = gather(st["exp_avg_sq"]).contiguous()
-        steps[name] = float(st["step"])
-    return moments, steps
-
-
 def latest_checkpoint(run_dir: Path) -> Path | None:
     marker = Path(run_dir) / "checkpoints" / "latest"
     if not marker.exists():
@@ -116,24 +123,39 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_trainer_state(ckpt: Path, named: dict, opt, sched) -> TrainerState:
-    """Restore optimizer moments, scheduler and RNG into objects built from ``ckpt/model``;
-    ``named`` maps names to the masters the optimizer updates (a sharded parameter gets its
-    shard of each full moment)."""
+def load_trainer_state(ckpt: Path, trainer) -> TrainerState:
+    """Restore masters, optimizer moments, scheduler and RNG into ``trainer`` (built from
+    ``ckpt/model``), each rank reading its own shards of ``ckpt/state``."""
     state = msgspec.json.decode((ckpt / "trainer_state.json").read_bytes(), type=TrainerState)
-    moments = load_file(str(ckpt / "optimizer.safetensors"))
-    for name, p in named.items():
-        if name in state.param_steps:
-            opt.state[p] = {
-                "step": torch.tensor(state.param_steps[name]),
-                "exp_avg": _like(p, moments[f"{name}/exp_avg"]),
-                "exp_avg_sq": _like(p, moments[f"{name}/exp_avg_sq"]),
-            }
-    sched.last_epoch = state.scheduler_epoch
+    named, opt, sharded = trainer.masters.named, trainer.opt, trainer.dist.sharded
+    if (ckpt / "state").is_dir():
+        shards.load_shards(ckpt / "state", named, opt, state.param_steps, sharded)
+        trainer.masters.push()
+    else:
+        _load_moments_file(ckpt / "optimizer.safetensors", named, opt, state.param_steps)
+    trainer.sched.last_epoch = state.scheduler_epoch
     for group, lr in zip(opt.param_groups, state.lrs):
         group["lr"] = lr
     torch.set_rng_state(load_file(str(ckpt / "torch_rng.safetensors"))["state"])
     return state
+
+
+def _load_moments_file(path: Path, named: dict, opt, steps: dict[str, float]) -> None:
+    """Moments of a checkpoint written before DCP shards (one full ``optimizer.safetensors``;
+    its masters are those of ``model/``)."""
+    if not path.exists():
+        raise UsageError(
+            f"checkpoint: got {path.parent} without state/ or optimizer.safetensors, expected a complete "
+            f"checkpoint; resume from an earlier one (write its name into {path.parent.parent / 'latest'})"
+        )
+    moments = load_file(str(path))
+    for name, p in named.items():
+        if name in steps:
+            opt.state[p] = {
+                "step": torch.tensor(steps[name]),
+                "exp_avg": _like(p, moments[f"{name}/exp_avg"]),
+                "exp_avg_sq": _like(p, moments[f"{name}/exp_avg_sq"]),
+            }
 
 
 def _like(param, full: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@ normalised by the whole mini-batch's totals; FSDP averages gradients over ranks,
 rank scales its loss by the world size to get the sum. All ranks must run the same number of
 forward passes, so shorter micro-batch lists are padded with fully masked copies. Before a
 weight broadcast, all ranks gather the full tensors in the same fixed order
-(``DTensor.full_tensor``); rank 0 sends them. Rank 0 also sends every learner batch to the
-other ranks, as typed msgpack of its groups and their ``SampleRecord`` s (``encode_batch``).
+(``DTensor.full_tensor``); rank 0 sends them. Rank 0 tells the other ranks what to do next
+(``orders.py``).
 """
 
 from __future__ import annotations
@@ -18,15 +18,10 @@ import os
 import sys
 from dataclasses import dataclass
 
-import msgspec
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from buffer.batch import LearnerBatch, ReadyGroup
 from dynamo_async.errors import UsageError
-from dynamo_async.protocol import pack_i32
-from dynamo_async.sample import SampleRecord
 from dynamo_async.weights.group import collective_backend
 
 
@@ -112,82 +107,16 @@ def _masked_copy(mb):
     )
 
 
-# ---------------------------------------------------------------- rank 0 -> other ranks
-
-
-class _WireGroup(msgspec.Struct, frozen=True, array_like=True):
-    group_id: int
-    prompt_id: str
-    prompt: bytes  # prompt token ids, packed int32
-    answer: str
-    samples: list[SampleRecord]  # the records themselves (docs/design.md section 5)
-
-
-class _WireBatch(msgspec.Struct, frozen=True, array_like=True):
-    step: int
-    version: int
-    groups: list[_WireGroup]
-    dropped_stale: int
-    dropped_zero_variance: int
-    staleness: list[int]
-    checkpoint: bool  # rank 0's time-based checkpoint decision for this step
-
-
-_batch_decoder = msgspec.msgpack.Decoder(_WireBatch)
-
-
-def send_batch(batch: LearnerBatch | None, checkpoint: bool = False) -> None:
-    """Rank 0: the next batch to the other ranks (None: stop), and whether its step ends with a
-    checkpoint by time."""
-    data = b"" if batch is None else encode_batch(batch, checkpoint)
-    size = torch.tensor([len(data)], dtype=torch.int64)
-    dist.broadcast(size, src=0)
-    if data:
-        dist.broadcast(torch.frombuffer(bytearray(data), dtype=torch.uint8), src=0)
-
-
-def receive_batch() -> tuple[LearnerBatch, bool] | None:
-    """Other ranks: the batch rank 0 sent and its checkpoint-by-time flag, or None when the run stops."""
-    size = torch.zeros(1, dtype=torch.int64)
-    dist.broadcast(size, src=0)
-    if int(size) == 0:
-        return None
-    buf = torch.empty(int(size), dtype=torch.uint8)
-    dist.broadcast(buf, src=0)
-    return decode_batch(buf.numpy().tobytes())
-
-
-def encode_batch(b: LearnerBatch, checkpoint: bool = False) -> bytes:
-    """msgpack bytes of a learner batch: its groups, each with its sample records as they are."""
-    groups = [
-        _WireGroup(g.group_id, g.prompt_id, pack_i32(g.prompt_token_ids), g.answer, list(g.samples)) for g in b.groups
-    ]
-    wire = _WireBatch(
-        b.step, b.policy_version, groups, b.dropped_stale, b.dropped_zero_variance, list(b.staleness), checkpoint
-    )
-    return msgspec.msgpack.encode(wire)
-
-
-def decode_batch(data: bytes) -> tuple[LearnerBatch, bool]:
-    """The learner batch ``encode_batch`` wrote and its checkpoint flag (typed decode; the
-    records check their invariants)."""
-    w = _batch_decoder.decode(data)
-    groups = tuple(
-        ReadyGroup(g.group_id, g.prompt_id, np.frombuffer(g.prompt, "<i4"), g.answer, tuple(g.samples))
-        for g in w.groups
-    )
-    batch = LearnerBatch(w.step, w.version, groups, w.dropped_stale, w.dropped_zero_variance, tuple(w.staleness))
-    return batch, w.checkpoint
-
-
 def init_from_env(device: str) -> DistInfo:
     """Join the learner ranks torchrun started (WORLD_SIZE > 1); a single process otherwise."""
-    import os
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return DistInfo()
-    dist.init_process_group(collective_backend(device))
+    if device.startswith("cuda"):  # one GPU per rank; "cuda" then means this rank's own
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # The model's collectives run on the device's backend; orders and statistics are CPU tensors.
+    backend = collective_backend(device)
+    dist.init_process_group(backend if backend == "gloo" else f"cpu:gloo,cuda:{backend}")
     return DistInfo(dist.get_rank(), dist.get_world_size())
 
 

@@ -28,9 +28,10 @@ from buffer.store import RunStore
 from dynamo_async.config import config_to_yaml
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
-from dynamo_async.learner import checkpoint
-from dynamo_async.learner.distributed import DistInfo, send_batch
+from dynamo_async.learner import checkpoint, heldout
+from dynamo_async.learner.distributed import DistInfo
 from dynamo_async.learner.metrics import MetricsLog
+from dynamo_async.learner.orders import Evaluate, Step, send_order
 from dynamo_async.learner.sinks import StatusSink, make_sinks
 from dynamo_async.learner.step import learner_step
 from dynamo_async.learner.trainer import Trainer
@@ -77,7 +78,9 @@ class Learner:
         self.sender = WeightSender(ctx.host, 0, backend=backend, device=ctx.device)
         if not dist_info.sharded:
             self.sender.bind(dict(self.trainer.model.named_parameters()))  # parameters live in the buckets
-        self._weights: dict | None = None  # the last step's full weights (gathered when sharded)
+        # Sharded: the full weights of the last step, gathered by every rank (follower.py does the
+        # same at start), so a worker joining before the first step gets the resumed weights.
+        self._weights = self.trainer.named_weights() if dist_info.sharded else None
         self.server = BufferServer(self.service, ctx.host, ctx.port, welcome=self._welcome)
         self._sent_to: tuple[str, ...] = ()
         self.last_sync = None
@@ -107,12 +110,15 @@ class Learner:
         """Run until ``trainer.total_steps`` (or ``steps`` more, or ``stop`` is set); checkpoint at
         the end. Held-out evaluations run before and after when ``trainer.eval_samples`` > 0."""
         end = self.cfg.trainer.total_steps if steps is None else self.step + steps
-        sinks = make_sinks(self.cfg.metrics, self.ctx.run_dir, msgspec.to_builtins(self.cfg), self.step)
+        config = msgspec.to_builtins(self.cfg)
+        sinks = make_sinks(
+            self.cfg.metrics, self.ctx.run_dir, config, self.step, rewind=history.rewinds(self.ctx.run_dir, self.step)
+        )
         sinks.append(StatusSink(self.service))
         log = MetricsLog(self.ctx.run_dir, self.cfg.trainer.total_steps, self.step, self.ctx.show_progress, sinks)
         every = self.cfg.trainer.eval_every
         try:
-            if self.step == 0 and not self.dist.sharded:
+            if self.step == 0:
                 self.evaluate(log, "before")
             self._stop = stop
             while self.step < end and not self._stopping():
@@ -120,34 +126,28 @@ class Learner:
                 if metrics is None:  # stopped while waiting for a batch
                     break
                 log.write(metrics)
-                if every and self.step % every == 0 and self.step < end and not self.dist.sharded:
+                if every and self.step % every == 0 and self.step < end:
                     self.evaluate(log, f"step {self.step}")
-            if not self.dist.sharded and self.step >= end:  # a stopped run checkpoints without it
+            if self.step >= end:  # a stopped run checkpoints without it
                 self.evaluate(log, "after")
         finally:
             log.close()
             if self.dist.sharded:
-                send_batch(None)  # the other ranks stop and join the final checkpoint's gather
+                send_order(None)  # the other ranks stop and write their part of the final checkpoint
         self.save()
 
     def evaluate(self, log: MetricsLog, label: str) -> dict:
-        """Sampled accuracy of the current weights on the held-out sets (docs/design.md section 10)."""
+        """Sampled accuracy of the current weights on the held-out sets, on every learner rank
+        (``heldout.py``); logged here."""
         if not self.cfg.trainer.eval_samples:
             return {}
-        from dynamo_async.data.prompts import eval_problems
-        from dynamo_async.evaluation.sampling import sampled_accuracy
-        from dynamo_async.rewards import MathVerifyScorer
-        from workers.hf_engine import HFEngine
-
-        model, tokenizer = self.trainer.model, self.trainer.tokenizer
-        engine = HFEngine(model, tokenizer, self.cfg, self.ctx.device, policy_version=self.version)
-        out = {}
-        with MathVerifyScorer.from_config(self.cfg.rewards) as scorer:
-            for name, problems in eval_problems(self.cfg.data).items():
-                res = sampled_accuracy(engine, tokenizer, scorer, problems, self.cfg, self.cfg.trainer.eval_samples)
-                out[f"eval/{name}"] = res.accuracy
-                log.note(f"held-out accuracy {label} ({name}, {self.cfg.trainer.eval_samples} samples each): {res}")
-        model.train()
+        if self.dist.sharded:
+            send_order(Evaluate())
+        results = heldout.evaluate(self.trainer)
+        n = self.cfg.trainer.eval_samples
+        for name, res in results.items():
+            log.note(f"held-out accuracy {label} ({name}, {n} samples each): {res}")
+        out = {f"eval/{name}": res.accuracy for name, res in results.items()}
         log.write_eval({"step": self.step, "version": self.version, "label": label, **out})
         return out
 
@@ -161,14 +161,11 @@ class Learner:
         self.server.stop()
         self.store.close()
 
-    def save(self, full: checkpoint.FullState | None = None) -> Path:
-        """Write a checkpoint of this step (``full``: gathered by the step; else gathered now, a
-        collective with the other ranks when sharded) and keep the newest ``keep_checkpoints``."""
-        t = self.trainer
-        full = full if full is not None else t.full_state()
-        path = checkpoint.save_checkpoint(
-            self.ctx.run_dir, t.step, t.version, t.model, t.tokenizer, t.opt, t.sched, self.service, full
-        )
+    def save(self) -> Path:
+        """Write a checkpoint of this step (a collective with the other ranks when sharded: each
+        writes its shards) and keep the newest ``keep_checkpoints``."""
+        path = checkpoint.save_checkpoint(self.ctx.run_dir, self.trainer, self.service)
+        assert path is not None, "rank 0 writes the checkpoint's folder"
         checkpoint.prune_checkpoints(self.ctx.run_dir, self.cfg.trainer.keep_checkpoints)
         self._saved_at = time.monotonic()
         return path
@@ -187,7 +184,7 @@ class Learner:
         t_pulled = time.perf_counter()
         by_time = self._checkpoint_by_time()  # decided here, once, so every rank agrees
         if self.dist.sharded:
-            send_batch(batch, by_time)
+            send_order(Step(batch, by_time))
         result = learner_step(self.trainer, batch, by_time)  # what every rank runs
         self._weights = result.weights
         self.broadcast(force=True)
@@ -207,8 +204,8 @@ class Learner:
         metrics["tokens_per_s"] = metrics["response_tokens"] / max(metrics["step_s"], 1e-9)
         idle = self.service.worker_idle_seconds()  # reported by heartbeats, summed over workers
         metrics["worker_idle_s"], self._worker_idle = idle - self._worker_idle, idle
-        if result.checkpoint is not None:
-            self.save(result.checkpoint)
+        if result.checkpoint:
+            self.save()
         return metrics
 
     def pull_batch(self) -> LearnerBatch | None:
@@ -233,9 +230,6 @@ class Learner:
             self._sent_to = members
             return
         weights = self._weights if self.dist.sharded else self.trainer.named_weights()
-        if weights is None:  # several ranks, before the first step: newcomers loaded these weights
-            self._sent_to = members
-            return
         self.last_sync = self.sender.broadcast(weights, self.version, members)
         self._sent_to = members if self.last_sync.error is None else ()
 

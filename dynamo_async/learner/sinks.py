@@ -115,12 +115,14 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    """``wandb.init`` once per run directory: a resumed run continues the same W&B run
-    (its id is kept in RUN_DIR/wandb_run_id). Rows are plotted against ``train/step``
-    (a defined step metric), not W&B's own step, which only grows: a step trained again
-    after a resume would otherwise be dropped."""
+    """``wandb.init`` once per run directory: a resumed run continues the same W&B run (its id
+    is kept in RUN_DIR/wandb_run_id). W&B's own step is the learner step. A run resumed after a
+    kill (``rewind``: the killed run logged steps after its checkpoint, now superseded) rewinds
+    the W&B run to the checkpoint's step (``resume_from="<id>?_step=<step>"``, W&B's rewind), so
+    each step shows once; without a rewind W&B would ignore the resumed run's rows for those
+    steps and keep the superseded ones."""
 
-    def __init__(self, cfg: MetricsConfig, run_dir: Path, config: dict):
+    def __init__(self, cfg: MetricsConfig, run_dir: Path, config: dict, start_step: int = 0, rewind: bool = False):
         try:
             import wandb
         except ImportError:
@@ -132,6 +134,7 @@ class WandbSink:
         id_file = run_dir / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:16]
         id_file.write_text(run_id + "\n")
+        where = {"resume_from": f"{run_id}?_step={start_step}"} if rewind else {"id": run_id, "resume": "allow"}
         self.run = wandb.init(
             project=cfg.wandb_project,
             entity=cfg.wandb_entity or None,
@@ -139,22 +142,18 @@ class WandbSink:
             dir=str(run_dir),
             mode=cfg.wandb_mode,
             config=config,
-            id=run_id,
-            resume="allow",
+            **where,
         )
-        self.run.define_metric("train/step")
-        for pattern in ("train/*", "eval/*"):
-            self.run.define_metric(pattern, step_metric="train/step")
 
     def write(self, row: dict) -> None:
-        data: dict = {**scalars(row, "train"), "train/step": int(row["step"])}
+        data: dict = scalars(row, "train")
         sizes = group_sizes(row)
         if sizes:
             data["train/allocation_group_size"] = self.wandb.Histogram(sizes)
-        self.run.log(data)
+        self.run.log(data, step=int(row["step"]))
 
     def write_eval(self, row: dict) -> None:
-        self.run.log({**eval_scalars(row), "train/step": int(row["step"])})
+        self.run.log(eval_scalars(row), step=int(row["step"]))  # joins that step's training row
 
     def close(self) -> None:
         self.run.finish()
@@ -177,16 +176,19 @@ class StatusSink:
         pass
 
 
-def make_sinks(cfg: MetricsConfig, run_dir: Path, config: dict, start_step: int = 0) -> list[MetricSink]:
+def make_sinks(
+    cfg: MetricsConfig, run_dir: Path, config: dict, start_step: int = 0, rewind: bool = False
+) -> list[MetricSink]:
     """metrics.jsonl, plus the optional sinks ``cfg`` turns on (``config``: the run config as
-    a plain mapping, for W&B; ``start_step``: the step a resumed run continues after)."""
+    a plain mapping, for W&B; ``start_step``: the step a resumed run continues after;
+    ``rewind``: rows after ``start_step`` were logged by a killed run and are superseded)."""
     sinks: list[MetricSink] = [JsonlSink(run_dir / "metrics.jsonl")]
     try:
         if cfg.tensorboard:
             sinks.append(TensorBoardSink(run_dir / "tensorboard", purge_step=start_step + 1 if start_step else None))
         if cfg.wandb:
             os.environ.setdefault("WANDB_SILENT", "true")
-            sinks.append(WandbSink(cfg, run_dir, config))
+            sinks.append(WandbSink(cfg, run_dir, config, start_step, rewind))
     except Exception:
         for sink in sinks:  # close what was opened, then report why the next one failed
             sink.close()

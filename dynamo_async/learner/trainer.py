@@ -48,7 +48,7 @@ class Trainer:
         shared, packs = self.cache_kw is not None, shared_prompt.packs_tails(self.model)
         self.packing = Packing.of(cfg, shared, self.objective.skips_zero_advantage, packs)
         self.compute_dtype = DTYPES[cfg.model.compute_dtype]
-        if dist_info.sharded:  # a checkpoint holds full tensors: any number of ranks resumes it
+        if dist_info.sharded:  # checkpoint shards are re-laid out at load: any number of ranks resumes
             check_split(cfg, dist_info.world)  # refused at start, not at the first step
             shard_model(self.model, self.compute_dtype)
         self.masters = MasterWeights(self.model, self.compute_dtype, sharded=dist_info.sharded)
@@ -56,7 +56,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
         self.step, self.version = 0, 0
         if checkpoint_dir is not None:
-            state = checkpoint.load_trainer_state(checkpoint_dir, self.masters.named, self.opt, self.sched)
+            state = checkpoint.load_trainer_state(checkpoint_dir, self)
             self.step, self.version = state.step, state.version
             self.generator.manual_seed(cfg.trainer.seed + state.step)
 
@@ -82,27 +82,43 @@ class Trainer:
         runs only when a component needs the mini-batch's statistics. Returns the step's
         ``entropy`` over every sample's response tokens."""
         behavior = self.cfg.off_policy.mode == "behavior"
-        collect = "mini_batch_stats" in self.objective.needs
         h_sum = h_count = 0.0
         for mini in minis:
             for mb in mini.all():
                 mb.logp_old = mb.logp_behavior if behavior else None
-            if not self._proximal_runs():
-                continue
-            for mb in mini.all():
-                stats = self.objective.proximal_stats(self._logits(mb), mb.targets, mask=mb.mask)
-                mb.logp_old = mb.logp_behavior if behavior else stats.logp
-                mb.entropy, mb.vocab_sum = stats.entropy, stats.vocab_sum
-                if stats.entropy is not None:
-                    h_sum, h_count = h_sum + float((stats.entropy * mb.mask).sum()), h_count + float(mb.mask.sum())
-                if collect:
-                    for k, v in self.objective.mini_batch_stats(stats, self._policy_batch(mb)).items():
-                        mini.normalisers[k] = max(mini.normalisers.get(k, -float("inf")), v)
-            if collect:
-                mini.normalisers = max_over_ranks(mini.normalisers, self.dist)
-                for mb in mini.all():
-                    mb.normalisers = mini.normalisers
+            if self._proximal_runs():
+                h, n = self._statistics(mini, set_old=not behavior)
+                h_sum, h_count = h_sum + h, h_count + n
         return {"entropy": h_sum / h_count} if h_count else {}
+
+    @torch.no_grad()
+    def _statistics(self, mini: MiniBatch, set_old: bool) -> tuple[float, float]:
+        """One no-grad forward of ``mini`` with the current weights: its entropy, vocabulary sums
+        and mini-batch normalisers (``set_old``: also its proximal log-probs). Returns the
+        entropy's sum and token count."""
+        collect = "mini_batch_stats" in self.objective.needs
+        h_sum = h_count = 0.0
+        normalisers: dict[str, float] = {}
+        for mb in mini.all():
+            stats = self.objective.proximal_stats(self._logits(mb), mb.targets, mask=mb.mask)
+            if set_old:
+                mb.logp_old = stats.logp
+            mb.entropy, mb.vocab_sum = stats.entropy, stats.vocab_sum
+            if stats.entropy is not None:
+                h_sum, h_count = h_sum + float((stats.entropy * mb.mask).sum()), h_count + float(mb.mask.sum())
+            if collect:
+                for k, v in self.objective.mini_batch_stats(stats, self._policy_batch(mb)).items():
+                    normalisers[k] = max(normalisers.get(k, -float("inf")), v)
+        if collect:
+            mini.normalisers = max_over_ranks(normalisers, self.dist)
+            for mb in mini.all():
+                mb.normalisers = mini.normalisers
+        return h_sum, h_count
+
+    def _refreshes(self) -> bool:
+        """Whether later mini-batches get statistics of their own weights (``optim.refresh_stats``)."""
+        needs = self.objective.needs
+        return self.cfg.optim.refresh_stats and bool(needs & {"entropy", "vocab_sum", "mini_batch_stats"})
 
     def update(self, minis: list[MiniBatch]) -> dict:
         """One optimizer step per mini-batch (``ppo_epochs`` passes) over its ``update``
@@ -114,8 +130,10 @@ class Trainer:
         hists: dict[str, np.ndarray] = {}  # token histograms (beta factors): summed, not averaged
         norms, losses = [], []
         lr = self.opt.param_groups[0]["lr"]
-        for _ in range(self.cfg.optim.ppo_epochs):
-            for mini in minis:
+        for epoch in range(self.cfg.optim.ppo_epochs):
+            for j, mini in enumerate(minis):
+                if (epoch or j) and self._refreshes():  # the weights moved since the proximal pass
+                    self._statistics(mini, set_old=False)
                 mini_loss = 0.0
                 for mb in mini.update:
                     loss, m = self.objective(self._logits(mb), self._policy_batch(mb), self.generator)
@@ -142,13 +160,16 @@ class Trainer:
         out["grad_norm_max"] = float(np.max(norms)) if norms else 0.0
         return out
 
-    def full_state(self) -> checkpoint.FullState:
-        """Full float32 master weights and optimizer moments (a collective on every rank when
-        sharded): what a checkpoint holds."""
-        gather = (lambda t: t.full_tensor()) if self.dist.sharded else (lambda t: t)
-        moments, steps = checkpoint.optimizer_moments(self.masters.named, self.opt, gather)
-        weights = {n: gather(t).detach() for n, t in self.masters.named.items()}
-        return checkpoint.FullState(weights, moments, steps)
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """Full float32 masters (``"w/<name>"``) and AdamW moments (``"m/<name>/exp_avg"``, ...)
+        on every rank, for comparing two trainers (a collective on every rank when sharded;
+        checkpoints write shards instead, ``checkpoint.py``)."""
+        gather = (lambda t: t.detach().full_tensor()) if self.dist.sharded else (lambda t: t.detach())
+        out = {f"w/{n}": gather(t) for n, t in self.masters.named.items()}
+        for n, p in self.masters.named.items():
+            for m in ("exp_avg", "exp_avg_sq") if self.opt.state.get(p) else ():
+                out[f"m/{n}/{m}"] = gather(self.opt.state[p][m])
+        return out
 
     def named_weights(self) -> dict[str, torch.Tensor]:
         """Full weights in the compute dtype, in a fixed order, as workers receive them (a
