@@ -8,13 +8,17 @@ them as fast as it can, twice per round, to two receivers, alternated in one run
   dir, the leases settled and the Bernoulli statistics updated as groups complete. The
   completions are for samples leased in process beforehand (one group of ``--group`` samples
   per prompt, so every one of them is accepted; the script checks that).
+- ``curve``: the same real path with ZeroMQ CURVE on (``BufferServer(keys=...)``, the sender
+  with an authorized client key; ``buffer/curve.py``): encryption, the per-message key check
+  and the worker-id binding; its own leased samples, pushed from the same sender.
 - ``plain``: a PULL socket that only receives and decodes the same messages.
 
 Rates are messages per second from the first to the last message received; for ``buffer``, to
 the moment the round's Arrow rows are written (``RunStore.flush``), so rows still queued for the
 store's writer thread are not left off the clock. Prints per-round
 figures and, as its last line, ``buffer_ingest ratio=<float> msgs_per_s=<float>``: the median
-buffer rate over the median plain rate, and the median buffer rate.
+buffer rate over the median plain rate, and the median buffer rate; then ``curve_ratio``, the
+median CURVE rate over the median buffer rate (target: at least 0.7).
 """
 
 from __future__ import annotations
@@ -33,16 +37,17 @@ def sender_main(conn) -> None:
     """The sender process: ``("encode", spec, tokens, version)`` -> "ready"; ``("send", url)`` -> "sent"."""
     import zmq
 
+    from buffer.curve import ClientKeys
     from dynamo_async.protocol import Completion, encode, pack_f32, pack_i32
     from dynamo_async.sample import SampleRecord
 
     ctx = zmq.Context()
-    frames: list[bytes] = []
+    encoded: dict[str, list[bytes]] = {}
     rng = np.random.default_rng(0)
     while True:
         cmd = conn.recv()
         if cmd[0] == "encode":
-            _, spec, tokens, version = cmd
+            _, name, spec, tokens, version = cmd
             bases = [rng.integers(0, 150_000, tokens).astype(np.int32) for _ in range(16)]
             logprobs = pack_f32(-rng.random(tokens))
             versions = pack_i32(np.full(tokens, version, np.int32))
@@ -69,11 +74,16 @@ def sender_main(conn) -> None:
                 )
                 for k, (group_id, lease_id, prompt_id, i) in enumerate(spec)
             ]
+            encoded[name] = frames
             conn.send(("ready", len(frames), len(frames[0])))
         elif cmd[0] == "send":
+            _, url, name, keys = cmd
+            frames = encoded[name]
             push = ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, -1)
-            push.connect(cmd[1])
+            if keys is not None:
+                ClientKeys.load(*keys).apply(push)
+            push.connect(url)
             time.sleep(0.2)  # connected before the clock of the receiver can start
             for frame in frames:
                 push.send(frame, copy=False)
@@ -130,7 +140,7 @@ def plain_round(ctx, conn, n: int, timeout_s: float) -> float:
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.LINGER, 0)
     port = pull.bind_to_random_port("tcp://127.0.0.1")
-    conn.send(("send", f"tcp://127.0.0.1:{port}"))
+    conn.send(("send", f"tcp://127.0.0.1:{port}", "buffer", None))
     first = last = None
     got = 0
     deadline = time.monotonic() + timeout_s
@@ -153,9 +163,9 @@ def plain_round(ctx, conn, n: int, timeout_s: float) -> float:
     return (n - 1) / (last - first)
 
 
-def buffer_round(svc, server, conn, n: int, timeout_s: float) -> float:
+def buffer_round(svc, server, conn, n: int, timeout_s: float, name: str = "buffer", keys=None) -> float:
     svc.reset_clock()
-    conn.send(("send", server.endpoints.url(server.endpoints.completions)))
+    conn.send(("send", server.endpoints.url(server.endpoints.completions), name, keys))
     deadline = time.monotonic() + timeout_s
     while svc.seen < n:
         if time.monotonic() > deadline:
@@ -178,6 +188,7 @@ def main() -> None:
     args = parser.parse_args()
     import zmq
 
+    from buffer.curve import ClientKeys, ServerKeys, write_keys
     from buffer.pool import PoolPrompt
     from buffer.server import BufferServer
     from buffer.store import RunStore, read_table
@@ -188,51 +199,58 @@ def main() -> None:
     cfg = load_config(
         Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
         [
-            f"allocation.gen_batch_prompts={groups}",
+            f"allocation.gen_batch_prompts={2 * groups}",  # a round leases for both buffer arms
             f"allocation.avg_rollouts={args.group}",
             f"allocation.g_min={args.group}",
             f"allocation.g_max={args.group}",
             "buffer.max_staleness=1",
         ],
     )
-    prompts = [PoolPrompt(f"p{i}", f"prompt {i}", str(i), np.arange(64, dtype=np.int32) + i) for i in range(2 * groups)]
+    prompts = [PoolPrompt(f"p{i}", f"prompt {i}", str(i), np.arange(64, dtype=np.int32) + i) for i in range(4 * groups)]
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     sender = ctx.Process(target=sender_main, args=(child,), name="bench-sender", daemon=True)
     sender.start()
     zctx = zmq.Context()
-    rates: dict[str, list[float]] = {"buffer": [], "plain": []}
+    rates: dict[str, list[float]] = {"buffer": [], "plain": [], "curve": []}
     t0 = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="buffer-ingest-") as run_dir:
             store = RunStore(run_dir, cfg.buffer.segment_bytes, cfg.buffer.flush_rows)
             svc = make_timed_service(cfg, prompts, store)
-            with BufferServer(svc) as server:
+            keys = Path(run_dir) / "keys"
+            write_keys(keys, 1)
+            client = (str(keys / "clients" / "client-0.key_secret"), str(keys / "server.key"))
+            with BufferServer(svc) as server, BufferServer(svc, keys=ServerKeys.load(keys)) as secure:
+                secure._owners["bench-sender"] = ClientKeys.load(*client).public.decode()  # as after its hello
                 for r in range(args.rounds):
-                    spec = lease_round(svc, groups, args.group)
-                    assert len(spec) == n
-                    parent.send(("encode", spec, args.tokens, svc.version))
-                    _, count, size = parent.recv()
-                    assert count == n
-                    order = ("plain", "buffer") if r % 2 == 0 else ("buffer", "plain")
+                    for name in ("buffer", "curve"):
+                        spec = lease_round(svc, groups, args.group)
+                        assert len(spec) == n
+                        parent.send(("encode", name, spec, args.tokens, svc.version))
+                        _, count, size = parent.recv()
+                        assert count == n
+                    order = ("plain", "buffer", "curve") if r % 2 == 0 else ("curve", "buffer", "plain")
                     for kind in order:
                         if kind == "plain":
                             rate = plain_round(zctx, parent, n, timeout_s=60)
-                        else:
+                        elif kind == "buffer":
                             rate = buffer_round(svc, server, parent, n, timeout_s=60)
+                        else:
+                            rate = buffer_round(svc, secure, parent, n, 60, "curve", client)
                         rates[kind].append(rate)
                         print(
                             f"round {r} {kind:6s} messages={n} bytes_per_message={size} msgs_per_s={rate:.0f}",
                             flush=True,
                         )
                     batch = svc.pull_batch(timeout=5)  # frees the round's groups (not timed)
-                    assert batch is not None and batch.num_samples == n, f"no full batch: {svc.status()}"
+                    assert batch is not None and batch.num_samples == 2 * n, f"no full batch: {svc.status()}"
                     svc.set_version(svc.version + 1)
             store.close()
             stored = read_table(run_dir, "completions", columns=["group_id"]).num_rows
-            assert stored == n * args.rounds, f"store holds {stored} completions, expected {n * args.rounds}"
+            assert stored == 2 * n * args.rounds, f"store holds {stored} completions, expected {2 * n * args.rounds}"
             completed = int(svc.pool.attempts.sum())
-            assert completed == n * args.rounds, f"statistics count {completed} attempts"
+            assert completed == 2 * n * args.rounds, f"statistics count {completed} attempts"
     finally:
         parent.send(("stop",))
         sender.join(timeout=10)
@@ -246,7 +264,11 @@ def main() -> None:
         f"stored {stored} completions; statistics updated for {completed} attempts; "
         f"{time.monotonic() - t0:.1f} s in all"
     )
-    print(f"buffer_ingest ratio={buffer_rate / plain_rate:.4f} msgs_per_s={buffer_rate:.1f}")
+    curve_rate = statistics.median(rates["curve"])
+    print(
+        f"buffer_ingest ratio={buffer_rate / plain_rate:.4f} msgs_per_s={buffer_rate:.1f} "
+        f"curve_ratio={curve_rate / buffer_rate:.4f} curve_msgs_per_s={curve_rate:.1f}"
+    )
 
 
 if __name__ == "__main__":

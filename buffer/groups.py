@@ -3,7 +3,11 @@
 A group is created with the rollout budget that water-filling gave its prompt. Its sample
 indices 0..n_i-1 are handed out (possibly to several workers) and come back one completion
 at a time; a completion's sample (its ``SampleRecord``) is accepted only for its own group,
-prompt and an index not yet received, and is kept as it arrived: the learner gets the same record.
+prompt and an index not yet received that the lease it names was granted, and is kept as it
+arrived: the learner gets the same record. The group remembers every lease granted on it, also
+after the lease ends or is revoked, so a late completion of a revoked lease still joins.
+``created_version`` is the buffer's version when the group was admitted; its tokens' versions are
+checked against it (``validate.allowed_versions``; docs/design.md section 6).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class Group:
     state: GroupState = GroupState.WAITING
     pending: deque[int] = field(default_factory=deque)
     received: dict[int, SampleRecord] = field(default_factory=dict)
+    leased: dict[int, frozenset[int]] = field(default_factory=dict)  # lease id -> sample indices granted
 
     def __post_init__(self) -> None:
         assert self.n >= 1
@@ -44,8 +49,13 @@ class Group:
         self.pending.extendleft(reversed(back))
         return len(back)
 
-    def rejection(self, c: SampleRecord) -> str | None:
-        """Why sample ``c`` cannot join this group, or None if it can."""
+    def note_lease(self, lease_id: int, samples: list[int]) -> None:
+        """Lease ``lease_id`` was granted for ``samples`` of this group."""
+        assert lease_id not in self.leased, "lease ids are never reused"
+        self.leased[lease_id] = frozenset(samples)
+
+    def rejection(self, c: SampleRecord, lease_id: int) -> str | None:
+        """Why sample ``c``, sent under lease ``lease_id``, cannot join this group, or None if it can."""
         if self.state not in (GroupState.WAITING, GroupState.IN_FLIGHT):
             return "group_complete"
         if c.prompt_id != self.prompt_id:
@@ -54,6 +64,8 @@ class Group:
             return "bad_sample_index"
         if c.sample_index in self.received:
             return "duplicate"
+        if c.sample_index not in self.leased.get(lease_id, ()):
+            return "sample_out_of_lease"
         return None
 
     def add(self, c: SampleRecord) -> bool:

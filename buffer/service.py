@@ -12,7 +12,9 @@ Backpressure, stated once:
 
 Group lifecycle (``lifecycle.py``): WAITING -> IN_FLIGHT -> READY -> CONSUMED | DROPPED.
 Every method is thread-safe: the network thread (``server.py``) and the learner thread call in.
-Bad input is rejected and counted by reason, never raised into the caller's loop.
+Bad input is rejected and counted by reason, never raised into the caller's loop: a completion
+must fit its group and lease (``groups.py``) and have sane values (``validate.py``: finite
+log-probs, token ids in the vocabulary, token versions no newer than now nor too old).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from buffer.persist import restore_state, save_state
 from buffer.planner import Planner
 from buffer.pool import PoolPrompt, PromptPool
 from buffer.status import build_status, numeric
+from buffer.validate import allowed_versions, check_vocab_size, value_rejection
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.protocol import Completion, NoWork, Status, WorkItem, pack_i32
 
@@ -40,9 +43,17 @@ class BufferService:
     """All buffer state behind one lock; see the module docstring for the data flow."""
 
     def __init__(
-        self, cfg: RunConfig, prompts: Sequence[PoolPrompt], store=None, clock: Callable[[], float] = time.monotonic
+        self,
+        cfg: RunConfig,
+        prompts: Sequence[PoolPrompt],
+        store=None,
+        clock: Callable[[], float] = time.monotonic,
+        vocab_size: int | None = None,
     ):
+        """``vocab_size``: the model's; completions with a token id at or above it are rejected
+        (None: ids are only checked to be >= 0, for tests and a buffer without the model)."""
         self.cfg = cfg
+        self.vocab_size = check_vocab_size(vocab_size)
         self.pool = PromptPool(prompts, cfg.trainer.seed)
         self.planner = Planner(self.pool, cfg.allocation)
         self.store = store
@@ -102,7 +113,7 @@ class BufferService:
     def _accept(self, c: Completion, now: float) -> str | None:
         s = c.sample
         group = self.groups.get(s.group_id)
-        reason = "unknown_group" if group is None else group.rejection(s)
+        reason = self._rejection(c, group)
         if reason is not None:
             self.rejected[reason] += 1
             return reason
@@ -116,6 +127,29 @@ class BufferService:
             self.counts["groups_ready"] += 1
             self._cond.notify_all()
         return None
+
+    def _rejection(self, c: Completion, group: Group | None) -> str | None:
+        """Why ``c`` cannot join ``group``, or None: first where it belongs (``groups.py``), then
+        its values (``validate.py``)."""
+        if group is None:
+            return "unknown_group"
+        reason = group.rejection(c.sample, c.lease_id)
+        if reason is None:
+            versions = allowed_versions(group.created_version, self.version, self.cfg.buffer.max_staleness)
+            reason = value_rejection(c.sample, versions, self.vocab_size)
+            if reason is not None:
+                self._retry(c, group)
+        return reason
+
+    def _retry(self, c: Completion, group: Group) -> None:
+        """A sample of its own lease came with bad values: its worker has let it go, so unless the
+        lease was revoked meanwhile (which requeued it) it is handed out again now rather than when
+        the lease lapses (``lease_timeout_s``)."""
+        s = c.sample
+        lease = self.leases.leases.get(c.lease_id)
+        if lease is not None and s.sample_index in lease.samples:
+            self.leases.settle(c.lease_id, s.group_id, s.sample_index)
+            self.counts["samples_redispatched"] += group.give_back({s.sample_index})
 
     def reject(self, reason: str) -> None:
         """Count a message the transport could not even decode."""
@@ -263,6 +297,7 @@ class BufferService:
     def _lease(self, worker_id: str, group: Group, samples: list[int], now: float) -> WorkItem:
         lease_s = self.cfg.buffer.lease_timeout_s
         lease = self.leases.grant(worker_id, group.group_id, samples, now + lease_s)
+        group.note_lease(lease.lease_id, samples)
         prompt = self.pool.prompts[group.prompt_idx]
         return WorkItem(
             lease_id=lease.lease_id,

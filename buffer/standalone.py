@@ -17,15 +17,15 @@ from dynamo_async.config.schema import RunConfig
 from dynamo_async.signals import stop_on_signals
 
 
-def serve(cfg: RunConfig, run_dir: Path, host: str, port: int) -> int:
+def serve(cfg: RunConfig, run_dir: Path, host: str, port: int, keys=None) -> int:
     from dynamo_async.data.prompts import pool_prompts, training_problems
     from dynamo_async.models import load_tokenizer
 
     prompts = pool_prompts(training_problems(cfg.data), load_tokenizer(cfg.model.name), cfg)
     stop = stop_on_signals()  # SIGTERM, SIGINT, SIGHUP
     with RunStore(run_dir, cfg.buffer.segment_bytes, cfg.buffer.flush_rows) as store:
-        service = BufferService(cfg, prompts, store)
-        with BufferServer(service, host, port) as server:
+        service = BufferService(cfg, prompts, store, vocab_size=None)  # no model here: ids checked >= 0 only
+        with BufferServer(service, host, port, keys=keys) as server:
             print(f"buffer serving {len(prompts)} prompts: {server.endpoints}", flush=True)
             while not stop.wait(1.0):
                 pass

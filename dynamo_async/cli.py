@@ -15,6 +15,7 @@ Subcommands:
   table     put several eval results side by side, one line per model.
   plot      PNG figures of a run directory (accuracy, entropy, grad norm, allocation, ...).
   status    live view of a running learner (queues, staleness, workers, throughput).
+  keys      write CURVE keys for the learner and its workers (buffer/curve.py).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-workers", type=int, default=1, help="worker processes")
     run.add_argument("--capacity", type=int, default=8, help="samples a worker generates at once")
     run.add_argument("--device", default="cpu", help="device of the learner and the workers")
-    run.add_argument("--port", type=int, default=0, help="learner work port (0: a free one)")
+    run.add_argument("--port", type=work_port, default=0, help="learner work port (0: a free one)")
     run.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
     wrk = sub.add_parser("workers", help="start rollout workers that connect to a learner")
     wrk.add_argument("--connect", required=True, metavar="HOST:PORT", help="the learner's (or buffer's) work port")
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--device", default="cpu", help="cpu, cuda (one GPU per worker, round robin) or cuda:N")
     wrk.add_argument("--capacity", type=int, default=8, help="samples a worker generates at once")
     wrk.add_argument("--threads", type=int, help="torch CPU threads per worker (default: torch's)")
+    _client_keys(wrk)
+    keys = sub.add_parser("keys", help="write CURVE keys: a server pair and client pairs (ZeroMQ certificates)")
+    keys.add_argument("--out", required=True, metavar="DIR", help="a new folder for the keys")
+    keys.add_argument("--clients", type=int, default=1, help="client key pairs (one per worker node)")
     rep = sub.add_parser("replay", add_help=False, help="summarise or export a recorded run (RUN_DIR --help)")
     rep.add_argument("rest", nargs=argparse.REMAINDER)
     _eval_parser(sub)
@@ -72,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     st.add_argument("--once", action="store_true", help="print one snapshot and exit")
     st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer")
+    _client_keys(st)
     return parser
 
 
@@ -115,8 +121,24 @@ def _run_parser(sub, name: str, help_text: str, serve: bool) -> argparse.Argumen
     p.add_argument("--run-dir", required=True, help="metrics, Arrow store, checkpoints, resolved config")
     if serve:
         p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve other nodes)")
-        p.add_argument("--port", type=int, default=5555, help="work port for workers; completions +1, status +2")
+        p.add_argument("--port", type=work_port, default=5555, help="work port for workers; completions +1, status +2")
+        p.add_argument("--keys", metavar="DIR", help="CURVE keys from `dynamo-async keys` (required off loopback)")
+        p.add_argument("--insecure", action="store_true", help="serve other nodes without keys (anyone can join)")
     return p
+
+
+def _client_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", metavar="FILE", help="this client's key pair (KEYS/clients/client-N.key_secret)")
+    p.add_argument("--server-key", metavar="FILE", help="the learner's public key (KEYS/server.key)")
+
+
+def work_port(text: str) -> int:
+    """``--port``: a work port that leaves room for the completions (+1) and status (+2) ports."""
+    if not text.isdigit() or int(text) > 65533:
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}, expected 0..65533 (the learner binds PORT, PORT + 1 and PORT + 2; 0 picks free ones)"
+        )
+    return int(text)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -138,11 +160,18 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     from dynamo_async.config import dump_config, load_config
 
     cfg = load_config(args.config, args.overrides)
+    from dynamo_async.learner.main import check_bindable, check_writable
+
     run_dir = Path(args.run_dir)
+    check_bindable(args.host, args.port)
+    check_writable(run_dir)
+    from buffer.curve import server_keys
+
+    keys = server_keys(args.keys, args.host, args.insecure)
     dump_config(cfg, run_dir / "config.yaml")
     from buffer.standalone import serve
 
-    return serve(cfg, run_dir, args.host, args.port)
+    return serve(cfg, run_dir, args.host, args.port, keys)
 
 
 def cmd_learner(args: argparse.Namespace) -> int:
@@ -161,6 +190,8 @@ def cmd_learner(args: argparse.Namespace) -> int:
         args.device,
         args.ready_file,
         args.threads,
+        args.keys,
+        args.insecure,
     )
 
 
@@ -170,9 +201,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.num_workers < 1 or args.capacity < 1:
         raise UsageError(f"got --num-workers {args.num_workers}, --capacity {args.capacity}, expected both >= 1")
-    from dynamo_async.learner.main import check_run_dir
+    from dynamo_async.learner.main import check_run_dir, check_writable
 
     check_run_dir(Path(args.run_dir), args.resume)
+    check_writable(Path(args.run_dir))
     from dynamo_async.launch import run_local
 
     return run_local(cfg, Path(args.run_dir), args.num_workers, args.capacity, args.device, args.port, args.resume)
@@ -184,9 +216,32 @@ def cmd_workers(args: argparse.Namespace) -> int:
     parse_connect(args.connect)
     if args.capacity < 1:
         raise UsageError(f"--capacity: got {args.capacity}, expected at least 1")
+    from buffer.curve import client_keys
+
+    client_keys(args.key, args.server_key)  # checked here, loaded again by each worker
     from workers.launcher import launch_workers
 
-    return launch_workers(args.connect, args.num_workers, args.device, args.capacity, threads=args.threads)
+    return launch_workers(
+        args.connect,
+        args.num_workers,
+        args.device,
+        args.capacity,
+        threads=args.threads,
+        keys=(args.key, args.server_key),
+    )
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from buffer.curve import write_keys
+
+    root = Path(args.out)
+    write_keys(root, args.clients)
+    print(
+        f"wrote CURVE keys to {root}: the learner takes --keys {root} (it reads server.key_secret and "
+        f"authorized/); copy {root}/clients/client-N.key_secret and {root}/server.key to worker node N "
+        f"and pass them as --key and --server-key; delete authorized/client-N.key to revoke a node"
+    )
+    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -244,7 +299,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise UsageError(f"HOST:PORT: got work port {port}, expected at most 65533 (the status port is PORT + 2)")
     if args.interval <= 0 or args.timeout <= 0:
         raise UsageError(f"got --interval {args.interval}, --timeout {args.timeout}, expected both > 0")
-    return status_main(host, port, args.interval, args.once, args.timeout)
+    from buffer.curve import client_keys
+
+    return status_main(host, port, args.interval, args.once, args.timeout, client_keys(args.key, args.server_key))
 
 
 COMMANDS = {
@@ -258,6 +315,7 @@ COMMANDS = {
     "table": cmd_table,
     "plot": cmd_plot,
     "status": cmd_status,
+    "keys": cmd_keys,
 }
 
 

@@ -5,12 +5,16 @@ workers process (``dynamo-async workers``) against it, and watches both. When th
 finishes, the workers are stopped; if either fails, the other is stopped and the run exits
 non-zero; SIGTERM, SIGINT or SIGHUP (the terminal closed) stop both (the learner saves a
 checkpoint first). Each child is stopped by its own process id, SIGTERM first and SIGKILL after a grace period, so no
-process is left behind.
+process is left behind. On Linux each child also gets SIGTERM from the kernel when the launcher
+dies, even by SIGKILL (``die_with_parent``), and stops cleanly (``dynamo_async/signals.py``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -21,6 +25,34 @@ from pathlib import Path
 from dynamo_async.config import dump_config
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.signals import stop_on_signals
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child process: SIGTERM this process when its parent (pid ``parent``) dies, even by
+    SIGKILL, so that no child is orphaned. Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere a
+    no-op (workers also poll their parent's pid between requests, workers/worker.py)."""
+    if not sys.platform.startswith("linux"):
+        return
+    if _libc().prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"prctl(PR_SET_PDEATHSIG): {os.strerror(code)}")
+    if os.getppid() != parent:  # the parent died before the request: no signal would come
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child_of(parent: int):
+    """``preexec_fn`` of a child that must not outlive ``parent`` (``die_with_parent``); libc is
+    loaded here, in the parent, so that the forked child only makes the call."""
+    if sys.platform.startswith("linux"):
+        _libc()
+    return lambda: die_with_parent(parent)
 
 
 def run_local(
@@ -57,7 +89,8 @@ def run_local(
             "--threads",
             str(learner_threads),
         ]
-        + (["--resume"] if resume else [])
+        + (["--resume"] if resume else []),
+        preexec_fn=_child_of(os.getpid()),
     )
     workers = None
     try:
@@ -78,7 +111,8 @@ def run_local(
                 device,
                 "--threads",
                 str(worker_threads),
-            ]
+            ],
+            preexec_fn=_child_of(os.getpid()),
         )
         return _watch(learner, workers, stop, grace_s)
     finally:

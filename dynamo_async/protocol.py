@@ -72,7 +72,9 @@ class Welcome(_Msg, tag="welcome"):
     """Learner -> worker: the resolved run config (YAML), where to push completions, and the
     weight-sync rendezvous (``sync_port`` 0: no weight sync, e.g. a buffer without learner).
     ``buffer_id`` names this start of the buffer (filled in by the server): a worker sends it
-    with every WorkRequest, so a restarted learner tells it to say hello again."""
+    with every WorkRequest, so a restarted learner tells it to say hello again. ``sync_token``
+    is this learner start's weight-sync token: receivers accept only plans that carry it
+    (``dynamo_async/weights/join.py``)."""
 
     worker_id: str
     config_yaml: str
@@ -81,6 +83,7 @@ class Welcome(_Msg, tag="welcome"):
     policy_version: int
     completions_port: int = 0
     buffer_id: str = ""
+    sync_token: str = ""
 
 
 class WorkRequest(_Msg, tag="work_request"):
@@ -194,6 +197,7 @@ class Status(_Msg, tag="status"):
     worker_list: list[WorkerInfo] = []
     last_step: dict[str, float] = {}  # the learner's figures of its last step
     last_eval: dict[str, float] = {}  # its last held-out evaluation
+    transport: str = ""  # "curve" (keys), "loopback" (open, local only) or "insecure" (open, --insecure)
 
 
 Message = Union[  # noqa: UP007 - msgspec's tagged union, spelled as its docs do

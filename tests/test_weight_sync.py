@@ -181,7 +181,7 @@ class Receivers:
 
 @pytest.fixture
 def sender():
-    s = WeightSender("127.0.0.1", 0, backend="gloo", timeout_s=TIMEOUT_S, bucket_bytes=BUCKET)
+    s = WeightSender("127.0.0.1", 0, backend="gloo", timeout_s=TIMEOUT_S, bucket_bytes=BUCKET, join_timeout_s=1.0)
     yield s
     del s
 
@@ -370,7 +370,7 @@ def test_membership_change_new_generation_new_member_receives_unnamed_receiver_s
     assert not [m for m in seen if m[0] == "failed"], f"a receiver counted a failure: {seen}"
 
 
-def test_dead_member_fails_that_broadcast_within_timeout_and_survivors_get_the_next(sender, receivers):
+def test_a_dead_member_misses_the_broadcast_and_the_survivors_get_it_within_the_join_timeout(sender, receivers):
     receivers.start("w0", "w1")
     t1 = mixed_tensors(7)
     r1 = sender.broadcast(t1, version=1, members=["w0", "w1"])
@@ -379,18 +379,18 @@ def test_dead_member_fails_that_broadcast_within_timeout_and_survivors_get_the_n
     receivers.expect("staged", "w0", 1)
 
     receivers.kill("w1")
+    t2 = mixed_tensors(8)
     start = time.monotonic()
-    r2 = sender.broadcast(mixed_tensors(8), version=2, members=["w0", "w1"])
+    r2 = sender.broadcast(t2, version=2, members=["w0", "w1"])
     elapsed = time.monotonic() - start
-    assert r2.error, "a broadcast to a dead member reported success"
-    assert r2.bytes == 0
-    assert elapsed < TIMEOUT_S + 3.0, f"the failed broadcast took {elapsed:.1f} s with a {TIMEOUT_S} s timeout"
+    assert r2.error is None and r2.missed == ("w1",) and r2.bytes > 0, r2
+    assert elapsed < 1.0 + 3.0, f"the broadcast took {elapsed:.1f} s with a 1 s join timeout"
+    assert receivers.expect("staged", "w0", 2)[3] == checksums(t2)
 
     t3 = mixed_tensors(9)
-    start = time.monotonic()
     r3 = sender.broadcast(t3, version=3, members=["w0"])
-    assert r3.error is None, f"broadcast to the survivor failed after {time.monotonic() - start:.1f} s: {r3.error}"
-    assert plan_of(sender, r3.plan).generation > plan_of(sender, r2.plan).generation
+    assert r3.error is None, r3.error
+    assert plan_of(sender, r3.plan).generation == plan_of(sender, r2.plan).generation  # w0's group, reused
     assert receivers.expect("staged", "w0", 3)[3] == checksums(t3)
 
 
@@ -418,13 +418,13 @@ def test_member_that_never_joins_fails_the_broadcast_within_timeout(sender):
     assert elapsed < TIMEOUT_S + 3.0, f"took {elapsed:.1f} s with a {TIMEOUT_S} s timeout"
 
 
-def test_hung_member_fails_the_broadcast_within_timeout(sender, receivers):
+def test_a_stopped_member_misses_the_broadcast_without_holding_it_up(sender, receivers):
     receivers.start("w0", "w1")
     assert sender.broadcast(mixed_tensors(10), version=1, members=["w0", "w1"]).error is None
     receivers.expect("staged", "w1", 1)
     receivers.expect("staged", "w0", 1)
     hung = receivers.procs["w1"]
-    os.kill(hung.pid, signal.SIGSTOP)  # alive but silent: only the timeout can end the broadcast
+    os.kill(hung.pid, signal.SIGSTOP)  # alive but silent: it cannot answer the offer
     try:
         big = {"big": torch.zeros(16 << 20, dtype=torch.uint8)}  # more than the socket buffers hold
         start = time.monotonic()
@@ -432,8 +432,8 @@ def test_hung_member_fails_the_broadcast_within_timeout(sender, receivers):
         elapsed = time.monotonic() - start
     finally:
         os.kill(hung.pid, signal.SIGCONT)
-    assert report.error, "a broadcast to a hung member reported success"
-    assert elapsed < TIMEOUT_S + 3.0, f"took {elapsed:.1f} s with a {TIMEOUT_S} s timeout"
+    assert report.error is None and report.missed == ("w1",), report
+    assert elapsed < 1.0 + 3.0, f"took {elapsed:.1f} s with a 1 s join timeout"
     receivers.kill("w1")
     t3 = mixed_tensors(11)
     report3 = sender.broadcast(t3, version=3, members=["w0"])

@@ -233,7 +233,13 @@ def build_hf_parts(cfg: RunConfig, worker_id: str, welcome, device: str, scorer)
         if not welcome.sync_port:
             return ()
         receiver = WeightReceiver(
-            worker_id, welcome.sync_host, welcome.sync_port, collective_backend(device), device=device
+            worker_id,
+            welcome.sync_host,
+            welcome.sync_port,
+            collective_backend(device),
+            timeout_s=cfg.weights.timeout_s,
+            device=device,
+            token=welcome.sync_token,
         )
         receiver.start()
         receivers.append(receiver)

@@ -4,28 +4,43 @@ The launcher only supervises: each child connects to the learner on its own, get
 config and the weight-sync rendezvous from it, and works until told to stop. SIGTERM or
 SIGINT to the launcher stops every child (SIGTERM, then SIGKILL after a grace period); a
 child that dies is reported and the others keep working. Children watch their parent and
-stop if the launcher disappears, so no process is orphaned.
+stop if the launcher disappears, so no process is orphaned: on Linux the kernel sends them SIGTERM
+when the launcher dies, even by SIGKILL (``dynamo_async.launch.die_with_parent``). A user's
+mistake found in a child (e.g. a learner of another protocol version) is one line on stderr and
+exit status 2, as the CLI prints it.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import sys
 from multiprocessing.connection import wait
 
 from dynamo_async.errors import UsageError
+from dynamo_async.launch import die_with_parent
 from dynamo_async.signals import stop_on_signals
 
 
-def _child(connect: str, index: int, device: str, capacity: int, threads: int | None) -> None:
+def _child(connect: str, index: int, device: str, capacity: int, threads: int | None, parent: int, keys: tuple) -> None:
+    """One worker process; ends with the launcher (pid ``parent``) even when it is SIGKILLed."""
+    die_with_parent(parent)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    from buffer.curve import client_keys
     from workers.worker import run_worker
 
-    run_worker(connect, index, device, capacity)
+    try:
+        run_worker(connect, index, device, capacity, keys=client_keys(*keys))
+    except ConnectionRefusedError as err:  # the learner refused this worker's key: one line
+        print(f"dynamo-async workers: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except UsageError as err:  # one line, as the CLI prints it; anything else keeps its traceback
+        print(f"dynamo-async workers: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def launch_workers(
@@ -35,13 +50,19 @@ def launch_workers(
     capacity: int = 8,
     grace_s: float = 30.0,
     threads: int | None = None,
+    keys: tuple[str | None, str | None] = (None, None),
 ) -> int:
-    """Run the workers until they finish or the launcher is told to stop; returns an exit code."""
+    """Run the workers until they finish or the launcher is told to stop; returns an exit code.
+    ``keys``: the ``--key`` and ``--server-key`` files (CURVE), read by each worker."""
     if num_workers < 1:
         raise UsageError(f"--num-workers: got {num_workers}, expected at least 1")
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=_child, args=(connect, i, _device(device, i), capacity, threads), name=f"worker-{i}")
+        ctx.Process(
+            target=_child,
+            args=(connect, i, _device(device, i), capacity, threads, os.getpid(), keys),
+            name=f"worker-{i}",
+        )
         for i in range(num_workers)
     ]
     stop = stop_on_signals()

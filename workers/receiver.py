@@ -1,18 +1,23 @@
 """Worker side of the weight sync: a thread that joins every broadcast and stages the weights.
 
-It follows the learner's sync plans (``dynamo_async.weights.group``) in order from the
-latest one at start-up. For each plan that names this worker it joins that generation's
-process group (built once per generation; never the default group), receives the flat
-buckets into fresh staging buffers, and publishes ``(version, {name: view})``. The engine
-takes the staged weights at its next safe point (between decode steps or batches) with
-``take_staged()``, copies them into its model and bumps its policy version. A broadcast
-that fails (timeout, the learner gave up on a dead peer) is counted and skipped: the
-receiver waits for the next plan. A plan that does not name this worker (it joined after
-the plan was made) is skipped too; the learner includes it in the next one.
+It follows the learner's sync offers (``dynamo_async/weights/join.py``) in order from the
+latest one at start-up. It answers an offer that names this worker, carries the token of its
+Welcome and a version above the one it holds: it joins, waits for the plan and, if the plan
+names it (it replied in time), joins that generation's process group (built once per
+generation; never the default group), receives the flat buckets into fresh staging buffers,
+and publishes ``(version, {name: view})``. Any other offer or plan (a wrong token, an old
+version, a value that does not decode) is ignored, counted in ``rejected_plans`` and warned
+about on stderr; the weights stay as they are. The engine takes the staged weights at its next
+safe point (between decode steps or batches) with ``take_staged()``, copies them into its model
+and bumps its policy version. A broadcast that fails (timeout, the learner gave up on a dead
+peer) is counted in ``failures`` and skipped: the receiver waits for the next offer. An offer
+that does not name this worker, or whose plan is out already (this worker was stopped or slow),
+is skipped too; the learner offers the weights again.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -23,13 +28,16 @@ from dynamo_async.weights.buckets import unpack_bucket
 from dynamo_async.weights.group import (
     ACK_KEY,
     LATEST_KEY,
+    OFFER_KEY,
     PLAN_KEY,
+    SyncOffer,
     SyncPlan,
+    SyncReply,
     broadcast,
-    decode_plan,
     make_group,
     open_store,
 )
+from dynamo_async.weights.join import await_plan, read, send_reply, token_matches, window_closed
 
 
 class WeightReceiver(threading.Thread):
@@ -44,6 +52,7 @@ class WeightReceiver(threading.Thread):
         timeout_s: float = 60.0,
         device: str = "cpu",
         poll_s: float = 0.005,
+        token: str = "",
     ):
         super().__init__(name=f"weight-receiver-{worker_id}", daemon=True)
         self.worker_id, self.backend, self.timeout_s, self.device, self.poll_s = (
@@ -53,10 +62,13 @@ class WeightReceiver(threading.Thread):
             device,
             poll_s,
         )
+        self.token = token  # the Welcome's: offers and plans must carry it
         self.store = open_store(host, port, False, timeout_s)
         self.failures = 0
         self.received = 0
-        self._next_plan = int(self.store.get(LATEST_KEY)) + 1 if self.store.check([LATEST_KEY]) else 0
+        self.rejected_plans = 0
+        self.version = -1  # the newest version received; an offer must be above it
+        self._next_plan = self._latest_offer()
         self._groups: dict[int, dist.ProcessGroup] = {}
         self._staged: tuple[int, dict[str, torch.Tensor]] | None = None
         # Three reusable sets of staging buffers: one being received, the staged one, and the
@@ -67,6 +79,11 @@ class WeightReceiver(threading.Thread):
         self._lock = threading.Lock()
         self._new = threading.Condition(self._lock)
         self._halt = threading.Event()
+
+    def _latest_offer(self) -> int:
+        """Where to start following: the newest offer (skipped if its window closed), else 0."""
+        latest = self.store.get(LATEST_KEY) if self.store.check([LATEST_KEY]) else b"0"
+        return int(latest) if latest.isdigit() else 0
 
     def take_staged(self) -> tuple[int, dict[str, torch.Tensor]] | None:
         """The newest staged (version, tensors), once; None if nothing new arrived."""
@@ -100,14 +117,47 @@ class WeightReceiver(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
-            key = PLAN_KEY.format(self._next_plan)
+            key = OFFER_KEY.format(self._next_plan)
             if not self.store.check([key]):  # a cheap round trip; store.wait would log each timeout
                 self._halt.wait(self.poll_s)
                 continue
-            plan = decode_plan(self.store.get(key))
-            self._next_plan += 1
-            if self.worker_id in plan.ranks:
-                self._receive(plan)
+            k, self._next_plan = self._next_plan, self._next_plan + 1
+            offer = read(self.store, key, SyncOffer)
+            if offer is None:
+                self._reject(k, "the offer does not decode")
+            elif self.worker_id in offer.members and not window_closed(self.store, k) and self._answer(k, offer):
+                self._follow(k, offer)
+
+    def _answer(self, k: int, offer: SyncOffer) -> bool:
+        """Reply to offer ``k`` (join.py, step 2); True if this receiver joined."""
+        if offer.plan != k or not token_matches(offer.token, self.token):
+            return self._reject(k, "its token is not this learner start's")
+        if offer.version <= self.version:
+            if offer.version == self.version:  # the learner re-offers after a failed broadcast
+                send_reply(self.store, k, self.worker_id, SyncReply("have"))
+            return self._reject(k, f"version {offer.version} is not above the {self.version} held")
+        send_reply(self.store, k, self.worker_id, SyncReply("join", max(self._groups, default=-1)))
+        return True
+
+    def _follow(self, k: int, offer: SyncOffer) -> None:
+        """Wait for the plan of offer ``k``; receive the broadcast if it names this receiver."""
+        wait_s = offer.join_timeout_s + self.timeout_s  # the window, and a slow learner
+        if not await_plan(self.store, k, wait_s, self._halt, self.poll_s):
+            self.failures += int(not self._halt.is_set())  # the learner never closed the window
+            return
+        plan = read(self.store, PLAN_KEY.format(k), SyncPlan)
+        if plan is None or plan.plan != k or not token_matches(plan.token, self.token):
+            self._reject(k, "the plan does not decode or its token is not this learner start's")
+        elif plan.manifest.version != offer.version:
+            self._reject(k, f"the plan's version {plan.manifest.version} is not the offer's {offer.version}")
+        elif self.worker_id in plan.ranks:
+            self._receive(plan)
+
+    def _reject(self, k: int, why: str) -> bool:
+        """Count and report an ignored offer or plan; False (for ``_answer``)."""
+        self.rejected_plans += 1
+        print(f"weight receiver {self.worker_id}: ignored sync plan {k}: {why}", file=sys.stderr, flush=True)
+        return False
 
     def _receive(self, plan: SyncPlan) -> None:
         slot = self._free_slot(plan.manifest.bucket_bytes)
@@ -125,6 +175,7 @@ class WeightReceiver(threading.Thread):
             self._staged, self._staged_slot = (plan.manifest.version, tensors), slot
             self._new.notify_all()
         self.received += 1
+        self.version = plan.manifest.version
         self.store.set(ACK_KEY.format(plan.plan, self.worker_id), str(plan.manifest.version))
 
     def _free_slot(self, sizes: tuple[int, ...]) -> int:

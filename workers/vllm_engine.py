@@ -146,7 +146,8 @@ def build_vllm_parts(cfg: RunConfig, worker_id: str, welcome, device: str, score
         """(Re)start every rank's receiver against ``welcome``'s rendezvous."""
         if not welcome.sync_port:
             return ()
-        rpc = engine.llm.collective_rpc("dynamo_start_receiver", args=(welcome.sync_host, welcome.sync_port, worker_id))
+        args = (welcome.sync_host, welcome.sync_port, worker_id, welcome.sync_token, cfg.weights.timeout_s)
+        rpc = engine.llm.collective_rpc("dynamo_start_receiver", args=args)
         return tuple(asyncio.run_coroutine_threadsafe(rpc, engine._loop).result())
 
     ids = join(welcome)

@@ -13,15 +13,17 @@ from workers.receiver import WeightReceiver
 
 
 class DynamoWorkerExtension:
-    def dynamo_start_receiver(self, host: str, port: int, worker_id: str) -> str:
-        """Join the weight sync at ``host:port``; a receiver of an earlier learner start (it
-        restarted on a new rendezvous) is stopped first."""
+    def dynamo_start_receiver(self, host: str, port: int, worker_id: str, token: str, timeout_s: float) -> str:
+        """Join the weight sync at ``host:port`` with the Welcome's ``token``; a receiver of an
+        earlier learner start (it restarted on a new rendezvous) is stopped first."""
         old = getattr(self, "_dynamo_receiver", None)
         if old is not None:
             old.stop()
             old.join(timeout=5)
         member = f"{worker_id}/tp{self.rank}"
-        self._dynamo_receiver = WeightReceiver(member, host, port, backend="nccl", device=str(self.device))
+        self._dynamo_receiver = WeightReceiver(
+            member, host, port, backend="nccl", timeout_s=timeout_s, device=str(self.device), token=token
+        )
         self._dynamo_receiver.start()
         return member
 

@@ -27,6 +27,7 @@ import numpy as np
 import zmq
 
 from buffer.client import BufferClient, parse_address
+from buffer.curve import ClientKeys
 from dynamo_async.config import config_from_dict, parse_yaml
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.protocol import Completion, Heartbeat, NoWork, WorkItem, encode, pack_f32, pack_i32
@@ -60,28 +61,31 @@ class Heartbeats(threading.Thread):
         version: Callable[[], int],
         idle: Callable[[], float] = lambda: 0.0,
         leases: Callable[[], tuple[int, ...]] = tuple,
+        keys: ClientKeys | None = None,
     ):
         super().__init__(name="heartbeats", daemon=True)
         self.host, self.port, self.worker_id, self.interval_s, self.version = host, port, worker_id, interval_s, version
-        self.idle, self.leases = idle, leases
+        self.idle, self.leases, self.keys = idle, leases, keys
         self._halt = threading.Event()
 
     def run(self) -> None:
         ctx = zmq.Context()
         sock = ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.keys is not None:
+            self.keys.apply(sock)
         sock.connect(f"tcp://{self.host}:{self.port}")
         while not self._halt.wait(self.interval_s):
-            sock.send(
-                encode(
-                    Heartbeat(
-                        worker_id=self.worker_id,
-                        lease_ids=self.leases(),
-                        policy_version=self.version(),
-                        idle_seconds=self.idle(),
-                    )
-                )
+            beat = Heartbeat(
+                worker_id=self.worker_id,
+                lease_ids=self.leases(),
+                policy_version=self.version(),
+                idle_seconds=self.idle(),
             )
+            try:  # never blocks: with no connection (learner gone), a missed heartbeat is harmless
+                sock.send(encode(beat), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
         sock.close()
         ctx.term()
 
@@ -222,14 +226,20 @@ class RolloutWorker:
 
 
 def run_worker(
-    connect: str, index: int = 0, device: str = "cpu", capacity: int = 8, max_idle_s: float | None = None
+    connect: str,
+    index: int = 0,
+    device: str = "cpu",
+    capacity: int = 8,
+    max_idle_s: float | None = None,
+    keys: ClientKeys | None = None,
 ) -> int:
-    """Entry of a worker process: connect, build engine and scorer, work, clean up."""
+    """Entry of a worker process: connect, build engine and scorer, work, clean up (``keys``:
+    CURVE, ``buffer/curve.py``)."""
     host, port = parse_connect(connect)
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{index}"
     # A work request unanswered for 10 s means the learner is gone (its server thread answers
     # at once even mid-step): the worker then waits for it to come back (rejoin).
-    client = BufferClient(host, port, None, worker_id, timeout_s=10.0)
+    client = BufferClient(host, port, None, worker_id, timeout_s=10.0, keys=keys)
     welcome = client.hello("pending", capacity)
     cfg = config_from_dict(parse_yaml(welcome.config_yaml))
     from workers.factory import build_worker_parts
@@ -246,6 +256,7 @@ def run_worker(
         lambda: parts.engine.policy_version,
         lambda: worker.idle_seconds,
         lambda: worker.held_leases,
+        keys,
     )
     heartbeats.start()
     stop_on_signals(worker.stop)  # SIGTERM, SIGINT, SIGHUP

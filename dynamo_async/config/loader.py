@@ -1,12 +1,15 @@
 """Load a run config from YAML, apply ``key=value`` overrides, validate, write it out.
 
 Errors are ``ValueError`` naming the field, the bad value and what was expected, e.g.
-``config field loss.eps_low: got -0.1, expected `float` >= 0.0``.
+``config field loss.eps_low: got -0.1, expected `float` >= 0.0``. YAML that does not parse, a
+key given twice in one mapping and a number that is not finite (``.inf``, ``.nan``) are refused
+the same way, with the line or the field.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import re
 import typing
 import warnings
@@ -44,9 +47,28 @@ ALIASES = {
 }
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping (PyYAML would keep the last one silently)."""
+
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 as PyYAML reads it, except that ``1e-6`` is a float, as a user types it (plain
-    PyYAML needs ``1.0e-6``; it reads ``1e-6`` as a string)."""
+    PyYAML needs ``1.0e-6``; it reads ``1e-6`` as a string), and that a key given twice in one
+    mapping is an error (``DuplicateKeyError``): which of the two the user meant is unknown."""
+
+    def construct_mapping(self, node, deep=False):
+        """The mapping of ``node``; its own keys checked to be distinct (merged ``<<`` keys may
+        be overridden, as YAML allows)."""
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in first:
+                problem = f"duplicate key {key!r} (first at line {first[key] + 1})"
+                raise DuplicateKeyError(None, None, problem, key_node.start_mark)
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -60,8 +82,31 @@ for _cls in (_Loader, _Dumper):
 
 
 def parse_yaml(text: str):
-    """YAML text as Python values (safe; ``1e-6`` is a float)."""
+    """YAML text as Python values (safe; ``1e-6`` is a float; a duplicated key is an error)."""
     return yaml.load(text, Loader=_Loader)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """What is wrong with some YAML and where, e.g. "mapping values are not allowed here at
+    line 3, column 8"."""
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
+        return str(err)
+    mark = err.problem_mark
+    return f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _read_yaml_file(path: Path):
+    """The YAML of the config file ``path``; YAML that does not parse, or a key given twice, is a
+    ``UsageError`` naming the line."""
+    try:
+        return parse_yaml(path.read_text())
+    except DuplicateKeyError as err:
+        raise UsageError(
+            f"config file {path}: got a {_yaml_problem(err)}, expected each key once; remove one"
+        ) from None
+    except yaml.YAMLError as err:
+        what = f"YAML that does not parse ({_yaml_problem(err)}), expected valid YAML"
+        raise UsageError(f"config file {path}: got {what}; fix that line (indentation, colons, quotes)") from None
 
 
 _PATH_RE = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$")
@@ -74,7 +119,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"config file: got {str(path)!r}, expected an existing YAML file")
-        loaded = parse_yaml(path.read_text())
+        loaded = _read_yaml_file(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise UsageError(f"config file {path}: got a {type(loaded).__name__}, expected a mapping")
         raw = loaded or {}
@@ -99,6 +144,7 @@ def config_from_dict(raw: dict[str, Any], relaxed: set[str] = frozenset()) -> Ru
     value is a ``UsageError`` naming it."""
     moved = _moved(raw)
     full = expand(moved)
+    _check_finite(full)
     try:
         cfg = msgspec.convert(full, RunConfig)
     except msgspec.ValidationError as err:
@@ -119,6 +165,19 @@ def config_from_dict(raw: dict[str, Any], relaxed: set[str] = frozenset()) -> Ru
         )
     check_read(cfg, [k for k in keys if k not in relaxed])
     return cfg
+
+
+def _check_finite(tree: Any, where: str = "") -> None:
+    """Refuse ``.inf`` and ``.nan`` in every field: no setting means them, and bounds let them
+    through (``.inf`` is ``> 0``, so an infinite timeout would pass and never fire)."""
+    if isinstance(tree, float) and not math.isfinite(tree):
+        raise UsageError(f"config field {where}: got {tree}, expected a finite number")
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            _check_finite(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            _check_finite(value, f"{where}[{i}]")
 
 
 def _leaf_keys(raw: dict[str, Any], prefix: str = "") -> list[str]:
@@ -164,7 +223,13 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise UsageError(f"override {item!r}: {part} is a value, expected a section")
         node = child
-    node[parts[-1]] = parse_yaml(text) if text.strip() else ""
+    try:
+        node[parts[-1]] = parse_yaml(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise UsageError(
+            f"override {item!r}: got a value that does not parse as YAML ({_yaml_problem(err)}), expected "
+            "a value such as 0.28, true or [1, 2]; quote a text that holds YAML punctuation"
+        ) from None
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> Path:
@@ -261,6 +326,8 @@ def _explain(message: str, raw: dict[str, Any]) -> str:
     if msg.startswith("got "):
         return f"config field {field}: {msg}"
     expected = msg.removeprefix("Expected ").split(", got")[0]
+    if "float" in expected and str(value).lower().lstrip("+-") in ("inf", "infinity", "nan"):  # override x=inf
+        return f"config field {field}: got {value}, expected a finite number"
     if msg.startswith("Invalid enum value"):
         expected = "one of " + _choices(keys)
     if msg.startswith("Object missing required field"):

@@ -16,6 +16,7 @@ from msgspec import Meta
 from dynamo_async.config.section import Section as _Section
 from dynamo_async.objective.presets import METHODS
 from dynamo_async.objective.settings import ObjectiveConfig
+from dynamo_async.protocol import MAX_GROUP
 
 PosInt = Annotated[int, Meta(ge=1)]
 Prob = Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -251,6 +252,14 @@ class AllocationConfig(_Section):
     ] = 0.25
 
     def __post_init__(self) -> None:
+        # A worker may be granted a whole group in one work item, which carries at most MAX_GROUP
+        # samples (docs/design.md section 5): no group may be larger.
+        name, largest = ("g_max", self.g_max) if self.dynamic else ("avg_rollouts", self.avg_rollouts)
+        if largest > MAX_GROUP:
+            raise ValueError(
+                f"got {name}={largest}, expected at most {MAX_GROUP} (the most samples of one group a work "
+                f"item carries, MAX_GROUP in dynamo_async/protocol.py); lower allocation.{name}"
+            )
         if self.dynamic and not self.g_min <= self.avg_rollouts <= self.g_max:
             raise ValueError(
                 f"got g_min={self.g_min}, avg_rollouts={self.avg_rollouts}, g_max={self.g_max}, "
@@ -544,6 +553,30 @@ class MetricsConfig(_Section):
     ] = "online"
 
 
+class WeightsConfig(_Section):
+    join_timeout_s: Annotated[
+        float,
+        Meta(
+            gt=0.0,
+            description=(
+                "A weight broadcast waits this long for the workers it names to join (docs/design.md "
+                "section 7); one that has not joined by then (stopped, slow, or gone) is left out of that "
+                "broadcast and sent the weights again later."
+            ),
+        ),
+    ] = 5.0
+    timeout_s: Annotated[
+        float,
+        Meta(
+            gt=0.0,
+            description=(
+                "Limit of the weight-sync group's rendezvous and of each broadcast collective: a worker "
+                "that joined and then stopped or died fails that broadcast after this long."
+            ),
+        ),
+    ] = 60.0
+
+
 Method = Literal[METHODS]  # the presets of dynamo_async/objective/presets.py
 
 
@@ -577,6 +610,9 @@ class RunConfig(_Section):
     optim: Annotated[OptimConfig, Meta(description="Optimizer and batching.")] = OptimConfig()
     buffer: Annotated[BufferConfig, Meta(description="Staleness limits.")] = BufferConfig()
     rewards: Annotated[RewardConfig, Meta(description="math-verify scoring pool.")] = RewardConfig()
+    weights: Annotated[WeightsConfig, Meta(description="Weight sync from the learner to the workers.")] = (
+        WeightsConfig()
+    )
     trainer: Annotated[TrainerConfig, Meta(description="Run length, seeds, checkpoints.")] = TrainerConfig()
     metrics: Annotated[
         MetricsConfig, Meta(description=("Optional metric sinks beside RUN_DIR/metrics.jsonl (always written)."))

@@ -26,6 +26,7 @@ this project; DCP's index ``state/.metadata`` is a torch pickle (``shards.py``).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from dynamo_async.errors import UsageError
 from dynamo_async.learner import shards
+from dynamo_async.lines import write_atomic
 
 
 class TrainerState(msgspec.Struct):
@@ -49,33 +51,73 @@ class TrainerState(msgspec.Struct):
 
 def save_checkpoint(run_dir: Path, trainer, service=None) -> Path | None:
     """Every learner rank: write a checkpoint of ``trainer`` (``service``: rank 0's buffer, whose
-    state goes in too). Returns the checkpoint's folder on rank 0, None on the others."""
+    state goes in too). Returns the checkpoint's folder on rank 0, None on the others. A full,
+    read-only or forbidden disk is a ``UsageError`` naming the checkpoint to resume from; the
+    temporary folder is removed and the last complete checkpoint is left as it was."""
     rank0, sharded = trainer.dist.rank == 0, trainer.dist.sharded
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step-{trainer.step:06d}", root / f".tmp-step-{trainer.step:06d}"
-    if rank0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    if sharded:
-        torch.distributed.barrier()  # the folder is there before any rank writes into it
-    shards.save_shards(tmp / "state", trainer.masters.named, trainer.opt, sharded)
-    weights = gather_masters(trainer.masters.named, sharded, rank0)
-    if not rank0:
-        return None
-    trainer.model.save_pretrained(tmp / "model", state_dict=weights)
-    _record_dtype(tmp / "model", weights)
-    trainer.tokenizer.save_pretrained(tmp / "model")
-    save_file({"state": torch.get_rng_state()}, str(tmp / "torch_rng.safetensors"))
-    opt, sched = trainer.opt, trainer.sched
-    steps = shards.step_counts(trainer.masters.named, opt)
-    state = TrainerState(trainer.step, trainer.version, sched.last_epoch, steps, [g["lr"] for g in opt.param_groups])
-    (tmp / "trainer_state.json").write_bytes(msgspec.json.encode(state))
-    if service is not None:
-        service.save_state(tmp / "buffer")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    (root / "latest").write_text(final.name)
+    try:
+        if rank0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        if sharded:
+            torch.distributed.barrier()  # the folder is there before any rank writes into it
+        shards.save_shards(tmp / "state", trainer.masters.named, trainer.opt, sharded)
+        weights = gather_masters(trainer.masters.named, sharded, rank0)
+        if not rank0:
+            return None
+        trainer.model.save_pretrained(tmp / "model", state_dict=weights)
+        _record_dtype(tmp / "model", weights)
+        trainer.tokenizer.save_pretrained(tmp / "model")
+        save_file({"state": torch.get_rng_state()}, str(tmp / "torch_rng.safetensors"))
+        opt, sched = trainer.opt, trainer.sched
+        steps = shards.step_counts(trainer.masters.named, opt)
+        state = TrainerState(
+            trainer.step, trainer.version, sched.last_epoch, steps, [g["lr"] for g in opt.param_groups]
+        )
+        (tmp / "trainer_state.json").write_bytes(msgspec.json.encode(state))
+        if service is not None:
+            service.save_state(tmp / "buffer")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        write_atomic(root / "latest", final.name)  # a full disk cannot leave it empty
+    except (OSError, _dcp_error()) as err:  # evaluated only when something was raised
+        no_room = _no_room(err)
+        if no_room is None:
+            raise
+        if rank0:
+            shutil.rmtree(tmp, ignore_errors=True)  # the last complete checkpoint stays the newest
+        raise _cannot_write(run_dir, final, no_room) from None
     return final
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT)
+
+
+def _dcp_error() -> type[BaseException]:
+    """DCP's exception around what failed on a rank while writing shards."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return CheckpointException
+
+
+def _no_room(err: BaseException) -> OSError | None:
+    """The OSError of a full, read-only or forbidden disk in ``err`` (itself, or one that DCP
+    wrapped), or None: anything else is not the user's to fix."""
+    causes = [err] if isinstance(err, OSError) else [exc for exc, _ in err.failures.values()]
+    return next((c for c in causes if isinstance(c, OSError) and c.errno in _NO_ROOM), None)
+
+
+def _cannot_write(run_dir: Path, final: Path, cause: OSError) -> UsageError:
+    """The one line for a checkpoint that could not be written, naming the one to resume from."""
+    last = latest_checkpoint(run_dir)
+    had = f"the last complete checkpoint is {last.name}" if last else "there is no complete checkpoint yet"
+    fix = "free space" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
+    return UsageError(
+        f"checkpoint: could not write {final} ({os.strerror(cause.errno)}); {had}; "
+        f"{fix} and {'restart with --resume' if last else 'start again'}"
+    )
 
 
 def gather_masters(named: dict[str, torch.Tensor], sharded: bool, keep: bool) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ Runtime facts (bound ports, the device) live in ``LearnerContext``, never in the
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ import numpy as np
 
 from buffer import history
 from buffer.batch import LearnerBatch
+from buffer.curve import ServerKeys
 from buffer.server import BufferServer
 from buffer.service import BufferService
 from buffer.store import RunStore
@@ -50,6 +52,7 @@ class LearnerContext:
     advertise: str | None = None
     device: str = "cpu"
     show_progress: bool = True
+    keys: ServerKeys | None = None  # CURVE on the buffer's sockets (buffer/curve.py)
 
 
 class Learner:
@@ -71,17 +74,31 @@ class Learner:
         problems, self.data_report = load_training_set(cfg.data)
         write_data_summary(ctx.run_dir, cfg.data.train, len(problems), self.data_report)
         prompts = pool_prompts(problems, self.trainer.tokenizer, cfg)
-        self.service = BufferService(cfg, prompts, self.store)
+        # Token ids must be below the model's vocab_size (its logits width and embedding rows), not
+        # len(tokenizer): workers sample from those logits and the learner indexes that embedding.
+        # Padded embeddings make it the larger of the two; tokens added without resizing make it the
+        # smaller, and then the larger would let in ids the learner cannot index (docs/design.md section 6).
+        self.service = BufferService(
+            cfg, prompts, self.store, vocab_size=self.trainer.model.config.get_text_config().vocab_size
+        )
         if ckpt is not None:
             self.service.restore_state(ckpt / "buffer")
         backend = collective_backend(ctx.device)
-        self.sender = WeightSender(ctx.host, 0, backend=backend, device=ctx.device)
+        self.sender = WeightSender(
+            ctx.host,
+            0,
+            backend=backend,
+            device=ctx.device,
+            token=secrets.token_hex(16),  # this start's; workers get it in the Welcome only
+            timeout_s=cfg.weights.timeout_s,
+            join_timeout_s=cfg.weights.join_timeout_s,
+        )
         if not dist_info.sharded:
             self.sender.bind(dict(self.trainer.model.named_parameters()))  # parameters live in the buckets
         # Sharded: the full weights of the last step, gathered by every rank (follower.py does the
         # same at start), so a worker joining before the first step gets the resumed weights.
         self._weights = self.trainer.named_weights() if dist_info.sharded else None
-        self.server = BufferServer(self.service, ctx.host, ctx.port, welcome=self._welcome)
+        self.server = BufferServer(self.service, ctx.host, ctx.port, welcome=self._welcome, keys=ctx.keys)
         self._sent_to: tuple[str, ...] = ()
         self.last_sync = None
         self._stop = None
@@ -222,16 +239,21 @@ class Learner:
         return self._stop is not None and self._stop.is_set()
 
     def broadcast(self, force: bool) -> None:
-        """Send the weights (always after an update; otherwise only to newly joined workers)."""
+        """Send the weights: to every live receiver after an update (``force``), otherwise to
+        those that do not have this version yet (newcomers, and members that missed the join
+        window of an earlier broadcast: ``weights.join_timeout_s``, docs/design.md section 7)."""
         members = tuple(self.service.live_receivers())
         if not members or (not force and set(members) <= set(self._sent_to)):
             return
         if self.version == 0 and not force:  # newcomers loaded the same initial weights
             self._sent_to = members
             return
+        have = () if force else tuple(m for m in self._sent_to if m in members)
+        targets = tuple(m for m in members if m not in have)
         weights = self._weights if self.dist.sharded else self.trainer.named_weights()
-        self.last_sync = self.sender.broadcast(weights, self.version, members)
-        self._sent_to = members if self.last_sync.error is None else ()
+        self.last_sync = report = self.sender.broadcast(weights, self.version, targets)
+        got = report.current + (report.members if report.error is None else ())
+        self._sent_to = tuple(sorted({*have, *got}))  # a member that missed the window is not in it
 
     # ------------------------------------------------------------------ helpers
 
@@ -262,6 +284,7 @@ class Learner:
             sync_host=self._advertised(),
             sync_port=self.sender.port,
             policy_version=self.version,
+            sync_token=self.sender.token,
         )
 
     def _advertised(self) -> str:

@@ -22,7 +22,7 @@ from dynamo_async.learner import checkpoint, shared_prompt
 from dynamo_async.learner.batching import MiniBatch, Packing, check_split, mini_batches
 from dynamo_async.learner.distributed import DistInfo, equalize, full_weights, max_over_ranks, shard_model
 from dynamo_async.learner.micro import MicroBatch, RowInputs
-from dynamo_async.learner.optim import clip_and_step, make_optimizer
+from dynamo_async.learner.optim import clip_and_step, finite_on_every_rank, make_optimizer
 from dynamo_async.learner.precision import MasterWeights
 
 
@@ -124,11 +124,14 @@ class Trainer:
         """One optimizer step per mini-batch (``ppo_epochs`` passes) over its ``update``
         micro-batches; the schedule steps once. Logged: ``loss``, the mean over mini-batches of
         each one's loss (the sum over its micro-batches, whose normalisers are the mini-batch's),
-        and ``lr``, the learning rate these updates used."""
+        ``lr``, the learning rate these updates used, and ``nonfinite_skipped``, the optimizer
+        steps left out because their loss or gradient norm was not finite (``clip_and_step``;
+        docs/design.md section 8), each named in a warning on stderr."""
         sums: Counter = Counter()
         counts: Counter = Counter()
         hists: dict[str, np.ndarray] = {}  # token histograms (beta factors): summed, not averaged
         norms, losses = [], []
+        skipped = 0
         lr = self.opt.param_groups[0]["lr"]
         for epoch in range(self.cfg.optim.ppo_epochs):
             for j, mini in enumerate(minis):
@@ -148,7 +151,14 @@ class Trainer:
                         sums[k] += v
                         counts[k] += 1
                 losses.append(mini_loss)
-                norms.append(clip_and_step(self.masters.parameters(), self.opt, self.cfg.optim.grad_clip))
+                loss_finite = finite_on_every_rank(mini_loss, self.dist.sharded)
+                norm, stepped = clip_and_step(
+                    self.masters.parameters(), self.opt, self.cfg.optim.grad_clip, loss_finite
+                )
+                norms.append(norm)
+                if not stepped:
+                    skipped += 1
+                    _warn_nonfinite(self.step + 1, epoch, j, mini_loss, norm)
                 self.masters.push()
         self.sched.step()
         # Token counts (``<component>_masked_tokens``) add up over the step; the rest are means.
@@ -158,6 +168,7 @@ class Trainer:
         out["lr"] = lr
         out["grad_norm"] = float(np.mean(norms)) if norms else 0.0
         out["grad_norm_max"] = float(np.max(norms)) if norms else 0.0
+        out["nonfinite_skipped"] = skipped
         return out
 
     def full_state(self) -> dict[str, torch.Tensor]:
@@ -213,6 +224,15 @@ class Trainer:
             vocab_sum=mb.vocab_sum,
             normalisers=mb.normalisers,
         )
+
+
+def _warn_nonfinite(step: int, epoch: int, mini: int, loss: float, norm: float) -> None:
+    """One line on stderr for an optimizer step the non-finite guard left out."""
+    print(
+        f"learner step {step}: skipped the update of mini-batch {mini} (epoch {epoch}): "
+        f"loss {loss}, grad norm {norm}, expected both finite; the weights are unchanged",
+        file=sys.stderr,
+    )
 
 
 def _enable_checkpointing(model: torch.nn.Module) -> None:

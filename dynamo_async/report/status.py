@@ -94,7 +94,7 @@ def render(st: Status, address: str, prev: tuple[float, Status] | None, now: flo
     return "\n".join(lines) + "\n"
 
 
-def status_main(host: str, port: int, interval: float, once: bool, timeout_s: float) -> int:
+def status_main(host: str, port: int, interval: float, once: bool, timeout_s: float, keys=None) -> int:
     """Print one snapshot (``once``) or refresh until Ctrl-C."""
     from buffer.client import query_status
 
@@ -104,7 +104,7 @@ def status_main(host: str, port: int, interval: float, once: bool, timeout_s: fl
     try:
         while True:
             try:
-                st = query_status(host, port + 2, timeout_s)
+                st = query_status(host, port + 2, timeout_s, keys)
             except (TimeoutError, ConnectionError) as err:
                 message = (
                     f"{err} (the status port of work port {port}); check that the learner runs "

@@ -7,6 +7,10 @@ time to each idle worker. A worker that has not answered within ``hard_timeout_s
 (by its Process object), its job scores 0 with status "timeout", and a fresh worker replaces
 it; a worker that dies is replaced and its job scores "error". Every job's future is resolved,
 so callers never hang. Messages are msgspec msgpack bytes (``rewards/messages.py``).
+
+Any string can be submitted: the response is cut to ``max_chars`` before it is queued, a gold
+answer longer than that scores "error" at once, and surrogate code points (which UTF-8, and
+so msgpack, cannot carry) become U+FFFD. A job that still fails to encode scores "error".
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dynamo_async.rewards.messages import (
     Status,
     WorkerMessage,
     WorkerReady,
+    encodable,
 )
 from dynamo_async.rewards.worker import alarm_seconds
 
@@ -132,8 +137,14 @@ class MathVerifyScorer:
             if self._refusal is not None:
                 raise RuntimeError(f"MathVerifyScorer does not accept jobs: {self._refusal}")
             # Keep the end, where the answer is; the worker cuts again (same result).
-            self._queue.append(_Job(next(self._ids), response[-self._max_chars :], gold, future))
-            self._wake()
+            cut = self._max_chars
+            job = _Job(next(self._ids), encodable(response[-cut:]), encodable(gold[:cut]), future)
+            if len(gold) <= cut:
+                self._queue.append(job)
+                self._wake()
+                return future
+        future.set_running_or_notify_cancel()  # no gold answer is this long: not worth a worker
+        self._resolve(job, ScoreResult(acc=0, status="error"))
         return future
 
     def score(self, responses: Sequence[str], golds: Sequence[str]) -> list[ScoreResult]:
@@ -214,12 +225,20 @@ class MathVerifyScorer:
         for worker in self._workers:
             if not worker.ready or worker.busy or not worker.proc.is_alive():
                 continue  # a dead worker is replaced once its pipe reports EOF
-            job = self._next_job()
-            if job is None:
+            encoded = self._next_encoded()
+            if encoded is None:
                 return
-            payload = self._encoder.encode(ScoreJob(id=job.id, response=job.response, gold=job.gold))
-            self._running[job.id] = job
-            worker.send(job.id, payload, self._hard_timeout_s)
+            worker.send(encoded[0].id, encoded[1], self._hard_timeout_s)
+
+    def _next_encoded(self) -> tuple[_Job, bytes] | None:
+        """The next queued job and its message; a job that does not encode scores "error"."""
+        while (job := self._next_job()) is not None:
+            self._running[job.id] = job  # from here on, a dispatcher that stops fails this job
+            try:
+                return job, self._encoder.encode(ScoreJob(id=job.id, response=job.response, gold=job.gold))
+            except UnicodeEncodeError:  # submit() replaced surrogates; nothing else is unencodable
+                self._resolve(self._running.pop(job.id), ScoreResult(acc=0, status="error"))
+        return None
 
     def _next_job(self) -> _Job | None:
         with self._lock:

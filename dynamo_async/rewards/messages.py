@@ -8,11 +8,13 @@ run's wire protocol (``dynamo_async/protocol.py``), each message carries a versi
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import msgspec
 
 SCORER_PROTOCOL_VERSION = 1
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 Status = Literal["ok", "no_answer", "timeout", "error"]
 """ok: math-verify ran (acc says whether it matched); no_answer: no final answer in the response's
@@ -58,3 +60,9 @@ class ScoreReply(_Msg, tag="result"):
 
 
 WorkerMessage = WorkerReady | ScoreReply
+
+
+def encodable(text: str) -> str:
+    """``text`` with every surrogate code point (UTF-8, and so msgpack, cannot carry one)
+    replaced by U+FFFD, so that a job with it can cross the process boundary."""
+    return _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
