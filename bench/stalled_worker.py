@@ -67,7 +67,8 @@ def main() -> None:
             port = json.loads(ready.read_text())["work"]
             workers = subprocess.Popen(CLI + ["workers", "--connect", f"127.0.0.1:{port}", "--num-workers", "2"])
             _wait(lambda: len(_steps(run_dir)) >= args.stop_at, learner)
-            frozen = psutil.Process(workers.pid).children()[0]
+            kids = psutil.Process(workers.pid).children()  # the workers (and multiprocessing's resource tracker)
+            frozen = next(p for p in kids if "resource_tracker" not in " ".join(p.cmdline()))
             os.kill(frozen.pid, signal.SIGSTOP)
             _wait(lambda: len(_steps(run_dir)) >= args.resume_at, learner)
             os.kill(frozen.pid, signal.SIGCONT)
@@ -80,18 +81,20 @@ def main() -> None:
                     proc.wait()
         rows = _steps(run_dir)
     times = {r["step"]: r["step_s"] for r in rows}
+    syncs = {r["step"]: r.get("sync_s") or 0.0 for r in rows}
+    stopped = range(args.stop_at + 1, args.resume_at + 1)
     before = [times[s] for s in range(3, args.stop_at + 1) if s in times]  # steps 1-2 warm up
     during = [times[s] for s in range(args.stop_at + 1, args.resume_at + 1) if s in times]
     for s in sorted(times):
         print(
-            f"step {s:3d} step_s={times[s]:.3f}"
-            + ("  (one worker stopped)" if s in range(args.stop_at + 1, args.resume_at + 1) else "")
+            f"step {s:3d} step_s={times[s]:.3f} sync_s={syncs[s]:.3f}"
+            + ("  (one worker stopped)" if s in stopped else "")
         )
     base = statistics.median(before)
     print(
         f"stalled_worker extra_s={max(during) - base:.3f} median_before_s={base:.3f} "
         f"median_stopped_s={statistics.median(during):.3f} join_timeout_s={args.join_timeout} "
-        f"steps_stopped={len(during)}"
+        f"steps_stopped={len(during)} max_sync_stopped_s={max(syncs[s] for s in stopped if s in syncs):.3f}"
     )
 
 

@@ -34,7 +34,7 @@ from buffer.persist import restore_state, save_state
 from buffer.planner import Planner
 from buffer.pool import PoolPrompt, PromptPool
 from buffer.status import build_status, numeric
-from buffer.validate import allowed_versions, check_vocab_size, value_rejection
+from buffer.validate import allowed_versions, check_vocab_size, value_rejections
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.protocol import Completion, NoWork, Status, WorkItem, pack_i32
 
@@ -105,15 +105,23 @@ class BufferService:
         """Accept completions (one lock for the lot); the rejection reason of each, or None."""
         with self._cond:
             now, wall = self.clock(), time.time()
-            reasons = [self._accept(c, now) for c in batch]
+            values = value_rejections([c.sample for c in batch], [self._versions(c) for c in batch], self.vocab_size)
+            reasons = [self._accept(c, now, v) for c, v in zip(batch, values)]
             if self.store is not None:
                 self.store.append_completions([c for c, r in zip(batch, reasons) if r is None], wall, self.version)
             return reasons
 
-    def _accept(self, c: Completion, now: float) -> str | None:
+    def _versions(self, c: Completion) -> tuple[int, int]:
+        """The token versions ``c``'s group allows (any, for an unknown group: rejected anyway)."""
+        group = self.groups.get(c.sample.group_id)
+        if group is None:
+            return 0, self.version + 1
+        return allowed_versions(group.created_version, self.version, self.cfg.buffer.max_staleness)
+
+    def _accept(self, c: Completion, now: float, value_reason: str | None) -> str | None:
         s = c.sample
         group = self.groups.get(s.group_id)
-        reason = self._rejection(c, group)
+        reason = self._rejection(c, group, value_reason)
         if reason is not None:
             self.rejected[reason] += 1
             return reason
@@ -128,17 +136,15 @@ class BufferService:
             self._cond.notify_all()
         return None
 
-    def _rejection(self, c: Completion, group: Group | None) -> str | None:
+    def _rejection(self, c: Completion, group: Group | None, value_reason: str | None) -> str | None:
         """Why ``c`` cannot join ``group``, or None: first where it belongs (``groups.py``), then
-        its values (``validate.py``)."""
+        its values (``value_reason``, from ``validate.value_rejections``)."""
         if group is None:
             return "unknown_group"
         reason = group.rejection(c.sample, c.lease_id)
-        if reason is None:
-            versions = allowed_versions(group.created_version, self.version, self.cfg.buffer.max_staleness)
-            reason = value_rejection(c.sample, versions, self.vocab_size)
-            if reason is not None:
-                self._retry(c, group)
+        if reason is None and value_reason is not None:
+            self._retry(c, group)
+            return value_reason
         return reason
 
     def _retry(self, c: Completion, group: Group) -> None:

@@ -32,8 +32,6 @@ import numpy as np
 
 from dynamo_async.sample import SampleRecord
 
-_add, _max, _min = np.add.reduce, np.maximum.reduce, np.minimum.reduce
-
 
 def check_vocab_size(vocab_size: int | None) -> int | None:
     """``vocab_size`` itself when it is None (ids unchecked above) or an int in 1..2**31 (token ids
@@ -62,23 +60,47 @@ def allowed_versions(admitted: int, current: int, max_staleness: int) -> tuple[i
     return max(0, admitted - max_staleness), current + 1
 
 
-def value_rejection(s: SampleRecord, versions: tuple[int, int], vocab_size: int | None) -> str | None:
-    """Why the values of ``s`` cannot be stored, or None. ``versions``: the lowest and highest
-    token version allowed (``allowed_versions``); ``vocab_size``: None leaves ids unchecked above
-    (tests and a standalone buffer without the model)."""
-    lowest, highest = versions
-    # One reduction per array, no temporaries (this runs for every completion): a float64 sum of
-    # float32 values is finite exactly when every value is (float32s cannot overflow a float64 sum).
-    if not math.isfinite(_add(np.frombuffer(s.logprobs, "<f4"), dtype=np.float64)):
-        return "nonfinite_logprobs"
+def value_rejections(
+    samples: list[SampleRecord], versions: list[tuple[int, int]], vocab_size: int | None
+) -> list[str | None]:
+    """Why the values of each sample cannot be stored, or None. ``versions``: per sample, the
+    lowest and highest token version allowed (``allowed_versions``); ``vocab_size``: None leaves
+    ids unchecked above (tests and a standalone buffer without the model).
+
+    This runs on every completion the buffer receives, so it checks a whole drained batch at once:
+    each array of every sample joined into one, and one segmented reduction per check
+    (``ufunc.reduceat`` at the samples' offsets), instead of a few small reductions per sample,
+    whose fixed cost dominated (measured: 10 us per completion against 2.5 us before the checks)."""
+    if not samples:
+        return []
+    lengths = np.fromiter((s.num_tokens for s in samples), np.int64, len(samples))
+    starts = np.zeros(len(samples), np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    # A float64 sum of float32 values is finite exactly when every value is (no overflow).
+    logprobs = np.frombuffer(b"".join(s.logprobs for s in samples), "<f4")
+    finite = np.isfinite(np.add.reduceat(logprobs, starts, dtype=np.float64)).tolist()
     # Read unsigned, a negative int32 id is >= 2**31, above any vocabulary.
-    if _max(np.frombuffer(s.token_ids, "<u4")) >= (vocab_size if vocab_size is not None else 1 << 31):
-        return "token_out_of_vocab"
-    token_versions = np.frombuffer(s.versions, "<i4")
-    if _min(token_versions) < lowest or _max(token_versions) > highest:
-        return "bad_version"
-    if not math.isfinite(s.reward):
-        return "nonfinite_reward"
-    if not (0.0 <= s.gen_seconds < math.inf and 0.0 <= s.score_seconds < math.inf):  # NaN fails too
-        return "bad_timing"
-    return None
+    ids = np.frombuffer(b"".join(s.token_ids for s in samples), "<u4")
+    top_ids = np.maximum.reduceat(ids, starts).tolist()
+    tokens_versions = np.frombuffer(b"".join(s.versions for s in samples), "<i4")
+    low, high = (
+        np.minimum.reduceat(tokens_versions, starts).tolist(),
+        np.maximum.reduceat(tokens_versions, starts).tolist(),
+    )
+    limit = vocab_size if vocab_size is not None else 1 << 31
+    out: list[str | None] = []
+    for i, s in enumerate(samples):
+        lowest, highest = versions[i]
+        if not finite[i]:
+            out.append("nonfinite_logprobs")
+        elif top_ids[i] >= limit:
+            out.append("token_out_of_vocab")
+        elif low[i] < lowest or high[i] > highest:
+            out.append("bad_version")
+        elif not math.isfinite(s.reward):
+            out.append("nonfinite_reward")
+        elif not (0.0 <= s.gen_seconds < math.inf and 0.0 <= s.score_seconds < math.inf):  # NaN fails too
+            out.append("bad_timing")
+        else:
+            out.append(None)
+    return out

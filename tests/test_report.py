@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import matplotlib.image
+import msgspec
 import pytest
 
 from buffer.client import query_status
@@ -207,3 +208,6 @@ def test_status_view_of_an_idle_buffer_and_after_a_restart():
     text = render(after, "h:1", (0.0, before), 10.0)  # fewer completions than before: another buffer
     assert "(2.00/s)" in text and "(10.0/s)" in text  # rates over its own uptime, never negative
     assert "malformed 2" in text
+    assert "transport" not in text  # an older buffer does not say
+    text = render(msgspec.structs.replace(after, transport="insecure"), "h:1", None, 0.0)
+    assert "transport   OPEN TO ANY HOST (--insecure)" in text

@@ -73,6 +73,9 @@ def render(st: Status, address: str, prev: tuple[float, Status] | None, now: flo
         "rejected    " + (", ".join(f"{k} {v}" for k, v in sorted(st.rejected.items())) or "none"),
         f"workers     {st.workers} connected",
     ]
+    if st.transport:
+        note = {"curve": "CURVE keys", "loopback": "open, loopback only", "insecure": "OPEN TO ANY HOST (--insecure)"}
+        lines.insert(2, f"transport   {note.get(st.transport, st.transport)}")
     for w in st.worker_list:
         lines.append(
             f"  {w.worker_id:<32} last seen {w.last_seen_s:5.1f} s ago   "
