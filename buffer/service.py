@@ -25,11 +25,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from buffer.assembly import Assembly
 from buffer.batch import LearnerBatch
-from buffer.gate import admission_room, too_stale
+from buffer.gate import admission_room
 from buffer.groups import Group
 from buffer.leases import LeaseTable
-from buffer.lifecycle import GroupState, check_transition
+from buffer.lifecycle import GroupState
 from buffer.persist import restore_state, save_state
 from buffer.planner import Planner
 from buffer.pool import PoolPrompt, PromptPool
@@ -66,8 +67,7 @@ class BufferService:
         self.rejected: Counter[str] = Counter()
         self._cond = threading.Condition()
         self._next_group = 0
-        self._assembling: list[Group] = []
-        self._set_aside = Counter()
+        self.assembly = Assembly(cfg)
         self._receivers: dict[str, tuple[str, ...]] = {}
         self._idle: dict[str, float] = {}
         self._closed = False
@@ -222,9 +222,9 @@ class BufferService:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
-                self._collect(need)
-                if len(self._assembling) >= need:
-                    return self._hand_out(need)
+                self.assembly.collect(self, need)
+                if self.assembly.has(need):
+                    return self.assembly.hand_out(self, need)
                 left = None if deadline is None else deadline - time.monotonic()
                 if self._closed or (left is not None and left <= 0):
                     return None
@@ -328,61 +328,3 @@ class BufferService:
                 back += group.give_back(lease.samples)
         self.counts["samples_redispatched"] += back
         return back
-
-    def _collect(self, need: int) -> None:
-        """Move READY groups (oldest first) into the batch being assembled, setting aside the
-        too-stale and, if filtered, the zero-variance ones. Groups assembled by an earlier,
-        timed-out pull are checked again: the version may have moved since."""
-        kept = []
-        for group in self._assembling:
-            reason = self._set_aside_reason(group)
-            if reason is None:
-                kept.append(group)
-            else:
-                self._drop(group, reason)
-        self._assembling = kept
-        taken = {id(g) for g in self._assembling}
-        ready = [g for g in self.groups.values() if g.state is GroupState.READY and id(g) not in taken]
-        for group in ready:
-            if len(self._assembling) >= need:
-                return
-            reason = self._set_aside_reason(group)
-            if reason is None:
-                self._assembling.append(group)
-            else:
-                self._drop(group, reason)
-
-    def _drop(self, group: Group, reason: str) -> None:
-        group.state = check_transition(group.state, GroupState.DROPPED)
-        self.counts[reason] += 1
-        self._set_aside[reason] += 1
-        del self.groups[group.group_id]
-
-    def _set_aside_reason(self, group: Group) -> str | None:
-        oldest = min(s.oldest_version for s in group.received.values())
-        if self.cfg.buffer.stale_groups == "drop" and too_stale(self.version, oldest, self.cfg.buffer.max_staleness):
-            return "dropped_stale"
-        if self.cfg.advantage.filter_zero_variance and len({c.acc for c in group.received.values()}) == 1:
-            return "dropped_zero_variance"
-        return None
-
-    def _hand_out(self, need: int) -> LearnerBatch:
-        chosen, self._assembling = self._assembling[:need], self._assembling[need:]
-        groups = tuple(g.ready(self.pool.prompts[g.prompt_idx]) for g in chosen)
-        for g in chosen:
-            g.state = check_transition(g.state, GroupState.CONSUMED)
-            del self.groups[g.group_id]
-        batch = LearnerBatch(
-            step=self.step + 1,  # the learner step it trains, counted from 1 as in metrics.jsonl
-            policy_version=self.version,
-            groups=groups,
-            dropped_stale=self._set_aside["dropped_stale"],
-            dropped_zero_variance=self._set_aside["dropped_zero_variance"],
-            staleness=tuple(self.version - g.oldest_version for g in groups),
-        )
-        self._set_aside.clear()
-        self.counts["consumed"] += len(groups)
-        self.step += 1
-        if self.store is not None:
-            self.store.append_batch(batch)
-        return batch
