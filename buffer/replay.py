@@ -301,11 +301,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def replay_main(argv: list[str] | None = None) -> int:
-    """``dynamo-async replay RUN_DIR [--export FILE] [--table T] [--prompt ID] [--version V | ...]``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``dynamo-async replay`` (also what ``dynamo-async replay --help`` prints)."""
     parser = argparse.ArgumentParser(
         prog="dynamo-async replay",
         description=("Summarize a recorded run, or export selected rows of its Arrow store as JSONL."),
     )
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return parser
+
+
+def replay_main(argv: list[str] | None = None) -> int:
+    """``dynamo-async replay RUN_DIR [--export FILE] [--table T] [--prompt ID] [--version V | ...]``."""
+    return run(build_parser().parse_args(argv))

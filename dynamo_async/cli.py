@@ -22,16 +22,43 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 from dynamo_async.errors import UsageError
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to help, except where X is None or False or the help already explains it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        """The help of ``action``, with its default unless that would say nothing new."""
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class ReplayHelp(argparse.Action):
+    """``replay --help``: print replay's own help (buffer/replay.py, imported only then) and exit 0."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        """Print the help of ``buffer.replay.build_parser()`` and exit."""
+        from buffer.replay import build_parser as replay_parser
+
+        replay_parser().print_help()
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dynamo-async",
         description=("Asynchronous off-policy RLVR with DynaMO (dynamic rollout allocation and advantage modulation)."),
+        formatter_class=DefaultsHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"dynamo-async {version('dynamo-async')}")
     sub = parser.add_subparsers(dest="command", required=True)
     cfg = sub.add_parser("config", help="validate a config and print or write the resolved YAML")
     cfg.add_argument("--config", help="YAML run config (e.g. configs/tiny.yaml)")
@@ -65,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--out", required=True, metavar="DIR", help="a new folder for the keys")
     keys.add_argument("--clients", type=int, default=1, help="client key pairs (one per worker node)")
     rep = sub.add_parser("replay", add_help=False, help="summarise or export a recorded run (RUN_DIR --help)")
+    rep.add_argument("-h", "--help", action=ReplayHelp, help="show replay's help and exit")
     rep.add_argument("rest", nargs=argparse.REMAINDER)
     _eval_parser(sub)
     tab = sub.add_parser("table", help="print several eval results.json side by side (Table 1 layout)")
@@ -78,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--once", action="store_true", help="print one snapshot and exit")
     st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer")
     _client_keys(st)
+    for subparser in sub.choices.values():
+        subparser.formatter_class = DefaultsHelpFormatter
     return parser
 
 

@@ -13,6 +13,7 @@ local only (``local_files_only=True``), so they never reach for a model hub.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from dynamo_async.models.smollm2 import build_smollm2
 from dynamo_async.models.tiny import build_tiny, build_tiny_math
 
 BUILTIN_PREFIX = "builtin:"
+LOCAL_PREFIXES = ("/", "./", "../", "~")  # names that mean a local folder, never a hub name
 # Bump a directory's version when its builder changes, so stale caches are not reused.
 BUILTINS: dict[str, tuple[str, Callable[[Path], object]]] = {
     "tiny": ("tiny-v1", build_tiny),
@@ -37,6 +39,26 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def is_builtin(name: str) -> bool:
     """Whether ``name`` names a builtin model (``builtin:...``)."""
     return name.startswith(BUILTIN_PREFIX)
+
+
+def check_local_model(name: str) -> None:
+    """Reject a name that looks like a local path but is not a model folder, before transformers
+    mistakes it for a hub name (and prints a long huggingface_hub traceback)."""
+    path = Path(name).expanduser()
+    if (name.startswith(LOCAL_PREFIXES) or path.exists()) and not (path / "config.json").is_file():
+        raise UsageError(
+            f"model: got {name}, which is not a model folder (no config.json there); pass a Hugging Face "
+            "name, a folder saved by save_pretrained, or builtin:NAME"
+        )
+
+
+def model_source(name: str) -> str:
+    """What ``from_pretrained`` loads for ``name``: a builtin's cache directory, a checked local
+    model folder (``~`` expanded), or a Hugging Face name as it is."""
+    if is_builtin(name):
+        return resolve_model(name)
+    check_local_model(name)
+    return os.path.expanduser(name)
 
 
 def resolve_model(name: str) -> str:
@@ -63,7 +85,7 @@ def _complete(build: Callable[[Path], object], tmp: Path) -> None:
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """The tokenizer of ``name``; its pad token is set to eos when it has none."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), local_files_only=is_builtin(name))
+    tokenizer = AutoTokenizer.from_pretrained(model_source(name), local_files_only=is_builtin(name))
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UsageError(
@@ -79,6 +101,6 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu") -> PreTra
     if dtype not in DTYPES:
         raise UsageError(f"model dtype got {dtype!r}, expected one of {sorted(DTYPES)}")
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_model(name), dtype=DTYPES[dtype], local_files_only=is_builtin(name)
+        model_source(name), dtype=DTYPES[dtype], local_files_only=is_builtin(name)
     )
     return model.to(device)
