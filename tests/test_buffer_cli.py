@@ -66,7 +66,7 @@ def test_standalone_buffer_serves_workers_and_replay_reads_its_run(tmp_path):
     try:
         _wait_for_status(port + 2, proc)
         sent = 0
-        with BufferClient("127.0.0.1", port, port + 1, "w-test", timeout_s=10) as client:
+        with BufferClient("127.0.0.1", port, port + 1, "w-test", timeout_s=10, connect_timeout_s=30) as client:
             assert "builtin:tiny" in client.hello("hf", 4).config_yaml
             while not isinstance(grant := client.request_work(8, 0), NoWork):
                 for item in grant.items:
