@@ -105,22 +105,21 @@ class BufferService:
         """Accept completions (one lock for the lot); the rejection reason of each, or None."""
         with self._cond:
             now, wall = self.clock(), time.time()
-            values = value_rejections([c.sample for c in batch], [self._versions(c) for c in batch], self.vocab_size)
-            reasons = [self._accept(c, now, v) for c, v in zip(batch, values)]
+            groups = [self.groups.get(c.sample.group_id) for c in batch]  # add() keeps them in place
+            values = value_rejections([c.sample for c in batch], [self._versions(g) for g in groups], self.vocab_size)
+            reasons = [self._accept(c, g, now, v) for c, g, v in zip(batch, groups, values)]
             if self.store is not None:
                 self.store.append_completions([c for c, r in zip(batch, reasons) if r is None], wall, self.version)
             return reasons
 
-    def _versions(self, c: Completion) -> tuple[int, int]:
-        """The token versions ``c``'s group allows (any, for an unknown group: rejected anyway)."""
-        group = self.groups.get(c.sample.group_id)
+    def _versions(self, group: Group | None) -> tuple[int, int]:
+        """The token versions ``group`` allows (any, for an unknown group: rejected anyway)."""
         if group is None:
             return 0, self.version + 1
         return allowed_versions(group.created_version, self.version, self.cfg.buffer.max_staleness)
 
-    def _accept(self, c: Completion, now: float, value_reason: str | None) -> str | None:
+    def _accept(self, c: Completion, group: Group | None, now: float, value_reason: str | None) -> str | None:
         s = c.sample
-        group = self.groups.get(s.group_id)
         reason = self._rejection(c, group, value_reason)
         if reason is not None:
             self.rejected[reason] += 1
