@@ -81,6 +81,6 @@ class Assembly:
         oldest = min(s.oldest_version for s in group.received.values())
         if self.cfg.buffer.stale_groups == "drop" and too_stale(version, oldest, self.cfg.buffer.max_staleness):
             return "dropped_stale"
-        if self.cfg.advantage.filter_zero_variance and len({c.acc for c in group.received.values()}) == 1:
+        if self.cfg.advantage.filter_zero_variance and len({(c.reward, c.acc) for c in group.received.values()}) == 1:
             return "dropped_zero_variance"
         return None

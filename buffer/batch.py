@@ -37,8 +37,8 @@ class ReadyGroup:
 
     @property
     def zero_variance(self) -> bool:
-        """True when every sample has the same correctness (no GRPO signal)."""
-        return len({s.acc for s in self.samples}) <= 1
+        """True when every sample has the same reward and success (no GRPO signal)."""
+        return len({(s.reward, s.acc) for s in self.samples}) <= 1
 
 
 @dataclass(frozen=True)

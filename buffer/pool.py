@@ -25,12 +25,15 @@ STATS_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class PoolPrompt:
-    """A training prompt: id, text, gold answer and its (chat-templated) token ids."""
+    """A training prompt: id, text, gold answer, its (chat-templated) token ids, and the data
+    source and row its reward functions see."""
 
     prompt_id: str
     text: str
     answer: str
     token_ids: np.ndarray
+    source: str = ""
+    fields: bytes = b""
 
 
 class PromptPool:

@@ -8,6 +8,8 @@ Reads the Arrow store written by ``buffer.store.RunStore``:
   assembly dropped. A completion received twice (same group and sample index, e.g. after a lease
   was handed out again) counts once, at its first arrival.
 - ``export_rows``: selected rows as JSONL (lists as JSON arrays).
+- ``format_samples``: the decoded samples the learner kept per step (table ``samples``,
+  ``metrics.log_samples``), as text (``replay RUN_DIR --samples [--step N] [--prompt ID]``).
 - ``iter_batches``: the exact recorded ``LearnerBatch`` es in step order, for trainer-only replay (each
   sample the ``SampleRecord`` it was, rebuilt from its row by column name).
 - ``replay_main``: the command line; ``add_arguments`` / ``run`` let the CLI wire it as a subcommand.
@@ -39,6 +41,7 @@ FILTERS = {
     "completions": ("prompt_id", "min_version", "max_version"),
     "batches": ("prompt_id", "min_version", "max_version", "step"),
     "steps": ("min_version", "max_version", "step"),
+    "samples": ("prompt_id", "min_version", "max_version", "step"),
 }
 
 
@@ -200,18 +203,36 @@ def export_rows(
     step: int | None = None,
 ) -> int:
     """Write the selected rows of ``table`` to ``out_path`` as JSONL; return how many."""
-    if table not in FILTERS:
-        raise UsageError(f"got table {table!r}, expected one of {list(FILTERS)}")
-    expr = _filter_expression(
-        table, dict(prompt_id=prompt_id, min_version=min_version, max_version=max_version, step=step)
-    )
-    rows = read_table(run_dir, table)
-    if expr is not None:
-        rows = rows.filter(expr)
+    rows = select_rows(run_dir, table, prompt_id=prompt_id, min_version=min_version, max_version=max_version, step=step)
     with open(out_path, "w", encoding="utf-8") as out:
         for batch in rows.to_batches(max_chunksize=1024):
             out.writelines(json.dumps(row) + "\n" for row in batch.to_pylist())
     return rows.num_rows
+
+
+def select_rows(run_dir: str | Path, table: str, **filters: Any) -> pa.Table:
+    """The rows of ``table`` that match ``filters`` (names as in ``FILTERS``)."""
+    if table not in FILTERS:
+        raise UsageError(f"got table {table!r}, expected one of {list(FILTERS)}")
+    expr = _filter_expression(table, filters)
+    rows = read_table(run_dir, table)
+    return rows if expr is None else rows.filter(expr)
+
+
+def format_samples(rows: pa.Table) -> str:
+    """Rows of the ``samples`` table as text: a heading line per sample, then its prompt and
+    response."""
+    if rows.num_rows == 0:
+        return "no samples (the learner keeps metrics.log_samples per step; 0 or an older run: none)\n"
+    out = []
+    for r in rows.to_pylist():
+        out.append(
+            f"=== step {r['step']}  prompt {r['prompt_id']} (group {r['group_id']}, sample {r['sample_index']})  "
+            f"rollouts {r['rollouts']}  reward {r['reward']:.3g}  acc {r['acc']}  "
+            f"{r['num_tokens']} tokens ({r['finish_reason']})  answer {r['answer']}"
+        )
+        out += ["--- prompt", r["prompt"], "--- response", r["response"], ""]
+    return "\n".join(out)
 
 
 def _list_rows(column: pa.ChunkedArray) -> list[np.ndarray]:
@@ -270,13 +291,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory (holds store/)")
     parser.add_argument("--export", metavar="FILE", help="write the selected rows as JSONL")
     parser.add_argument(
+        "--samples",
+        action="store_true",
+        help="print the decoded samples the learner kept per step (metrics.log_samples), "
+        "optionally of one --step / --prompt / version",
+    )
+    parser.add_argument(
         "--table", choices=list(FILTERS), default="completions", help="table to export (default: completions)"
     )
     parser.add_argument("--prompt", help="only rows of this prompt id")
     parser.add_argument("--version", type=int, help="only rows with this policy_version")
     parser.add_argument("--min-version", type=int, help="only rows with policy_version >= V")
     parser.add_argument("--max-version", type=int, help="only rows with policy_version <= V")
-    parser.add_argument("--step", type=int, help="only rows of this learner step (batches, steps)")
+    parser.add_argument("--step", type=int, help="only rows of this learner step (batches, steps, samples)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -287,12 +314,17 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("got --version with --min-version/--max-version, expected one or the other")
         lo = hi = args.version
     filters = dict(prompt_id=args.prompt, min_version=lo, max_version=hi, step=args.step)
+    if args.samples:
+        if args.export is not None or args.table != "completions":
+            raise UsageError("got --samples with --export/--table, expected one: --export FILE --table samples")
+        sys.stdout.write(format_samples(select_rows(args.run_dir, "samples", **filters)))
+        return 0
     if args.export is None:
         given = sorted(k for k, v in filters.items() if v is not None)
         if given or args.table != "completions":
             raise UsageError(
                 f"got {given or ['--table']} without --export, expected --export FILE "
-                "to select rows (without it the run is summarized)"
+                "to select rows, or --samples (without either the run is summarized)"
             )
         sys.stdout.write(format_summary(summarize(args.run_dir)))
         return 0
@@ -305,12 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of ``dynamo-async replay`` (also what ``dynamo-async replay --help`` prints)."""
     parser = argparse.ArgumentParser(
         prog="dynamo-async replay",
-        description=("Summarize a recorded run, or export selected rows of its Arrow store as JSONL."),
+        description=(
+            "Summarize a recorded run, print the decoded samples the learner kept (--samples), "
+            "or export selected rows of its Arrow store as JSONL."
+        ),
     )
     add_arguments(parser)
     return parser
 
 
 def replay_main(argv: list[str] | None = None) -> int:
-    """``dynamo-async replay RUN_DIR [--export FILE] [--table T] [--prompt ID] [--version V | ...]``."""
+    """``dynamo-async replay RUN_DIR [--samples | --export FILE [--table T]] [--prompt ID] [--step N]
+    [--version V | ...]``."""
     return run(build_parser().parse_args(argv))

@@ -314,6 +314,8 @@ class BufferService:
             sample_indices=tuple(samples),
             seed=self.cfg.rollout.seed * 1_000_003 + group.group_id,
             lease_s=lease_s,
+            source=prompt.source,
+            fields=prompt.fields,
         )
 
     def _expire(self, now: float) -> int:

@@ -1,12 +1,31 @@
 """The status snapshot the buffer serves on its status endpoint (``dynamo-async status``):
-groups by lifecycle state, the staleness gate, workers, throughput counters, and the
-learner's figures of its last step and last evaluation."""
+groups by lifecycle state, the staleness gate, workers, throughput counters, the learner's
+figures of its last step and last evaluation, and its progress: total steps, the recent step
+rate and the ETA (``dynamo_async/learner/progress.py``; the learner's ``StatusSink`` adds them
+to the step row as ``PROGRESS_KEYS``, and the snapshot moves them into their own fields).
+
+The ETA in a snapshot is the one measured at the last step less the time since:
+``eta = max(0, eta_at_step - (now - progress_at))``."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from dynamo_async.protocol import Status, WorkerInfo
+
+PROGRESS_KEYS = ("steps_per_s", "eta_s", "progress_at")  # service clock time they were measured at
+
+
+def progress_fields(last_step: dict[str, float], now: float) -> dict:
+    """The Status progress fields from the learner's last step row (see the module docstring)."""
+    at = last_step.get("progress_at")
+    age = None if at is None else max(0.0, now - at)
+    eta = last_step.get("eta_s")
+    return {
+        "steps_per_s": last_step.get("steps_per_s"),
+        "eta_s": None if eta is None or age is None else max(0.0, eta - age),
+        "last_step_age_s": age,
+    }
 
 
 def numeric(row: dict) -> dict[str, float]:
@@ -28,6 +47,7 @@ def build_status(service, now: float) -> Status:
         for w, t in sorted(service.leases.last_seen.items())
     ]
     counts = service.counts
+    last_step = {k: v for k, v in service.last_step.items() if k not in PROGRESS_KEYS}
     return Status(
         policy_version=service.version,
         groups=dict(states),
@@ -41,6 +61,8 @@ def build_status(service, now: float) -> Status:
         completion_tokens=counts["completion_tokens"],
         uptime_s=now - service.started,
         worker_list=workers,
-        last_step=dict(service.last_step),
+        last_step=last_step,
         last_eval=dict(service.last_eval),
+        total_steps=service.cfg.trainer.total_steps,
+        **progress_fields(service.last_step, now),
     )

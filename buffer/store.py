@@ -5,6 +5,7 @@ Layout (docs/design.md section 6, "Arrow store")::
     RUN_DIR/store/completions/completions-000000.arrows, -000001, ...   one row per completion
     RUN_DIR/store/batches/batches-000000.arrows, ...                    one row per learner sample
     RUN_DIR/store/steps/steps-000000.arrows, ...                        one row per learner batch
+    RUN_DIR/store/samples/samples-000000.arrows, ...                    a few decoded samples per step
 
 Each file is an Arrow IPC *stream* with the table's explicit schema (``buffer/tables.py``).
 A ``SegmentWriter`` buffers rows column by column and writes one record batch when ``flush_rows``
@@ -13,9 +14,11 @@ rows are pending, when the oldest pending row is ``max_delay_s`` old (checked on
 are built straight from numpy arrays (one ``np.concatenate`` per column per flush), never from
 Python lists of ints, so ingest stays cheap. A reopened store continues the segment numbering.
 
-``RunStore`` holds the three writers behind one lock: the buffer's network thread appends
+``RunStore`` holds the writers behind one lock: the buffer's network thread appends
 completions while the learner thread appends batches. ``append_batch`` flushes at once, so a
-batch is on disk as soon as it was handed out. ``read_table`` reads the segments back in order,
+batch is on disk as soon as it was handed out; ``append_samples`` (the optional ``samples`` table,
+``metrics.log_samples``: decoded texts for people to read) too, and its folder exists only once
+a run wrote some. ``read_table`` reads the segments back in order,
 every column by name (so a segment of an older layout reads too: columns in another order, or a
 column it predates as zeros / empty); a segment cut short by a crash yields every complete record
 batch before the damage (with a warning).
@@ -40,8 +43,11 @@ from buffer.history import drop_superseded, superseded_ranges
 from buffer.tables import (
     BATCHES_SCHEMA,
     COMPLETIONS_SCHEMA,
+    OPTIONAL_SCHEMAS,
+    SAMPLES_SCHEMA,
     SCHEMAS,
     STEPS_SCHEMA,
+    TABLES,
     batch_rows,
     completions_batch,
     conform,
@@ -160,7 +166,7 @@ class SegmentWriter:
 
 
 class RunStore:
-    """The three tables of one run behind one lock (network and learner threads both append)."""
+    """The tables of one run behind one lock (network and learner threads both append)."""
 
     def __init__(
         self, run_dir: str | Path, segment_bytes: int, flush_rows: int, max_delay_s: float | None = 1.0
@@ -180,6 +186,8 @@ class RunStore:
         )
         self._batches = SegmentWriter(run_dir, "batches", BATCHES_SCHEMA, segment_bytes, flush_rows, max_delay_s)
         self._steps = SegmentWriter(run_dir, "steps", STEPS_SCHEMA, segment_bytes, flush_rows, max_delay_s)
+        self.segment_bytes = segment_bytes
+        self._samples: SegmentWriter | None = None  # opened by the first append_samples
         self.base_rows, self.next_group_id = _existing(run_dir)
 
     def checkpoint_rows(self) -> dict[str, int]:
@@ -188,7 +196,11 @@ class RunStore:
         self.flush()
         with self._lock:
             writers = {"completions": self._completions, "batches": self._batches, "steps": self._steps}
-            return {t: self.base_rows[t] + w.rows_written for t, w in writers.items()}
+            rows = {t: self.base_rows[t] + w.rows_written for t, w in writers.items()}
+            samples = self.base_rows.get("samples", 0) + (self._samples.rows_written if self._samples else 0)
+            if samples:  # an optional table counts once it has rows
+                rows["samples"] = samples
+            return rows
 
     def append_completion(self, c: Completion, received_at: float, policy_version: int) -> None:
         self.append_completions([c], received_at, policy_version)
@@ -240,6 +252,19 @@ class RunStore:
             self._steps.append(step_row)
             self._steps.flush()
 
+    def append_samples(self, rows: list[dict[str, Any]]) -> None:
+        """Rows of the ``samples`` table (``buffer/tables.py`` SAMPLES_SCHEMA), written now."""
+        if not rows:
+            return
+        with self._lock:
+            if self._samples is None:
+                self._samples = SegmentWriter(
+                    self.run_dir, "samples", SAMPLES_SCHEMA, self.segment_bytes, self.flush_rows, self.max_delay_s
+                )
+            for row in rows:
+                self._samples.append(row)
+            self._samples.flush()
+
     def written(self) -> None:
         """Wait until the writer thread has written every record batch already handed to it
         (rows still below ``flush_rows`` stay pending; ``flush`` writes those too)."""
@@ -249,8 +274,9 @@ class RunStore:
         """Everything appended so far is written when this returns."""
         with self._lock:
             self._flush_completions()
-            for writer in (self._batches, self._steps):
-                writer.flush()
+            for writer in (self._batches, self._steps, self._samples):
+                if writer is not None:
+                    writer.flush()
         self._queue.join()
 
     def close(self) -> None:
@@ -261,8 +287,9 @@ class RunStore:
             self._queue.put(None)
         self._writer_thread.join()
         with self._lock:
-            for writer in (self._completions, self._batches, self._steps):
-                writer.close()
+            for writer in (self._completions, self._batches, self._steps, self._samples):
+                if writer is not None:
+                    writer.close()
 
     def __enter__(self) -> RunStore:
         return self
@@ -283,6 +310,9 @@ def _existing(run_dir: Path) -> tuple[dict[str, int], int]:
         if t != "completions"
     }
     counts["completions"] = len(ids)
+    for t in OPTIONAL_SCHEMAS:  # counted only where the run wrote some
+        if segment_paths(run_dir, t):
+            counts[t] = read_table(run_dir, t, [TABLES[t].names[0]], superseded=True).num_rows
     top = pc.max(ids).as_py() if len(ids) else None
     return counts, 0 if top is None else top + 1
 
@@ -307,14 +337,14 @@ def _read_segment(path: Path, schema: pa.Schema) -> list[pa.RecordBatch]:
 def read_table(run_dir: str | Path, table: str, columns: list[str] | None = None, superseded: bool = False) -> pa.Table:
     """All segments of ``table`` concatenated in write order (empty with the schema if none),
     without the rows a resume superseded (``buffer/history.py``) unless ``superseded``."""
-    if table not in SCHEMAS:
-        raise UsageError(f"got table {table!r}, expected one of {sorted(SCHEMAS)}")
+    if table not in TABLES:
+        raise UsageError(f"got table {table!r}, expected one of {sorted(TABLES)}")
     if not store_dir(run_dir).is_dir():
         raise UsageError(
             f"got run directory {str(run_dir)!r} without a store, expected a run "
             f"directory written by the buffer (one containing {store_dir(run_dir)})"
         )
-    schema = SCHEMAS[table]
+    schema = TABLES[table]
     if columns is not None:
         unknown = sorted(set(columns) - set(schema.names))
         if unknown:

@@ -9,6 +9,7 @@ records into ``{name: array}``, ``record_batch`` orders such a dict by a schema'
 ``records_from`` rebuilds records from any rows that hold every record column. Beside them, a
 ``completions`` row has the lease and its receipt (``COMPLETION_COLUMNS``), a ``batches`` row the
 step and the group's prompt (``BATCH_COLUMNS``); ``steps`` has one row per learner batch.
+The optional ``samples`` table keeps a few decoded samples per step (``SAMPLES_SCHEMA``).
 """
 
 from __future__ import annotations
@@ -89,6 +90,26 @@ STEPS_SCHEMA = _schema(
 )
 
 SCHEMAS: dict[str, pa.Schema] = {"completions": COMPLETIONS_SCHEMA, "batches": BATCHES_SCHEMA, "steps": STEPS_SCHEMA}
+
+# A few decoded samples per learner step (``metrics.log_samples``; ``dynamo_async/learner/samples.py``),
+# for people to read. Optional: a run with log_samples=0, or one recorded before it existed, has none.
+SAMPLES_SCHEMA = _schema(
+    ("step", pa.int64()),
+    ("policy_version", pa.int32()),  # the version the batch was handed out at
+    ("prompt_id", pa.string()),
+    ("group_id", pa.int64()),
+    ("sample_index", pa.int32()),
+    ("rollouts", pa.int32()),  # the group's rollout budget: samples trained for its prompt this step
+    ("reward", pa.float64()),
+    ("acc", pa.int8()),
+    ("finish_reason", pa.string()),
+    ("num_tokens", pa.int32()),
+    ("prompt", pa.string()),  # decoded prompt tokens (special tokens left out)
+    ("response", pa.string()),  # decoded response tokens (special tokens left out)
+    ("answer", pa.string()),  # the gold answer
+)
+OPTIONAL_SCHEMAS: dict[str, pa.Schema] = {"samples": SAMPLES_SCHEMA}
+TABLES: dict[str, pa.Schema] = {**SCHEMAS, **OPTIONAL_SCHEMAS}  # every table ``read_table`` reads
 
 
 def _offsets(lengths: np.ndarray, dtype=np.int32) -> np.ndarray:

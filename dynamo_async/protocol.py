@@ -34,7 +34,9 @@ from dynamo_async.sample import SampleRecord
 # 2: Status carries workers, throughput counters and the last step's figures
 # 3: Completion carries its sample as one nested SampleRecord (dynamo_async/sample.py)
 # 4: Welcome and WorkRequest carry the buffer's id; NoWork "reconnect" (the learner restarted)
-PROTOCOL_VERSION = 4
+# 5: WorkItem carries the row's data source and fields (user reward functions); Status the run's
+#    total steps
+PROTOCOL_VERSION = 5
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_GROUP = 4096
 
@@ -108,6 +110,8 @@ class WorkItem(_Msg, tag="work_item"):
     sample_indices: tuple[int, ...]
     seed: int
     lease_s: float
+    source: str = ""  # the row's data source, which picks its reward functions (rewards.by_source)
+    fields: bytes = b""  # the dataset row, msgpack-encoded, for user reward functions (b"": none)
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.sample_indices) <= MAX_GROUP:
@@ -198,6 +202,10 @@ class Status(_Msg, tag="status"):
     last_step: dict[str, float] = {}  # the learner's figures of its last step
     last_eval: dict[str, float] = {}  # its last held-out evaluation
     transport: str = ""  # "curve" (keys), "loopback" (open, local only) or "insecure" (open, --insecure)
+    total_steps: int = 0  # trainer.total_steps
+    steps_per_s: float | None = None  # the learner's recent step rate (learner/progress.py); None: unknown
+    eta_s: float | None = None  # seconds until total_steps at that rate, counted from this snapshot
+    last_step_age_s: float | None = None  # seconds since the learner's last step ended; None: no step yet
 
 
 Message = Union[  # noqa: UP007 - msgspec's tagged union, spelled as its docs do

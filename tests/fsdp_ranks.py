@@ -39,7 +39,6 @@ def fixed_batch(vocab: int, groups: int = 4) -> LearnerBatch:
                 (-0.5 - rng.random(5 + 2 * i + g)).astype(np.float32),
                 np.zeros(5 + 2 * i + g, np.int32),
                 acc=1 if g == 2 else (i + g) % 2,  # group 2: all correct, left out of the update
-                reward=0.0,
                 finish_reason="stop",
                 worker_id="w",
             )

@@ -13,12 +13,13 @@ def sample_record(
     group_id: int, prompt_id: str, sample_index: int, tokens, logprobs, versions, **fields
 ) -> SampleRecord:
     """The record of one response; ``tokens`` / ``logprobs`` / ``versions`` are arrays or lists (or
-    bytes, taken as packed)."""
+    bytes, taken as packed). The reward defaults to math-verify's ``2 acc - 1``, as a worker of a
+    math-verify run sends it."""
     defaults = dict(
         worker_id="w",
         finish_reason="stop",
         acc=0,
-        reward=0.0,
+        reward=float(2 * fields.get("acc", 0) - 1),
         score_status="ok",
         gen_seconds=0.0,
         score_seconds=0.0,

@@ -112,7 +112,24 @@ def test_status_reads_a_live_tiny_run(live_run):
     assert {"accuracy", "entropy", "grad_norm", "staleness_mean", "tokens_per_s"} <= set(st.last_step)
     text = seen["busy_text"]
     assert "1 connected" in text and "grad_norm" in text and "completions" in text
+    assert st.total_steps == STEPS and st.steps_per_s > 0 and st.eta_s > 0 and st.last_step_age_s >= 0
+    assert f"progress    step {int(st.last_step['step'])}/{STEPS} (" in text and "eta " in text
+    assert "progress    step 0/" in idle.stdout and "eta unknown (no step yet)" in idle.stdout
     assert seen["learner_rc"] == 0
+
+
+def test_the_tiny_run_kept_decoded_samples_of_every_step(live_run, capsys):
+    from buffer.replay import replay_main
+    from buffer.store import read_table
+
+    run_dir, _ = live_run
+    table = read_table(run_dir, "samples")
+    steps = table["step"].to_pylist()
+    assert sorted(set(steps)) == list(range(1, STEPS + 1)) and all(steps.count(s) == 4 for s in set(steps))
+    assert all(table["prompt"].to_pylist()) and set(table["acc"].to_pylist()) <= {0, 1}
+    assert replay_main([str(run_dir), "--samples", "--step", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("=== step 1  prompt ") == 4 and "--- response" in out
 
 
 def test_status_of_nothing_listening_is_a_clear_error(capsys):

@@ -9,7 +9,7 @@ from concurrent.futures import Future
 import pytest
 
 from dynamo_async.rewards import MathVerifyScorer, ScoreResult
-from dynamo_async.rewards.math_verify_pool import _Job
+from dynamo_async.rewards.dispatch import Job
 from dynamo_async.rewards.messages import encodable
 
 WAIT_S = 60.0  # a result comes within the pool's hard timeout (30 s) plus a replacement's start
@@ -24,7 +24,7 @@ def scorer():
 
 
 def _still_scores(scorer: MathVerifyScorer) -> None:
-    assert scorer.submit(r"so \boxed{4}", "4").result(WAIT_S) == ScoreResult(acc=1, status="ok")
+    assert scorer.submit(r"so \boxed{4}", "4").result(WAIT_S) == ScoreResult(acc=1, status="ok", reward=1.0)
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,7 @@ def test_any_string_gets_a_result_and_the_pool_keeps_scoring(scorer, response, g
 
 
 def test_a_surrogate_next_to_the_answer_does_not_hide_it(scorer):
-    assert scorer.submit("\ud800 so \\boxed{7} \udc00", "7").result(WAIT_S) == ScoreResult(acc=1, status="ok")
+    assert scorer.submit("\ud800 so \\boxed{7} \udc00", "7").result(WAIT_S) == ScoreResult(acc=1, status="ok", reward=1.0)
 
 
 def test_huge_gold_answer_scores_an_error_at_once_and_is_counted(scorer):
@@ -81,7 +81,7 @@ def test_a_job_that_does_not_encode_scores_an_error_and_the_dispatcher_lives(sco
     resolves with "error" and the jobs after it are scored."""
     bad: Future[ScoreResult] = Future()
     with scorer._lock:
-        scorer._queue.append(_Job(-1, "\ud800", "1", bad))
+        scorer._queue.append(Job(-1, "\ud800", "1", bad))
         scorer._wake()
     assert bad.result(WAIT_S) == ScoreResult(acc=0, status="error")
     _still_scores(scorer)

@@ -12,7 +12,7 @@ import pytest
 from dynamo_async.config.schema import RewardConfig
 from dynamo_async.rewards import MathVerifyScorer, ScoreResult, last_boxed, score_response
 
-OK1 = ScoreResult(acc=1, status="ok")
+OK1 = ScoreResult(acc=1, status="ok", reward=1.0)
 OK0 = ScoreResult(acc=0, status="ok")
 NO_ANSWER = ScoreResult(acc=0, status="no_answer")
 TIMEOUT = ScoreResult(acc=0, status="timeout")

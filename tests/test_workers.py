@@ -291,7 +291,7 @@ def test_rollout_worker_rewards_follow_math_verify_scores(learner_factory, rewar
     engine = FakeEngine(learner.tokenizer, {p.token_ids.astype(np.int32).tobytes(): p.answer for p in learner.prompts})
     client = BufferClient("127.0.0.1", learner.server.endpoints.work, None, "fake-worker")
     client.hello("hf", 4)
-    with MathVerifyScorer.from_config(learner.cfg.rewards) as scorer:
+    with MathVerifyScorer.for_run(learner.cfg) as scorer:
         worker = RolloutWorker(learner.cfg, client, engine, learner.tokenizer, scorer, capacity=4)
         thread = threading.Thread(target=worker.run, kwargs={"max_idle_s": 30.0}, daemon=True)
         thread.start()

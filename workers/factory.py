@@ -14,4 +14,4 @@ def build_worker_parts(cfg: RunConfig, worker_id: str, welcome: Welcome, device:
     from dynamo_async.rewards import MathVerifyScorer
 
     build = ENGINES[cfg.rollout.engine]  # the config admits only registered names (a test checks)
-    return build(cfg, worker_id, welcome, device, MathVerifyScorer.from_config(cfg.rewards))
+    return build(cfg, worker_id, welcome, device, MathVerifyScorer.for_run(cfg))

@@ -3,7 +3,7 @@
     hello -> Welcome(config, weight-sync rendezvous, version)
     loop:  push scored completions -> WorkRequest -> WorkGrant | NoWork
            engine.generate(samples)            (swaps staged weights between decode steps)
-           scorer.submit(response, gold)       (math-verify processes; not awaited here)
+           scorer.submit(response, gold, ...)  (reward function processes; not awaited here)
 
 Scoring runs in the math-verify process pool while the engine generates the next batch;
 completions are pushed as their scores arrive, tagged with each token's policy version. A
@@ -160,7 +160,8 @@ class RolloutWorker:
         now = time.perf_counter()
         for (item, s), res in zip(samples, results):
             text = self.tokenizer.decode(res.token_ids.tolist(), skip_special_tokens=True)
-            self.pending.append(_Pending(item, s, res, per_sample, self.scorer.submit(text, item.answer), now))
+            future = self.scorer.submit(text, item.answer, item.prompt, item.source, item.fields)
+            self.pending.append(_Pending(item, s, res, per_sample, future, now))
 
     def push_scored(self, block: bool) -> None:
         """Send every completion whose score is in (all of them when ``block``), in order."""
@@ -189,7 +190,6 @@ class RolloutWorker:
     def _completion(self, p: _Pending, score, score_seconds: float) -> Completion:
         """The scored sample as its record, under the lease it was generated for."""
         r = p.result
-        reward = float(2 * score.acc - 1) if self.cfg.advantage.reward == "pm1" else float(score.acc)
         record = SampleRecord(
             group_id=p.item.group_id,
             prompt_id=p.item.prompt_id,
@@ -200,7 +200,7 @@ class RolloutWorker:
             versions=pack_i32(r.versions),
             finish_reason=r.finish_reason,
             acc=int(score.acc),
-            reward=reward,
+            reward=score.reward,
             score_status=score.status,
             gen_seconds=p.gen_seconds,
             score_seconds=score_seconds,

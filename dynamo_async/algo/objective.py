@@ -50,9 +50,11 @@ class Objective:
         loss = cfg.loss
         self.clip = ClipRange(loss.eps_low, loss.eps_high, loss.dual_clip_c if loss.dual_clip else None)
 
-    def sequence_advantages(self, acc, group_ids) -> torch.Tensor:
-        """One advantage per response (the ``objective.advantage`` component)."""
-        return self.advantage.advantages(torch.as_tensor(acc), group_ids)
+    def sequence_advantages(self, acc, group_ids, rewards=None) -> torch.Tensor:
+        """One advantage per response (the ``objective.advantage`` component; ``rewards``: the
+        records' training rewards, None: math-verify's of ``acc``)."""
+        r = None if rewards is None else torch.as_tensor(rewards, dtype=torch.float32)
+        return self.advantage.advantages(torch.as_tensor(acc), group_ids, r)
 
     @torch.no_grad()
     def proximal_stats(self, logits, tokens, entropy_metric: bool = True, mask=None) -> TokenStats:
@@ -173,9 +175,9 @@ def proximal_stats(logits, tokens, cfg: RunConfig, entropy_metric: bool = True, 
     return assemble(cfg).proximal_stats(logits, tokens, entropy_metric, mask)
 
 
-def sequence_advantages(acc, group_ids, cfg: RunConfig) -> torch.Tensor:
-    """``assemble(cfg).sequence_advantages(acc, group_ids)``."""
-    return assemble(cfg).sequence_advantages(acc, group_ids)
+def sequence_advantages(acc, group_ids, cfg: RunConfig, rewards=None) -> torch.Tensor:
+    """``assemble(cfg).sequence_advantages(acc, group_ids, rewards)``."""
+    return assemble(cfg).sequence_advantages(acc, group_ids, rewards)
 
 
 def clip_bounds(cfg: RunConfig) -> tuple[float, float]:

@@ -477,13 +477,71 @@ class RewardConfig(_Section):
             )
         ),
     ] = "boxed"
+    functions: Annotated[
+        tuple[str, ...],
+        Meta(
+            min_length=1,
+            description=(
+                "Reward functions whose rewards are summed (times rewards.weights) into a response's training "
+                "reward: 'math_verify' (the built-in: math-verify on the final answer, 1/-1 or 1/0 as "
+                "advantage.reward says) or 'module:function' / 'path/to/file.py:function', called in the "
+                "scorer processes as fn(problem=, response=, answer=, fields=) and returning a float or "
+                "{'reward': float, 'acc': 0 or 1} (docs/rewards.md)."
+            ),
+        ),
+    ] = ("math_verify",)
+    by_source: Annotated[
+        dict[str, tuple[str, ...]],
+        Meta(
+            description=(
+                "Reward functions per data source (a row's data_source or source field, else its file's "
+                "name): rows of a listed source use these instead of rewards.functions."
+            )
+        ),
+    ] = {}
+    weights: Annotated[
+        dict[str, float],
+        Meta(description="Weight of each reward function in the sum, by its entry in functions (default 1)."),
+    ] = {}
+    success: Annotated[
+        Literal["acc", "reward"],
+        Meta(
+            description=(
+                "What counts as a success in the per-prompt Bernoulli statistics (and held-out accuracy, and "
+                "W-REINFORCE's correctness): 'acc', the binary correctness the functions report "
+                "(math_verify's, or an 'acc' a function returns; with several, all must be 1; a function "
+                "set that reports none is an error), or 'reward', total reward >= success_threshold."
+            )
+        ),
+    ] = "acc"
+    success_threshold: Annotated[
+        float, Meta(description="With success: reward, the total reward at or above which a response succeeds.")
+    ] = 0.5
 
     def __post_init__(self) -> None:
+        from dynamo_async.rewards.spec import check_entries
+
+        for where, entries in (("rewards.functions", self.functions), *self._by_source_items()):
+            check_entries(where, entries)
+        unknown = sorted(set(self.weights) - set(self.functions).union(*self.by_source.values()))
+        if unknown:
+            raise ValueError(
+                f"rewards.weights: got weights for {unknown}, expected entries of rewards.functions or "
+                "rewards.by_source"
+            )
         if self.hard_timeout_s <= self.timeout_s:
             raise ValueError(
                 f"got hard_timeout_s={self.hard_timeout_s} <= timeout_s={self.timeout_s}, "
                 "expected the outer timeout to exceed the inner one"
             )
+
+    def __hash__(self) -> int:  # the dict fields make the generated hash fail; configs are cache keys
+        import msgspec
+
+        return hash(msgspec.msgpack.encode(self, order="sorted"))
+
+    def _by_source_items(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [(f"rewards.by_source.{name}", entries) for name, entries in self.by_source.items()]
 
 
 class TrainerConfig(_Section):
@@ -551,6 +609,18 @@ class MetricsConfig(_Section):
             description=("'online' uploads as the run goes; 'offline' writes RUN_DIR/wandb for a later `wandb sync`.")
         ),
     ] = "online"
+    log_samples: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description=(
+                "Decoded samples kept per learner step (prompt, response, reward, acc, the group's rollouts): "
+                "one from each of the batch's first groups, best and worst reward in turn. Written to the "
+                "Arrow store's samples table (`dynamo-async replay RUN_DIR --samples`) and logged as "
+                "TensorBoard text / a W&B table when those are on; 0: none."
+            ),
+        ),
+    ] = 4
 
 
 class WeightsConfig(_Section):

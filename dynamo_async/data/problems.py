@@ -34,6 +34,8 @@ class Problem(msgspec.Struct, frozen=True):
     answer: str
     source: str
     level: int = 0
+    fields: bytes = b""
+    """The row as read, msgpack-encoded, for user reward functions (``rewards.functions``)."""
 
 
 class ReadOptions(msgspec.Struct, frozen=True):
@@ -140,6 +142,7 @@ def _to_problem(row: Any, index: int, paths: dict[str, str], stem: str, where: s
         answer=answer.strip(),
         source=_scalar(source, paths["source"], where) if source is not None else stem,
         level=_level(row),
+        fields=msgspec.msgpack.encode(row),
     )
 
 

@@ -101,5 +101,14 @@ def prompt_ids(tokenizer, problem: str, cfg: RunConfig) -> np.ndarray:
 
 
 def pool_prompts(problems: list[Problem], tokenizer, cfg: RunConfig) -> list[PoolPrompt]:
-    """Problems as buffer prompts with their token ids."""
-    return [PoolPrompt(p.id, p.problem, p.answer, prompt_ids(tokenizer, p.problem, cfg)) for p in problems]
+    """Problems as buffer prompts with their token ids; their rows travel to the workers only when
+    a user reward function reads them."""
+    from dynamo_async.rewards.spec import spec_from_config
+
+    rows = bool(spec_from_config(cfg).user_entries())
+    return [
+        PoolPrompt(
+            p.id, p.problem, p.answer, prompt_ids(tokenizer, p.problem, cfg), p.source, p.fields if rows else b""
+        )
+        for p in problems
+    ]

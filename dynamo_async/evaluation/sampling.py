@@ -55,6 +55,7 @@ def sampled_accuracy(
         reqs = [GenRequest(prompt_ids(tokenizer, p.problem, cfg), seed + 1000 * i + k) for i, p, k in chunk]
         results = engine.generate(reqs)
         texts = [tokenizer.decode(r.token_ids.tolist(), skip_special_tokens=True) for r in results]
-        scores = scorer.score(texts, [p.answer for _, p, _ in chunk])
+        futures = [scorer.submit(t, p.answer, p.problem, p.source, p.fields) for t, (_, p, _) in zip(texts, chunk)]
+        scores = [f.result() for f in futures]
         correct += sum(s.acc for j, s in enumerate(scores, start) if j < len(mine))
     return EvalResult(correct, len(mine))

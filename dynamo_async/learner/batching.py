@@ -66,8 +66,9 @@ class MiniBatch:
 def group_rows(groups: tuple[ReadyGroup, ...], cfg: RunConfig) -> list[list[Row]]:
     """Per group, its samples as rows with their advantage (computed over that group only)."""
     acc = [s.acc for g in groups for s in g.samples]
+    rewards = [s.reward for g in groups for s in g.samples]
     ids = [g.group_id for g in groups for _ in g.samples]
-    adv = sequence_advantages(torch.tensor(acc, dtype=torch.float32), ids, cfg).tolist() if acc else []
+    adv = sequence_advantages(torch.tensor(acc, dtype=torch.float32), ids, cfg, rewards).tolist() if acc else []
     rows, k = [], 0
     for index, g in enumerate(groups):
         prompt = g.prompt_token_ids.astype(np.int64)

@@ -32,7 +32,7 @@ def evaluate(trainer) -> dict[str, EvalResult]:
         trainer.model, trainer.tokenizer, cfg, trainer.device, policy_version=trainer.version, all_done=done
     )
     out = {}
-    with MathVerifyScorer.from_config(cfg.rewards) as scorer:
+    with MathVerifyScorer.for_run(cfg) as scorer:
         for name, problems in eval_problems(cfg.data).items():
             share = (info.rank, info.world) if info.sharded else (0, 1)
             res = sampled_accuracy(

@@ -2,7 +2,7 @@
 
     pull batch -> prepare tensors -> proximal pass -> mini-batch updates -> version += 1
                -> broadcast weights -> the gate opens for the new version -> metrics
-               -> checkpoint when due
+               -> a few decoded samples (metrics.log_samples) -> checkpoint when due
 
 While it waits for a batch, the learner sends the current weights to workers that joined
 since the last broadcast (a late joiner first receives the current weights and version).
@@ -34,6 +34,7 @@ from dynamo_async.learner import checkpoint, heldout
 from dynamo_async.learner.distributed import DistInfo
 from dynamo_async.learner.metrics import MetricsLog
 from dynamo_async.learner.orders import Evaluate, Step, send_order
+from dynamo_async.learner.samples import sample_rows, tokenizer_decode
 from dynamo_async.learner.sinks import StatusSink, make_sinks
 from dynamo_async.learner.step import learner_step
 from dynamo_async.learner.trainer import Trainer
@@ -103,6 +104,7 @@ class Learner:
         self.last_sync = None
         self._stop = None
         self._worker_idle = 0.0
+        self.last_samples: list[dict] = []  # the decoded samples of the last step (keep_samples)
         self._saved_at = time.monotonic()  # the start, then each checkpoint (trainer.checkpoint_every_s)
 
     @property
@@ -131,7 +133,7 @@ class Learner:
         sinks = make_sinks(
             self.cfg.metrics, self.ctx.run_dir, config, self.step, rewind=history.rewinds(self.ctx.run_dir, self.step)
         )
-        sinks.append(StatusSink(self.service))
+        sinks.append(StatusSink(self.service, self.step))
         log = MetricsLog(self.ctx.run_dir, self.cfg.trainer.total_steps, self.step, self.ctx.show_progress, sinks)
         every = self.cfg.trainer.eval_every
         try:
@@ -143,6 +145,7 @@ class Learner:
                 if metrics is None:  # stopped while waiting for a batch
                     break
                 log.write(metrics)
+                log.write_samples(self.last_samples)
                 if every and self.step % every == 0 and self.step < end:
                     self.evaluate(log, f"step {self.step}")
             if self.step >= end:  # a stopped run checkpoints without it
@@ -221,9 +224,18 @@ class Learner:
         metrics["tokens_per_s"] = metrics["response_tokens"] / max(metrics["step_s"], 1e-9)
         idle = self.service.worker_idle_seconds()  # reported by heartbeats, summed over workers
         metrics["worker_idle_s"], self._worker_idle = idle - self._worker_idle, idle
+        self.last_samples = self.keep_samples(batch)
         if result.checkpoint:
             self.save()
         return metrics
+
+    def keep_samples(self, batch: LearnerBatch) -> list[dict]:
+        """A few decoded samples of the step (``metrics.log_samples``, ``samples.py``), written
+        to the store's samples table now (before a checkpoint counts its rows); ``run`` hands
+        them to the metric sinks with the step's figures."""
+        rows = sample_rows(batch, self.cfg.metrics.log_samples, tokenizer_decode(self.trainer.tokenizer))
+        self.store.append_samples(rows)
+        return rows
 
     def pull_batch(self) -> LearnerBatch | None:
         """Wait for a full batch (None if told to stop); meanwhile bring newly joined workers up

@@ -8,7 +8,9 @@
 ``make_sinks`` is the only place that reads ``cfg.metrics``; the learner hands rows to the
 list it gets and never branches on which sinks are on. Scalars go to TensorBoard and W&B as
 ``train/<name>`` (step rows) or ``eval/<set>`` (held-out rows); the allocation histogram
-(group size -> groups) goes as a histogram of group sizes. A sink that is asked for but
+(group size -> groups) goes as a histogram of group sizes. A step's decoded samples
+(``samples.py``, ``metrics.log_samples``) go to TensorBoard as Markdown text (tag ``samples``)
+and to W&B as a table (key ``samples``); metrics.jsonl leaves them to the Arrow store. A sink that is asked for but
 whose package is missing is an error at start, not a silent no-op.
 """
 
@@ -25,6 +27,8 @@ import numpy as np
 
 from dynamo_async.config.schema import MetricsConfig
 from dynamo_async.errors import UsageError
+from dynamo_async.learner.progress import StepRate
+from dynamo_async.learner.samples import COLUMNS, markdown
 from dynamo_async.lines import cut_torn_tail
 
 
@@ -34,6 +38,9 @@ class MetricSink(Protocol):
 
     def write_eval(self, row: dict) -> None:
         """One held-out evaluation (keys ``eval/<set>``, plus ``step`` and ``label``)."""
+
+    def write_samples(self, rows: list[dict]) -> None:
+        """One step's decoded samples (rows of the store's ``samples`` table, at least one)."""
 
     def close(self) -> None:
         """Flush and release."""
@@ -53,6 +60,9 @@ class JsonlSink:
 
     def write_eval(self, row: dict) -> None:
         self._line({"time": time.time(), "eval": True, **row})
+
+    def write_samples(self, rows: list[dict]) -> None:
+        pass  # kept in the Arrow store's samples table
 
     def close(self) -> None:
         self._file.close()
@@ -110,6 +120,10 @@ class TensorBoardSink:
             self.writer.add_scalar(tag, value, int(row["step"]))
         self.writer.flush()
 
+    def write_samples(self, rows: list[dict]) -> None:
+        self.writer.add_text("samples", markdown(rows), int(rows[0]["step"]))
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -155,22 +169,35 @@ class WandbSink:
     def write_eval(self, row: dict) -> None:
         self.run.log(eval_scalars(row), step=int(row["step"]))  # joins that step's training row
 
+    def write_samples(self, rows: list[dict]) -> None:
+        columns = [*COLUMNS, *(k for k in rows[0] if k not in COLUMNS)]
+        table = self.wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
+        self.run.log({"samples": table}, step=int(rows[0]["step"]))
+
     def close(self) -> None:
         self.run.finish()
 
 
 class StatusSink:
     """Hands each step's figures to the buffer service, which serves them on its status
-    endpoint (``dynamo-async status``)."""
+    endpoint (``dynamo-async status``), with the run's progress (``progress.py``): the recent
+    step rate, the ETA, and when (the service's clock) they were measured; ``buffer/status.py``
+    moves these into the Status (``PROGRESS_KEYS``)."""
 
-    def __init__(self, service):
+    def __init__(self, service, start_step: int = 0):
         self.service = service
+        self.rate = StepRate(service.cfg.trainer.total_steps, start_step, clock=service.clock)
 
     def write(self, row: dict) -> None:
-        self.service.record_step(row)
+        p = self.rate.tick(int(row["step"]))
+        progress = {"steps_per_s": p.steps_per_s, "eta_s": p.eta_s, "progress_at": self.service.clock()}
+        self.service.record_step({**row, **progress})
 
     def write_eval(self, row: dict) -> None:
         self.service.record_eval(row)
+
+    def write_samples(self, rows: list[dict]) -> None:
+        pass
 
     def close(self) -> None:
         pass

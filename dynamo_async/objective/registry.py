@@ -68,8 +68,10 @@ class Component:
 class SequenceAdvantage(Component):
     stage = "advantage"
 
-    def advantages(self, acc: torch.Tensor, group_ids: list[int]) -> torch.Tensor:
-        """One float advantage per response from correctness ``acc`` (0/1) and group ids."""
+    def advantages(self, acc: torch.Tensor, group_ids: list[int], rewards: torch.Tensor | None = None) -> torch.Tensor:
+        """One float advantage per response from its success ``acc`` (0/1), its group id and its
+        training reward (``rewards``: the sum of the run's reward functions, docs/rewards.md;
+        None: math-verify's reward of ``acc``, as ``advantage.reward`` says)."""
         raise NotImplementedError
 
 

@@ -9,6 +9,10 @@
     staleness.png        staleness of the trained groups, dropped groups per step
     throughput.png       tokens per second, step time, learner and worker idle time
 
+``--smooth K`` draws the per-step lines of accuracy_reward, entropy, grad_norm and throughput
+as centred moving averages over K steps over their faint raw points (``overlay.py``, which
+also draws several runs on one figure per metric: ``dynamo-async plot RUN_DIR RUN_DIR ...``).
+
 A figure whose data the run does not have (e.g. ``beta.png`` for a baseline without
 modulation, or the store figures when RUN_DIR/store was deleted) is skipped with a line
 saying why.
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dynamo_async.report.overlay import check_smooth, draw_series, plot_overlays, smooth_note
 from dynamo_async.report.rundata import RunData, load_run
 
 
@@ -58,10 +63,10 @@ def _steps_axis(ax) -> None:
     ax.xaxis.get_major_locator().set_params(integer=True)
 
 
-def accuracy_reward(plt, run: RunData):
+def accuracy_reward(plt, run: RunData, k: int = 1):
     fig, ax = plt.subplots(figsize=(7, 4))
     x, acc = run.series("accuracy")
-    ax.plot(x, 100 * acc, marker="o", ms=3, label="training accuracy (batch)")
+    draw_series(ax, x, 100 * acc, k, "training accuracy (batch)")
     for key in sorted({k for r in run.evals for k in r if k.startswith("eval/")}):
         pts = [(r["step"], r[key]) for r in run.evals if isinstance(r.get(key), (int, float)) and "step" in r]
         if not pts:
@@ -71,29 +76,29 @@ def accuracy_reward(plt, run: RunData):
     ax.set_ylim(bottom=0)
     ax2 = ax.twinx()
     x, reward = run.series("reward")
-    ax2.plot(x, reward, color="tab:green", alpha=0.6, label="mean reward")
+    draw_series(ax2, x, reward, k, "mean reward", color="tab:green", marker=None)
     ax2.set_ylabel("mean reward per sample")
     ax2.grid(False)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="best", fontsize=8)
     _steps_axis(ax)
-    ax.set_title(_title(run, "Accuracy and reward"))
+    ax.set_title(_title(run, "Accuracy and reward" + smooth_note(k)))
     return fig
 
 
-def entropy(plt, run: RunData):
+def entropy(plt, run: RunData, k: int = 1):
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(*run.series("entropy"), marker="o", ms=3)
+    draw_series(ax, *run.series("entropy"), k, "_entropy")
     ax.set_ylabel("mean token entropy (nats)")
     _steps_axis(ax)
-    ax.set_title(_title(run, "Policy entropy on the trained responses"))
+    ax.set_title(_title(run, "Policy entropy on the trained responses" + smooth_note(k)))
     return fig
 
 
-def grad_norm(plt, run: RunData):
+def grad_norm(plt, run: RunData, k: int = 1):
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(*run.series("grad_norm"), marker="o", ms=3, label="mean over the step's mini-batches")
+    draw_series(ax, *run.series("grad_norm"), k, "mean over the step's mini-batches")
     if run.has("grad_norm_max"):
         ax.plot(*run.series("grad_norm_max"), ls=":", label="largest mini-batch")
     clip = _section(run, "optim").get("grad_clip")
@@ -103,11 +108,11 @@ def grad_norm(plt, run: RunData):
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     _steps_axis(ax)
-    ax.set_title(_title(run, "Gradient norm (paper Figure 3)"))
+    ax.set_title(_title(run, "Gradient norm (paper Figure 3)" + smooth_note(k)))
     return fig
 
 
-def allocation(plt, run: RunData):
+def allocation(plt, run: RunData, k: int = 1):
     if not run.group_sizes:
         return "no groups in the Arrow store (RUN_DIR/store/batches)"
     every = np.concatenate(list(run.group_sizes.values()))
@@ -138,7 +143,7 @@ def allocation(plt, run: RunData):
     return fig
 
 
-def allocation_success(plt, run: RunData):
+def allocation_success(plt, run: RunData, k: int = 1):
     points = np.concatenate(list((run.allocation_points or {}).values()) or [np.zeros((0, 2))])
     points = points[~np.isnan(points[:, 0])] if points.size else points
     if points.size == 0:
@@ -159,7 +164,7 @@ def allocation_success(plt, run: RunData):
     return fig
 
 
-def beta(plt, run: RunData):
+def beta(plt, run: RunData, k: int = 1):
     keys = [k for k in ("beta_comp_hist", "beta_stab_hist") if run.has(k)]
     if not keys:
         return (
@@ -194,7 +199,7 @@ def beta(plt, run: RunData):
     return fig
 
 
-def staleness(plt, run: RunData):
+def staleness(plt, run: RunData, k: int = 1):
     if not run.staleness:
         return "no steps in the Arrow store (RUN_DIR/store/steps)"
     steps = sorted(run.staleness)
@@ -223,9 +228,9 @@ def staleness(plt, run: RunData):
     return fig
 
 
-def throughput(plt, run: RunData):
+def throughput(plt, run: RunData, k: int = 1):
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    ax.plot(*run.series("tokens_per_s"), marker="o", ms=3, label="response tokens trained per second")
+    draw_series(ax, *run.series("tokens_per_s"), k, "response tokens trained per second")
     ax.set_ylabel("tokens / s")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
@@ -236,13 +241,13 @@ def throughput(plt, run: RunData):
         ("sync_s", "weight broadcast"),
     ):
         if run.has(key):
-            ax2.plot(*run.series(key), marker=".", label=label)
+            draw_series(ax2, *run.series(key), k, label, marker=".")
     ax2.set_ylabel("seconds per step")
     ax2.set_ylim(bottom=0)
     if ax2.get_legend_handles_labels()[0]:
         ax2.legend(fontsize=8)
     _steps_axis(ax2)
-    fig.suptitle(_title(run, "Throughput and idle time"))
+    fig.suptitle(_title(run, "Throughput and idle time" + smooth_note(k)))
     fig.tight_layout()
     return fig
 
@@ -259,15 +264,16 @@ FIGURES = {
 }
 
 
-def plot_run(run_dir: Path, out_dir: Path | None = None) -> tuple[list[Path], dict[str, str]]:
-    """Write every figure the run has data for; returns (written paths, skipped name -> why)."""
+def plot_run(run_dir: Path, out_dir: Path | None = None, k: int = 1) -> tuple[list[Path], dict[str, str]]:
+    """Write every figure the run has data for (lines smoothed over ``k`` steps); returns
+    (written paths, skipped name -> why)."""
     run = load_run(run_dir)
     out_dir = out_dir or run_dir / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
     written, skipped = [], {}
     for name, draw in FIGURES.items():
-        fig = draw(plt, run)
+        fig = draw(plt, run, k)
         if isinstance(fig, str):
             skipped[name] = fig
             continue
@@ -278,8 +284,18 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> tuple[list[Path], di
     return written, skipped
 
 
-def plot_main(run_dir: Path, out_dir: Path | None) -> int:
-    written, skipped = plot_run(run_dir, out_dir)
+COMPARE_DIR = Path("plots-compare")  # several runs, without --out
+
+
+def plot_main(run_dirs: list[Path], out_dir: Path | None, k: int = 1) -> int:
+    """One run: its figures (RUN_DIR/plots). Several: one overlay per metric (``overlay.py``),
+    in ``out_dir`` or ./plots-compare."""
+    check_smooth(k)
+    if len(run_dirs) == 1:
+        written, skipped = plot_run(run_dirs[0], out_dir, k)
+    else:
+        runs = [load_run(d) for d in run_dirs]
+        written, skipped = plot_overlays(_pyplot(), runs, out_dir or COMPARE_DIR, k)
     for path in written:
         print(f"wrote {path}")
     for name, why in skipped.items():

@@ -2,8 +2,10 @@
 
 HOST:PORT is the learner's work port (what workers ``--connect`` to); the view reads the
 status endpoint beside it (port + 2) every ``--interval`` seconds and shows the policy
-version, groups by lifecycle state, the staleness gate, connected workers, throughput
-(rates between two refreshes) and the figures of the learner's last step and evaluation.
+version, the run's progress (step / total steps, the recent step rate, the ETA and the clock
+time it points at), groups by lifecycle state, the staleness gate, connected workers,
+throughput (rates between two refreshes) and the figures of the learner's last step and
+evaluation.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
+from dynamo_async.learner.progress import duration as _duration
 from dynamo_async.protocol import PROTOCOL_VERSION, Status
 
 STATES = ("waiting", "in_flight", "ready", "consumed")
@@ -35,15 +38,28 @@ STEP_KEYS = (
 )
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
+
+
+def progress_line(st: Status, wall: float) -> str:
+    """``step 120/600 (20.0%)   3.10 s/step   eta 24m48s (about 14:32)   last step 2 s ago``;
+    ``wall``: the unix time now, for the clock time the ETA points at."""
+    step = int(st.last_step.get("step", 0))
+    if not st.total_steps:
+        return f"step {step}"
+    parts = [f"step {step}/{st.total_steps} ({100 * step / st.total_steps:.1f}%)"]
+    if st.steps_per_s:
+        parts.append(f"{1 / st.steps_per_s:.2f} s/step" if st.steps_per_s < 1 else f"{st.steps_per_s:.2f} steps/s")
+    if st.eta_s is None:
+        parts.append("eta unknown (no step yet)" if st.last_step_age_s is None else "eta unknown")
+    elif st.eta_s == 0 and step >= st.total_steps:
+        parts.append("done")
+    else:
+        parts.append(f"eta {_duration(st.eta_s)} (about {time.strftime('%H:%M', time.localtime(wall + st.eta_s))})")
+    if st.last_step_age_s is not None:
+        parts.append(f"last step {_duration(st.last_step_age_s)} ago")
+    return "   ".join(parts)
 
 
 def render(st: Status, address: str, prev: tuple[float, Status] | None, now: float) -> str:
@@ -60,6 +76,7 @@ def render(st: Status, address: str, prev: tuple[float, Status] | None, now: flo
     lines = [
         f"dynamo-async status {address}   {time.strftime('%Y-%m-%d %H:%M:%S')}   protocol v{PROTOCOL_VERSION}",
         f"learner     version {st.policy_version}   batches handed out {st.step}   up {_duration(st.uptime_s)}",
+        f"progress    {progress_line(st, time.time())}",
         f"groups      {groups}",
         f"staleness   limit {st.max_staleness} versions   gate {gate}, admits {st.gate_room} more groups"
         + (

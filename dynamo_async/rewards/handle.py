@@ -30,10 +30,11 @@ class WorkerHandle:
         max_chars: int,
         start_timeout_s: float,
         answer_format: str = "boxed",
+        spec: bytes = b"",
     ) -> None:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(
-            target=worker_main, args=(child_conn, timeout_s, max_chars, answer_format), name=name, daemon=True
+            target=worker_main, args=(child_conn, timeout_s, max_chars, answer_format, spec), name=name, daemon=True
         )
         self.proc.start()
         child_conn.close()  # the child holds its own copy; EOF is seen once it exits

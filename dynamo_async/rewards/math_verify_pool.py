@@ -20,46 +20,34 @@ import itertools
 import multiprocessing
 import os
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
-from multiprocessing.connection import wait
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from dynamo_async.config.schema import RewardConfig
 from dynamo_async.errors import UsageError
+from dynamo_async.rewards.dispatch import STAT_KEYS, Dispatcher, Job
 from dynamo_async.rewards.extract import FORMATS
 from dynamo_async.rewards.handle import WorkerHandle
 from dynamo_async.rewards.messages import (
-    SCORER_PROTOCOL_VERSION,
-    ScoreJob,
     ScoreResult,
     Status,
     WorkerMessage,
-    WorkerReady,
     encodable,
 )
+from dynamo_async.rewards.spec import RewardSpec, resolve, spec_from_config
 from dynamo_async.rewards.worker import alarm_seconds
+
+if TYPE_CHECKING:
+    from dynamo_async.config.schema import RewardConfig, RunConfig
 
 __all__ = ["MathVerifyScorer", "ScoreResult", "Status"]
 
-STAT_KEYS = ("scored", "correct", "no_answer", "timeouts", "errors", "workers_replaced")
-_STATUS_STAT = {"no_answer": "no_answer", "timeout": "timeouts", "error": "errors"}
 _START_TIMEOUT_S = 120.0  # spawn re-imports the parent's main module, which may import torch
-_MAX_START_FAILURES = 3  # consecutive worker deaths before start-up: the pool gives up
 
 
-@dataclass
-class _Job:
-    id: int
-    response: str
-    gold: str
-    future: Future[ScoreResult]
-
-
-class MathVerifyScorer:
+class MathVerifyScorer(Dispatcher):
     """Score responses against gold answers with math-verify in ``num_workers`` processes.
 
     The constructor returns once every worker has imported math-verify. ``hard_timeout_s``
@@ -75,6 +63,7 @@ class MathVerifyScorer:
         hard_timeout_s: float = 30.0,
         max_chars: int = 50_000,
         answer_format: str = "boxed",
+        spec: RewardSpec = RewardSpec(),
     ) -> None:
         if num_workers < 1:
             raise UsageError(f"num_workers: got {num_workers}, expected >= 1")
@@ -90,10 +79,14 @@ class MathVerifyScorer:
             )
         self._timeout_s, self._hard_timeout_s, self._max_chars = timeout_s, hard_timeout_s, max_chars
         self._answer_format = answer_format
+        for entry in spec.user_entries():
+            resolve(entry)  # a missing module, file or function fails here, in one line
+        self._spec, self._spec_bytes = spec, msgspec.msgpack.encode(spec)
+        self._reported: set[str] = set()
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Condition()
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._running: dict[int, _Job] = {}  # job id -> job, for jobs sent to a worker
+        self._queue: collections.deque[Job] = collections.deque()
+        self._running: dict[int, Job] = {}  # job id -> job, for jobs sent to a worker
         self._ids = itertools.count()
         self._stats = dict.fromkeys(STAT_KEYS, 0)
         self._refusal: str | None = None  # set once the scorer stops accepting jobs
@@ -110,14 +103,14 @@ class MathVerifyScorer:
         self._await_ready()
 
     @classmethod
-    def from_config(cls, cfg: RewardConfig) -> MathVerifyScorer:
-        return cls(
-            num_workers=cfg.num_workers,
-            timeout_s=cfg.timeout_s,
-            hard_timeout_s=cfg.hard_timeout_s,
-            max_chars=cfg.max_chars,
-            answer_format=cfg.answer_format,
-        )
+    def from_config(cls, cfg: RewardConfig, spec: RewardSpec = RewardSpec()) -> MathVerifyScorer:
+        """A scorer with a ``rewards`` section's pool settings and ``spec``'s functions."""
+        return cls(cfg.num_workers, cfg.timeout_s, cfg.hard_timeout_s, cfg.max_chars, cfg.answer_format, spec)
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig) -> MathVerifyScorer:
+        """The scorer of a run: its ``rewards`` section and its reward functions."""
+        return cls.from_config(cfg.rewards, spec_from_config(cfg))
 
     def __enter__(self) -> MathVerifyScorer:
         return self
@@ -127,9 +120,12 @@ class MathVerifyScorer:
 
     # ----- public API -----------------------------------------------------------------------
 
-    def submit(self, response: str, gold: str) -> Future[ScoreResult]:
-        """Queue one response for scoring; returns at once with a future of its result."""
-        for name, value in (("response", response), ("gold", gold)):
+    def submit(
+        self, response: str, gold: str, problem: str = "", source: str = "", fields: bytes = b""
+    ) -> Future[ScoreResult]:
+        """Queue one response for scoring; returns at once with a future of its result.
+        ``problem``, ``source`` and ``fields`` (the row, msgpack) are for the reward functions."""
+        for name, value in (("response", response), ("gold", gold), ("problem", problem), ("source", source)):
             if not isinstance(value, str):
                 raise UsageError(f"{name}: got {type(value).__name__}, expected str")
         future: Future[ScoreResult] = Future()
@@ -138,13 +134,21 @@ class MathVerifyScorer:
                 raise RuntimeError(f"MathVerifyScorer does not accept jobs: {self._refusal}")
             # Keep the end, where the answer is; the worker cuts again (same result).
             cut = self._max_chars
-            job = _Job(next(self._ids), encodable(response[-cut:]), encodable(gold[:cut]), future)
+            job = Job(
+                next(self._ids),
+                encodable(response[-cut:]),
+                encodable(gold[:cut]),
+                future,
+                encodable(problem),
+                source,
+                fields,
+            )
             if len(gold) <= cut:
                 self._queue.append(job)
                 self._wake()
                 return future
         future.set_running_or_notify_cancel()  # no gold answer is this long: not worth a worker
-        self._resolve(job, ScoreResult(acc=0, status="error"))
+        self._resolve(job, self._failed(job, "error"))
         return future
 
     def score(self, responses: Sequence[str], golds: Sequence[str]) -> list[ScoreResult]:
@@ -183,7 +187,13 @@ class MathVerifyScorer:
 
     def _new_worker(self, index: int) -> WorkerHandle:
         return WorkerHandle(
-            self._ctx, f"math-verify-{index}", self._timeout_s, self._max_chars, _START_TIMEOUT_S, self._answer_format
+            self._ctx,
+            f"math-verify-{index}",
+            self._timeout_s,
+            self._max_chars,
+            _START_TIMEOUT_S,
+            self._answer_format,
+            self._spec_bytes,
         )
 
     def _await_ready(self) -> None:
@@ -199,134 +209,3 @@ class MathVerifyScorer:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:  # the pipe is full, so a wake-up is already pending
             pass
-
-    # ----- dispatcher thread ----------------------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            while not self._closing:
-                self._assign_jobs()
-                self._poll()
-                self._enforce_deadlines()
-        finally:
-            with self._lock:
-                if self._refusal is None:
-                    self._refusal = "the dispatcher thread stopped"
-                self._lock.notify_all()
-            for worker in self._workers:
-                worker.stop(kill=False)
-            self._fail_unscored()
-            with self._lock:
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-                self._wake_r = self._wake_w = -1
-
-    def _assign_jobs(self) -> None:
-        for worker in self._workers:
-            if not worker.ready or worker.busy or not worker.proc.is_alive():
-                continue  # a dead worker is replaced once its pipe reports EOF
-            encoded = self._next_encoded()
-            if encoded is None:
-                return
-            worker.send(encoded[0].id, encoded[1], self._hard_timeout_s)
-
-    def _next_encoded(self) -> tuple[_Job, bytes] | None:
-        """The next queued job and its message; a job that does not encode scores "error"."""
-        while (job := self._next_job()) is not None:
-            self._running[job.id] = job  # from here on, a dispatcher that stops fails this job
-            try:
-                return job, self._encoder.encode(ScoreJob(id=job.id, response=job.response, gold=job.gold))
-            except UnicodeEncodeError:  # submit() replaced surrogates; nothing else is unencodable
-                self._resolve(self._running.pop(job.id), ScoreResult(acc=0, status="error"))
-        return None
-
-    def _next_job(self) -> _Job | None:
-        with self._lock:
-            while self._queue:
-                job = self._queue.popleft()
-                if job.future.set_running_or_notify_cancel():  # False: the caller cancelled it
-                    return job
-        return None
-
-    def _poll(self) -> None:
-        by_conn = {w.conn: w for w in self._workers}
-        deadlines = [w.deadline for w in self._workers if w.busy or not w.ready]
-        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-        for ready in wait([*by_conn, self._wake_r], timeout):
-            if isinstance(ready, int):  # the wake-up pipe
-                self._drain_wake()
-            else:
-                self._on_readable(by_conn[ready])
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:  # drained
-            pass
-
-    def _on_readable(self, worker: WorkerHandle) -> None:
-        try:
-            data = worker.conn.recv_bytes()
-        except (EOFError, ConnectionResetError):  # the worker process died
-            self._replace(worker, "error")
-            return
-        message = self._decoder.decode(data)
-        assert message.v == SCORER_PROTOCOL_VERSION, message.v
-        if isinstance(message, WorkerReady):
-            assert message.pid == worker.pid
-            with self._lock:
-                worker.ready = True
-                self._start_failures = 0
-                self._lock.notify_all()
-            return
-        assert message.id == worker.job_id, (message.id, worker.job_id)
-        worker.job_id = None
-        self._resolve(self._running.pop(message.id), message.result)
-
-    def _enforce_deadlines(self) -> None:
-        now = time.monotonic()
-        for worker in list(self._workers):
-            if (worker.busy or not worker.ready) and worker.deadline <= now:
-                self._replace(worker, "timeout")
-
-    def _replace(self, worker: WorkerHandle, status: Status) -> None:
-        """Kill ``worker``, start a fresh one, then score the killed worker's job 0 with ``status``."""
-        worker.stop(kill=True)
-        index = self._workers.index(worker)
-        with self._lock:
-            self._stats["workers_replaced"] += 1
-            if not worker.ready:
-                self._start_failures += 1
-            if self._start_failures >= _MAX_START_FAILURES:
-                self._refusal = (
-                    f"{self._start_failures} workers in a row exited or hung before "
-                    f"start-up finished (last exit code {worker.proc.exitcode})"
-                )
-                self._closing = True
-                self._lock.notify_all()
-        if not self._closing:
-            replacement = self._new_worker(index)
-            with self._lock:
-                self._workers[index] = replacement
-        if worker.job_id is not None:
-            self._resolve(self._running.pop(worker.job_id), ScoreResult(acc=0, status=status))
-
-    def _resolve(self, job: _Job, result: ScoreResult) -> None:
-        with self._lock:
-            self._stats["scored"] += 1
-            self._stats["correct"] += result.acc
-            if result.status in _STATUS_STAT:
-                self._stats[_STATUS_STAT[result.status]] += 1
-        job.future.set_result(result)
-
-    def _fail_unscored(self) -> None:
-        with self._lock:
-            queued, self._queue = list(self._queue), collections.deque()
-            reason = self._refusal
-        for job in queued:
-            if job.future.set_running_or_notify_cancel():
-                job.future.set_exception(RuntimeError(f"MathVerifyScorer: {reason}"))
-        for job in self._running.values():
-            job.future.set_exception(RuntimeError(f"MathVerifyScorer: {reason}"))
-        self._running.clear()

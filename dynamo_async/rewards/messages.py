@@ -13,21 +13,25 @@ from typing import Literal
 
 import msgspec
 
-SCORER_PROTOCOL_VERSION = 1
+SCORER_PROTOCOL_VERSION = 2
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 Status = Literal["ok", "no_answer", "timeout", "error"]
 """ok: math-verify ran (acc says whether it matched); no_answer: no final answer in the response's
 ``rewards.answer_format`` (no ``\\boxed{}`` / ``Answer:`` line);
-timeout: math-verify's own or the pool's hard timeout fired; error: math-verify raised, the gold
-answer did not parse, or the worker died."""
+timeout: math-verify's own or the pool's hard timeout fired, or a reward function ran past its
+limit; error: math-verify raised, the gold answer did not parse, the worker died, or a reward
+function raised or returned something other than a reward (``ScoreResult.detail`` says)."""
 
 
 class ScoreResult(msgspec.Struct, frozen=True):
-    """Binary correctness of one response (``acc`` is 0 unless status is "ok")."""
+    """One response's success (``acc``, 0 unless status is "ok"), its training reward (the sum of
+    the run's reward functions, ``rewards/spec.py``) and, when a function failed, why."""
 
     acc: int
     status: Status
+    reward: float = 0.0
+    detail: str = ""
 
     def __post_init__(self) -> None:
         assert self.acc in (0, 1), self.acc
@@ -44,6 +48,9 @@ class ScoreJob(_Msg):
     id: int
     response: str
     gold: str
+    problem: str = ""
+    source: str = ""
+    fields: bytes = b""  # the dataset row, msgpack-encoded (b"": none)
 
 
 class WorkerReady(_Msg, tag="ready"):

@@ -65,14 +65,23 @@ def score_response(
         return ScoreResult(acc=0, status="timeout")
     except Exception:  # noqa: BLE001 - sympy/latex2sympy raise arbitrary types; scored 0, counted
         return ScoreResult(acc=0, status="error")
-    return ScoreResult(acc=int(bool(correct)), status="ok")
+    return ScoreResult(acc=int(bool(correct)), status="ok", reward=float(bool(correct)))
 
 
-def worker_main(conn: Connection, timeout_s: float, max_chars: int, answer_format: str = "boxed") -> None:
-    """Process entry point: announce readiness, then score jobs until the parent hangs up."""
+def worker_main(
+    conn: Connection, timeout_s: float, max_chars: int, answer_format: str = "boxed", spec: bytes = b""
+) -> None:
+    """Process entry point: import math-verify and the run's reward functions (``spec``: a
+    msgpack ``RewardSpec``; empty: math-verify alone), announce readiness, then score jobs until
+    the parent hangs up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     import math_verify  # noqa: F401 - import before announcing readiness
 
+    from dynamo_async.rewards.functions import RewardFunctions
+    from dynamo_async.rewards.spec import RewardSpec
+
+    reward_spec = msgspec.msgpack.decode(spec, type=RewardSpec) if spec else RewardSpec()
+    functions = RewardFunctions(reward_spec, timeout_s, max_chars, answer_format)
     encoder = msgspec.msgpack.Encoder()
     decoder = msgspec.msgpack.Decoder(ScoreJob)
     try:
@@ -80,7 +89,6 @@ def worker_main(conn: Connection, timeout_s: float, max_chars: int, answer_forma
         while True:
             job = decoder.decode(conn.recv_bytes())
             assert job.v == SCORER_PROTOCOL_VERSION, job.v
-            result = score_response(job.response, job.gold, timeout_s, max_chars, answer_format)
-            conn.send_bytes(encoder.encode(ScoreReply(id=job.id, result=result)))
+            conn.send_bytes(encoder.encode(ScoreReply(id=job.id, result=functions.score(job))))
     except (EOFError, BrokenPipeError, ConnectionResetError):  # the parent hung up: shut down
         return

@@ -1,6 +1,7 @@
 """GRPO's group-relative advantage (Shao et al. 2024, arXiv 2402.03300; Dr. GRPO without the std).
 
-    R_i = 2 acc_i - 1 (advantage.reward pm1) or acc_i (acc)
+    R_i = the response's training reward: the sum of the run's reward functions (docs/rewards.md);
+          with math-verify alone 2 acc_i - 1 (advantage.reward pm1) or acc_i (acc)
     A_i = (R_i - mean_g R) / (std_g R + eps)        (std_g: population std of the group;
                                                      advantage.scale_by_std false: no division)
 Formula module: ``dynamo_async/algo/advantage.py``.
@@ -18,8 +19,9 @@ class GroupRelative(SequenceAdvantage):
     name = "grpo"
     reads = ("advantage.reward", "advantage.eps", "advantage.scale_by_std")
 
-    def advantages(self, acc, group_ids):
+    def advantages(self, acc, group_ids, rewards=None):
         from dynamo_async.algo.advantage import group_advantages, training_rewards
 
         a = self.cfg.advantage
-        return group_advantages(training_rewards(acc, a.reward), group_ids, a.eps, a.scale_by_std)
+        r = training_rewards(acc, a.reward) if rewards is None else rewards
+        return group_advantages(r, group_ids, a.eps, a.scale_by_std)

@@ -27,7 +27,7 @@ class WReinforce(SequenceAdvantage):
     name = "w_reinforce"
     settings_type = WReinforceSettings
 
-    def advantages(self, acc, group_ids):
+    def advantages(self, acc, group_ids, rewards=None):  # from success alone: rewards unused
         from dynamo_async.algo.baselines.w_reinforce import w_reinforce_advantages
 
         return w_reinforce_advantages(acc, self.settings.positive)
