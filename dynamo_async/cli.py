@@ -13,7 +13,8 @@ Subcommands:
   replay    summarise a recorded run, export rows as JSONL (``replay RUN_DIR --help``).
   eval      pass@k of a model on benchmarks (the paper's Table 1 layout), resumable.
   table     put several eval results side by side, one line per model.
-  plot      PNG figures of a run directory (accuracy, entropy, grad norm, allocation, ...).
+  plot      PNG figures of a run directory (accuracy, entropy, grad norm, allocation, ...), or
+            several runs overlaid, optionally smoothed (--smooth K).
   status    live view of a running learner (queues, staleness, workers, throughput).
   keys      write CURVE keys for the learner and its workers (buffer/curve.py).
 """
@@ -97,9 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     tab = sub.add_parser("table", help="print several eval results.json side by side (Table 1 layout)")
     tab.add_argument("results", nargs="+", help="results.json files written by dynamo-async eval")
-    plot = sub.add_parser("plot", help="PNG figures of a run directory")
-    plot.add_argument("run_dir", metavar="RUN_DIR", help="directory of a run (metrics.jsonl, Arrow store)")
-    plot.add_argument("--out", help="where to write the PNGs (default: RUN_DIR/plots)")
+    plot = sub.add_parser("plot", help="PNG figures of a run directory, or several runs overlaid")
+    plot.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="directory of a run (metrics.jsonl, Arrow store); several: one figure per metric, one colour per run",
+    )
+    plot.add_argument("--out", help="where to write the PNGs (default: RUN_DIR/plots; several runs: ./plots-compare)")
+    plot.add_argument(
+        "--smooth",
+        type=int,
+        default=1,
+        metavar="K",
+        help="centred moving average over K steps, drawn over the faint raw points (default: 1, raw only)",
+    )
     st = sub.add_parser("status", help="live view of a running learner")
     st.add_argument("address", metavar="HOST:PORT", help="the learner's work port, as given to workers --connect")
     st.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
@@ -317,7 +330,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from dynamo_async.report.plots import plot_main
 
-    return plot_main(Path(args.run_dir), Path(args.out) if args.out else None)
+    return plot_main([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, args.smooth)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ from dynamo_async.sample import SampleRecord
 # 3: Completion carries its sample as one nested SampleRecord (dynamo_async/sample.py)
 # 4: Welcome and WorkRequest carry the buffer's id; NoWork "reconnect" (the learner restarted)
 # 5: WorkItem carries the row's data source and fields (user reward functions); Status the run's
-#    total steps
+#    total steps, steps_per_s, eta_s and last_step_age_s
 PROTOCOL_VERSION = 5
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_GROUP = 4096
