@@ -64,7 +64,9 @@ def test_any_string_gets_a_result_and_the_pool_keeps_scoring(scorer, response, g
 
 
 def test_a_surrogate_next_to_the_answer_does_not_hide_it(scorer):
-    assert scorer.submit("\ud800 so \\boxed{7} \udc00", "7").result(WAIT_S) == ScoreResult(acc=1, status="ok", reward=1.0)
+    assert scorer.submit("\ud800 so \\boxed{7} \udc00", "7").result(WAIT_S) == ScoreResult(
+        acc=1, status="ok", reward=1.0
+    )
 
 
 def test_huge_gold_answer_scores_an_error_at_once_and_is_counted(scorer):
