@@ -32,7 +32,10 @@ def _free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _wait_for_status(port: int, proc: subprocess.Popen, limit: float = 60.0):
+def _wait_for_status(port: int, proc: subprocess.Popen, limit: float = 300.0):
+    """The buffer answers once it has tokenized its prompts. When no earlier test built
+    ``builtin:tiny-math`` into this session's cache, the buffer builds it first (a warm-up
+    training: about 45 s on 2 idle cores, more under load), hence the generous limit."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()

@@ -163,16 +163,16 @@ class FakeScorer:
     def __init__(self, ready: bool = True):
         self.ready, self.futures = ready, []
 
-    def submit(self, text: str, answer: str) -> Future:
+    def submit(self, text: str, answer: str, problem: str = "", source: str = "", fields: bytes = b"") -> Future:
         future = Future()
         if self.ready:
-            future.set_result(ScoreResult(acc=len(text) % 2, status="ok"))
+            future.set_result(ScoreResult(acc=len(text) % 2, status="ok", reward=float(len(text) % 2)))
         self.futures.append(future)
         return future
 
     def resolve(self, count: int) -> None:
         for future in [f for f in self.futures if not f.done()][:count]:
-            future.set_result(ScoreResult(acc=1, status="ok"))
+            future.set_result(ScoreResult(acc=1, status="ok", reward=1.0))
 
 
 class CountingEngine:

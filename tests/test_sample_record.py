@@ -21,6 +21,7 @@ from buffer.tables import BATCH_COLUMNS, COMPLETION_COLUMNS, arrow_fields, recor
 from dynamo_async.config import load_config
 from dynamo_async.learner.orders import Evaluate, Step, decode_order, encode_order
 from dynamo_async.protocol import Completion, NoWork, decode, encode
+from dynamo_async.rewards.messages import ScoreResult
 from dynamo_async.sample import Float32, SampleRecord
 from workers.engine import GenResult
 from workers.worker import RolloutWorker, _Pending
@@ -97,7 +98,7 @@ def _produce(worker: RolloutWorker, item, i: int) -> Completion:
         finish_reason=("stop", "length")[i % 2],
     )
     pending = _Pending(item, i, result, gen_seconds=0.5 + i, future=None, submitted=0.0)
-    score = types.SimpleNamespace(acc=i % 2, status=("ok", "no_answer")[i % 2])
+    score = ScoreResult(acc=i % 2, status=("no_answer", "ok")[i % 2], reward=0.5 * i)
     return worker._completion(pending, score, score_seconds=0.25)  # float32-exact timings: the store narrows
 
 
