@@ -8,6 +8,7 @@ Subcommands:
             config, or describe every field with its default.
   learner   the learner: buffer, weight sync and training (workers connect to it).
   run       learner and workers on one machine under one launcher.
+  ray       learner and workers placed and watched by Ray (an optional extra, ray_launch.py).
   buffer    run the buffer service alone (ZeroMQ work, completions and status endpoints).
   workers   start rollout worker processes that connect to a learner (or a lone buffer).
   replay    summarise a recorded run, export rows as JSONL (``replay RUN_DIR --help``).
@@ -79,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = _run_parser(sub, "run", "learner and workers on this machine, under one launcher", serve=False)
     run.add_argument("--num-workers", type=int, default=1, help="worker processes")
     run.add_argument("--capacity", type=int, default=8, help="samples a worker generates at once")
-    run.add_argument("--device", default="cpu", help="device of the learner and the workers")
+    run.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu; cuda (one GPU: learner and workers share cuda:0; several: learner on cuda:0, workers on "
+        "the others); cuda:N (all on GPU N)",
+    )
     run.add_argument("--port", type=work_port, default=0, help="learner work port (0: a free one)")
     run.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
     wrk = sub.add_parser("workers", help="start rollout workers that connect to a learner")
@@ -89,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--capacity", type=int, default=8, help="samples a worker generates at once")
     wrk.add_argument("--threads", type=int, help="torch CPU threads per worker (default: torch's)")
     _client_keys(wrk)
+    _ray_parser(sub)
     keys = sub.add_parser("keys", help="write CURVE keys: a server pair and client pairs (ZeroMQ certificates)")
     keys.add_argument("--out", required=True, metavar="DIR", help="a new folder for the keys")
     keys.add_argument("--clients", type=int, default=1, help="client key pairs (one per worker node)")
@@ -122,6 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
     for subparser in sub.choices.values():
         subparser.formatter_class = DefaultsHelpFormatter
     return parser
+
+
+def _ray_parser(sub) -> None:
+    ray = _run_parser(sub, "ray", "learner and workers placed and watched by Ray (needs '.[ray]')", serve=False)
+    ray.add_argument("--num-workers", type=int, required=True, help="worker actors, one worker process each")
+    ray.add_argument("--capacity", type=int, default=8, help="samples a worker generates at once")
+    ray.add_argument("--device", help="device of the learner and the workers (default: cuda for a role given GPUs)")
+    ray.add_argument("--worker-cpus", type=float, default=1.0, help="Ray CPUs per worker actor (its torch threads)")
+    ray.add_argument("--worker-gpus", type=float, default=0.0, help="Ray GPUs per worker actor (fractions share one)")
+    ray.add_argument("--learner-cpus", type=float, default=1.0, help="Ray CPUs of the learner actor (its threads)")
+    ray.add_argument("--learner-gpus", type=float, default=0.0, help="Ray GPUs of the learner actor (at most 1)")
+    ray.add_argument(
+        "--address",
+        default="local",
+        help="Ray cluster to join (auto, HOST:PORT, ray://...); local starts one here and stops it at the end",
+    )
+    ray.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default: this machine's)")
+    ray.add_argument("--port", type=work_port, default=0, help="learner work port (0: a free one)")
+    ray.add_argument("--keys", metavar="DIR", help="CURVE keys (default off a local cluster: new ones in RUN_DIR/keys)")
+    ray.add_argument("--insecure", action="store_true", help="on an existing cluster, serve workers without keys")
+    ray.add_argument("--max-restarts", type=int, default=3, help="Ray restarts of a worker actor that dies")
+    ray.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
 
 
 def _eval_parser(sub) -> None:
@@ -244,13 +273,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.num_workers < 1 or args.capacity < 1:
         raise UsageError(f"got --num-workers {args.num_workers}, --capacity {args.capacity}, expected both >= 1")
+    from dynamo_async.launch import plan_run, run_local
+
+    placement = plan_run(cfg, args.device, args.num_workers)  # no CUDA, a vLLM share that cannot fit: one line
     from dynamo_async.learner.main import check_run_dir, check_writable
 
-    check_run_dir(Path(args.run_dir), args.resume)
-    check_writable(Path(args.run_dir))
-    from dynamo_async.launch import run_local
+    run_dir = Path(args.run_dir)
+    check_run_dir(run_dir, args.resume)
+    check_writable(run_dir)
+    return run_local(
+        cfg, run_dir, args.num_workers, args.capacity, args.device, args.port, args.resume, placement=placement
+    )
 
-    return run_local(cfg, Path(args.run_dir), args.num_workers, args.capacity, args.device, args.port, args.resume)
+
+def cmd_ray(args: argparse.Namespace) -> int:
+    from dynamo_async.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from dynamo_async.ray_launch import RayOptions, check_options, ray_main
+
+    opts = RayOptions(
+        num_workers=args.num_workers,
+        capacity=args.capacity,
+        device=args.device,
+        worker_cpus=args.worker_cpus,
+        worker_gpus=args.worker_gpus,
+        learner_cpus=args.learner_cpus,
+        learner_gpus=args.learner_gpus,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        port=args.port,
+        keys=args.keys,
+        insecure=args.insecure,
+        resume=args.resume,
+        max_restarts=args.max_restarts,
+    )
+    check_options(opts)
+    return ray_main(cfg, Path(args.run_dir), opts)  # imports Ray (or says how to install it)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -351,6 +410,7 @@ COMMANDS = {
     "config": cmd_config,
     "learner": cmd_learner,
     "run": cmd_run,
+    "ray": cmd_ray,
     "buffer": cmd_buffer,
     "workers": cmd_workers,
     "replay": cmd_replay,

@@ -7,6 +7,10 @@ non-zero; SIGTERM, SIGINT or SIGHUP (the terminal closed) stop both (the learner
 checkpoint first). Each child is stopped by its own process id, SIGTERM first and SIGKILL after a grace period, so no
 process is left behind. On Linux each child also gets SIGTERM from the kernel when the launcher
 dies, even by SIGKILL (``die_with_parent``), and stops cleanly (``dynamo_async/signals.py``).
+
+Before anything starts, ``plan_run`` decides where the learner and the workers run
+(``dynamo_async/gpu_share.py``): on one GPU both share ``cuda:0``, the weight sync runs over
+gloo and a vLLM worker's memory share is checked against what the learner needs.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 
 from dynamo_async.config import dump_config
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.gpu_share import GIB, Placement, check_vllm_share, model_size, place
 from dynamo_async.signals import stop_on_signals
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -55,6 +60,33 @@ def _child_of(parent: int):
     return lambda: die_with_parent(parent)
 
 
+def plan_run(cfg: RunConfig, device: str, num_workers: int) -> Placement:
+    """Where the learner and the workers run (``gpu_share.place``); on a shared GPU, a vLLM
+    rollout's tensor parallelism and memory share are checked first. Prints the placement."""
+    if device == "cpu":
+        return place(device, 0)
+    import torch  # after the config is parsed; counting GPUs creates no CUDA context
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    placement = place(device, gpus, torch.version.cuda is not None, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if not placement.shared:
+        print(f"learner on {placement.learner}; workers on GPUs {placement.worker_env['CUDA_VISIBLE_DEVICES']}")
+        return placement
+    total = torch.cuda.get_device_properties(placement.gpu).total_memory  # no CUDA context (mem_get_info makes one)
+    gpu = f"cuda:{placement.gpu}"
+    share = ""
+    if cfg.rollout.engine == "vllm":
+        params, vocab = model_size(cfg.model.name)
+        check_vllm_share(cfg, params, vocab, total, num_workers, gpu)
+        share = f"; each vLLM worker may use {cfg.rollout.gpu_memory_utilization:.0%} of it"
+    print(
+        f"one GPU: the learner and {num_workers} {cfg.rollout.engine} worker(s) share {gpu} "
+        f"({total / GIB:.1f} GiB){share}; weights sync through host memory (gloo)",
+        flush=True,
+    )
+    return placement
+
+
 def run_local(
     cfg: RunConfig,
     run_dir: Path,
@@ -64,7 +96,11 @@ def run_local(
     port: int,
     resume: bool,
     grace_s: float = 120.0,
+    placement: Placement | None = None,
 ) -> int:
+    """Start the learner, then the workers against it (on ``placement``, by default
+    ``plan_run(cfg, device, num_workers)``), and watch both; returns the exit code."""
+    placement = placement or plan_run(cfg, device, num_workers)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = dump_config(cfg, run_dir / "config.yaml")
     ready = run_dir / "learner.json"
@@ -83,7 +119,7 @@ def run_local(
             "--port",
             str(port),
             "--device",
-            device,
+            placement.learner,
             "--ready-file",
             str(ready),
             "--threads",
@@ -91,6 +127,7 @@ def run_local(
         ]
         + (["--resume"] if resume else []),
         preexec_fn=_child_of(os.getpid()),
+        env=placement.child_env(placement.learner_env),
     )
     workers = None
     try:
@@ -108,25 +145,29 @@ def run_local(
                 "--capacity",
                 str(capacity),
                 "--device",
-                device,
+                placement.workers,
                 "--threads",
                 str(worker_threads),
             ],
             preexec_fn=_child_of(os.getpid()),
+            env=placement.child_env(placement.worker_env),
         )
         return _watch(learner, workers, stop, grace_s)
     finally:
         _stop(learner, workers, grace_s)
 
 
-def _split_cores(num_workers: int, device: str) -> tuple[int, int]:
+def _split_cores(num_workers: int, device: str, cores: int | None = None) -> tuple[int, int]:
     """CPU threads for the learner and each worker, so that the processes sharing this machine do
-    not oversubscribe its cores (oversubscribed OpenMP threads slow everything down many times)."""
-    import os
+    not oversubscribe its cores (oversubscribed OpenMP threads slow everything down many times).
 
-    cores = os.cpu_count() or 1
+    On GPUs the learner takes half the cores and the workers share the other half (an ``hf``
+    worker samples each token on the CPU, workers/hf_engine.py); on the CPU the workers share half
+    the cores (one thread each at least) and the learner takes the rest."""
+    cores = cores or os.cpu_count() or 1
     if device != "cpu":
-        return max(1, cores // 2), 1
+        learner = max(1, cores // 2)
+        return learner, max(1, (cores - learner) // num_workers)
     # One thread per worker, the rest for the learner: more threads than cores makes the
     # processes' OpenMP threads wait on each other and slows every one of them down.
     worker = max(1, cores // (2 * num_workers))

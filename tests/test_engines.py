@@ -70,3 +70,12 @@ def test_no_import_cycles_between_trainer_and_distributed_or_factory_and_vllm():
     assert "dynamo_async.learner.trainer" not in _imports(ROOT / "dynamo_async/learner/distributed.py")
     assert "workers.factory" not in _imports(ROOT / "workers/vllm_engine.py")
     assert "workers.factory" not in _imports(ROOT / "workers/hf_engine.py")
+
+
+def test_the_weight_sync_runs_over_gloo_when_the_launcher_shares_one_gpu(monkeypatch):
+    from dynamo_async.weights.group import SHARED_GPU_ENV, sync_backend
+
+    monkeypatch.delenv(SHARED_GPU_ENV, raising=False)
+    assert sync_backend("cuda:0") == "nccl" and sync_backend("cpu") == "gloo"
+    monkeypatch.setenv(SHARED_GPU_ENV, "1")  # NCCL refuses two ranks of one group on one GPU
+    assert sync_backend("cuda:0") == "gloo" and sync_backend("cpu") == "gloo"

@@ -22,7 +22,7 @@ import torch
 
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
-from dynamo_async.weights.group import collective_backend
+from dynamo_async.weights.group import sync_backend
 from workers.engine import GenRequest, GenResult, WeightSource, wait_for_version
 from workers.parts import WorkerParts, register_engine
 from workers.receiver import WeightReceiver, load_staged
@@ -236,7 +236,7 @@ def build_hf_parts(cfg: RunConfig, worker_id: str, welcome, device: str, scorer)
             worker_id,
             welcome.sync_host,
             welcome.sync_port,
-            collective_backend(device),
+            sync_backend(device),
             timeout_s=cfg.weights.timeout_s,
             device=device,
             token=welcome.sync_token,

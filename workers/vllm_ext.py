@@ -9,6 +9,7 @@ safe point hands them to ``model.load_weights``, which shards them for its rank.
 
 from __future__ import annotations
 
+from dynamo_async.weights.group import sync_backend
 from workers.receiver import WeightReceiver
 
 
@@ -22,7 +23,13 @@ class DynamoWorkerExtension:
             old.join(timeout=5)
         member = f"{worker_id}/tp{self.rank}"
         self._dynamo_receiver = WeightReceiver(
-            member, host, port, backend="nccl", timeout_s=timeout_s, device=str(self.device), token=token
+            member,
+            host,
+            port,
+            backend=sync_backend(str(self.device)),
+            timeout_s=timeout_s,
+            device=str(self.device),
+            token=token,
         )
         self._dynamo_receiver.start()
         return member

@@ -39,7 +39,7 @@ from dynamo_async.learner.sinks import StatusSink, make_sinks
 from dynamo_async.learner.step import learner_step
 from dynamo_async.learner.trainer import Trainer
 from dynamo_async.protocol import Hello, Welcome
-from dynamo_async.weights.group import collective_backend
+from dynamo_async.weights.group import sync_backend
 from dynamo_async.weights.sender import WeightSender
 
 
@@ -84,7 +84,7 @@ class Learner:
         )
         if ckpt is not None:
             self.service.restore_state(ckpt / "buffer")
-        backend = collective_backend(ctx.device)
+        backend = sync_backend(ctx.device)
         self.sender = WeightSender(
             ctx.host,
             0,

@@ -19,6 +19,7 @@ See docs/design.md section 7.
 from __future__ import annotations
 
 import datetime
+import os
 import socket
 from typing import Literal
 
@@ -108,6 +109,18 @@ def collective_backend(device: str) -> str:
     """The torch.distributed backend for tensors on ``device``: NCCL on GPUs, gloo on CPUs (the
     one place this choice is made: learner ranks, weight sync, workers)."""
     return "nccl" if device.startswith("cuda") else "gloo"
+
+
+SHARED_GPU_ENV = "DYNAMO_ASYNC_SHARED_GPU"  # "1": the learner and its workers share one GPU
+
+
+def sync_backend(device: str) -> str:
+    """The weight sync's backend: ``collective_backend(device)``, except gloo when the launcher
+    put the learner and its workers on one GPU (``SHARED_GPU_ENV``, dynamo_async/gpu_share.py):
+    NCCL refuses two ranks of a group on one device, gloo broadcasts CUDA tensors through host memory."""
+    if os.environ.get(SHARED_GPU_ENV) == "1":
+        return "gloo"
+    return collective_backend(device)
 
 
 def make_group(
