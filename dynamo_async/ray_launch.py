@@ -2,8 +2,9 @@
 
 Ray only places and watches processes. The learner runs as a Ray actor with ``--learner-cpus``/
 ``--learner-gpus`` (``ray_actors.RoleProcess``), which starts ``dynamo-async learner`` on its node
-and reports where it listens; then ``--num-workers`` worker actors, each with ``--worker-cpus``/
-``--worker-gpus``, start ``dynamo-async workers --num-workers 1`` connecting to it. Prompts,
+and reports where it listens. The ``--num-workers`` worker actors, each with ``--worker-cpus``/
+``--worker-gpus``, are placed at the same time (their start-up overlaps the learner's) and each
+starts ``dynamo-async workers --num-workers 1`` connecting to it once it listens. Prompts,
 completions and weights go over ZeroMQ and torch.distributed as under ``dynamo-async run``
 (docs/design.md). On a local cluster (``--address local``, the default: started here, shut down at
 the end) the learner binds loopback; on an existing cluster it binds its node's address and the
@@ -109,14 +110,14 @@ def ray_main(cfg: RunConfig, run_dir: Path, o: RayOptions) -> int:
         learner = actor.options(num_cpus=o.learner_cpus, num_gpus=o.learner_gpus, max_restarts=0).remote(
             "learner", _learner_argv(run_dir, o, keys), _learner_files(cfg, keys), _env()
         )
+        for i in range(o.num_workers):  # placed now, started once the learner listens
+            opts = actor.options(num_cpus=o.worker_cpus, num_gpus=o.worker_gpus, max_restarts=o.max_restarts)
+            workers.append(opts.remote(f"worker-{i}", _worker_argv(o, keys), _worker_files(keys, i), _env()))
         where = _wait_ready(ray, learner, stop)
         if where is not None:
-            print(f"dynamo-async ray: learner ready at {where['host']}:{where['work']}", flush=True)
-            for i in range(o.num_workers):
-                opts = actor.options(num_cpus=o.worker_cpus, num_gpus=o.worker_gpus, max_restarts=o.max_restarts)
-                files = _worker_files(keys, i)
-                workers.append(opts.remote(f"worker-{i}", _worker_argv(where, o, keys), files, _env()))
-            code = _watch(ray, learner, workers, stop, o)
+            address = f"{where['host']}:{where['work']}"
+            print(f"dynamo-async ray: learner ready at {address}", flush=True)
+            code = _watch(ray, learner, workers, stop, o, address)
     finally:
         last = _stop_all(ray, learner, workers, o.grace_s)
         ray.shutdown()  # a local cluster started here stops with it; an existing one keeps running
@@ -177,8 +178,8 @@ def _learner_argv(run_dir: Path, o: RayOptions, keys: Path | None) -> list[str]:
     return argv + (["--resume"] if o.resume else [])
 
 
-def _worker_argv(where: dict, o: RayOptions, keys: Path | None) -> list[str]:
-    argv = ["workers", "--connect", f"{where['host']}:{where['work']}", "--num-workers", "1"]
+def _worker_argv(o: RayOptions, keys: Path | None) -> list[str]:
+    argv = ["workers", "--connect", "{learner}", "--num-workers", "1"]
     argv += ["--capacity", str(o.capacity), "--device", _device(o, o.worker_gpus)]
     argv += ["--threads", _threads(o.worker_cpus)]
     return argv + (["--key", "{dir}/client.key_secret", "--server-key", "{dir}/server.key"] if keys else [])
@@ -213,7 +214,7 @@ def _wait_ready(ray, learner, stop: threading.Event) -> dict | None:
     """The learner's ready JSON, or None if it ended first (or a stop signal came)."""
     while not stop.is_set():
         try:
-            code, ready, _ = ray.get(learner.state.remote())
+            code, ready, _, _ = ray.get(learner.state.remote())
         except ray.exceptions.RayActorError as err:
             _say(f"the learner's actor died before it was ready: {err}")
             return None
@@ -225,8 +226,9 @@ def _wait_ready(ray, learner, stop: threading.Event) -> dict | None:
     return None
 
 
-def _watch(ray, learner, workers: list, stop: threading.Event, o: RayOptions) -> int | None:
-    """Poll every actor without blocking on any (one being restarted answers once it is back); the
+def _watch(ray, learner, workers: list, stop: threading.Event, o: RayOptions, address: str) -> int | None:
+    """Poll every actor without blocking on any (one being restarted answers once it is back) and
+    start each worker actor's process against ``address`` (again after Ray restarted it); the
     learner's exit code, 1 when a worker fails for good, None when a stop signal came."""
     actors = [learner, *workers]
     pending: dict[int, object] = {}  # actor index (0: learner) -> its outstanding state() call
@@ -238,7 +240,7 @@ def _watch(ray, learner, workers: list, stop: threading.Event, o: RayOptions) ->
         done, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=0.5)
         for i in [i for i, ref in pending.items() if ref in done]:
             try:
-                code, _, pid = ray.get(pending.pop(i))
+                code, _, pid, started = ray.get(pending.pop(i))
             except ray.exceptions.ActorUnavailableError:
                 continue  # not answering for now (a network blip): ask again
             except ray.exceptions.RayActorError:
@@ -253,6 +255,8 @@ def _watch(ray, learner, workers: list, stop: threading.Event, o: RayOptions) ->
                     _say(f"worker-{i - 1}'s actor died; Ray restarts it if it has restarts left")
                 continue
             errors[i] = 0
+            if not started:
+                actors[i].start.remote(address)  # runs before the next state() call of this actor
             if pids.setdefault(i, pid) != pid:
                 pids[i] = pid
                 _say(f"worker-{i - 1} was restarted by Ray (actor pid {pid}); its worker connects again")

@@ -4,9 +4,11 @@ tiny config trains through Ray-placed learner and worker actors, and nothing is 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -117,3 +119,41 @@ def test_bad_ray_arguments_are_one_line_errors_before_ray_starts(tmp_path, monke
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert err.startswith("dynamo-async ray: error: ") and says in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_worker_actor_killed_mid_run_is_restarted_by_ray_and_the_run_finishes(tmp_path):
+    """SIGKILL the worker actor's process after step 2: Ray restarts the actor, the launcher starts
+    its worker again against the same learner, and the run ends with code 0 on both workers' samples."""
+    run_dir = tmp_path / "run"
+    argv = CLI + ["ray", "--config", str(TINY), "--run-dir", str(run_dir), "--num-workers", "1", "--num-cpus", "2"]
+    argv += ["trainer.total_steps=12", "trainer.eval_samples=1", "buffer.max_staleness=0"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout))
+    reader.start()
+    killed = None
+    try:
+        deadline = time.monotonic() + 240
+        while killed is None and time.monotonic() < deadline and proc.poll() is None:
+            metrics = run_dir / "metrics.jsonl"
+            steps = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+            if any(r.get("step", 0) >= 2 and not r.get("eval") for r in steps):
+                pids = re.findall(r"\(worker-0 pid=(\d+)\)", "".join(lines))  # Ray prefixes actor output so
+                if pids:
+                    killed = int(pids[0])
+                    psutil.Process(killed).kill()
+            time.sleep(0.05)
+        code = proc.wait(300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join()
+    out = "".join(lines)
+    assert killed is not None, "the run ended before step 2's worker could be killed:\n" + out[-3000:]
+    assert code == 0, out[-4000:]
+    assert "worker-0's actor died" in out or "worker-0 was restarted by Ray" in out, out[-4000:]
+    assert out.count("started 1 worker(s) -> 127.0.0.1:") == 2  # the first worker, then the restarted one
+    batches = read_table(run_dir, "batches").to_pydict()
+    assert max(batches["step"]) == 12
+    worker_pids = {int(w.split("-")[-2]) for w in batches["worker_id"]}
+    assert len(worker_pids) == 2, worker_pids  # samples of the killed worker's process and of its successor

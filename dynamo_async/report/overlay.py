@@ -109,14 +109,21 @@ def _held_out(ax, run: RunData, label: str, color: str) -> None:
 
 def plot_overlays(plt, runs: list[RunData], out_dir: Path, k: int = 1) -> tuple[list[Path], dict[str, str]]:
     """Write every overlay some run has data for; returns (written paths, skipped name -> why)."""
+    draws = {f"compare_{name}": (lambda name=name: overlay_figure(plt, runs, name, k)) for name in OVERLAYS}
+    return save_figures(plt, draws, out_dir)
+
+
+def save_figures(plt, draws: dict, out_dir: Path) -> tuple[list[Path], dict[str, str]]:
+    """``draws``: file stem -> a function giving a figure, or a string saying why there is none.
+    Writes ``out_dir/<stem>.png`` for each figure; returns (written paths, skipped stem -> why)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written, skipped = [], {}
-    for name in OVERLAYS:
-        fig = overlay_figure(plt, runs, name, k)
+    for name, draw in draws.items():
+        fig = draw()
         if isinstance(fig, str):
-            skipped[f"compare_{name}"] = fig
+            skipped[name] = fig
             continue
-        path = out_dir / f"compare_{name}.png"
+        path = out_dir / f"{name}.png"
         fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
         written.append(path)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamo_async.report.overlay import check_smooth, draw_series, plot_overlays, smooth_note
+from dynamo_async.report.overlay import check_smooth, draw_series, plot_overlays, save_figures, smooth_note
 from dynamo_async.report.rundata import RunData, load_run
 
 
@@ -268,20 +268,9 @@ def plot_run(run_dir: Path, out_dir: Path | None = None, k: int = 1) -> tuple[li
     """Write every figure the run has data for (lines smoothed over ``k`` steps); returns
     (written paths, skipped name -> why)."""
     run = load_run(run_dir)
-    out_dir = out_dir or run_dir / "plots"
-    out_dir.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
-    written, skipped = [], {}
-    for name, draw in FIGURES.items():
-        fig = draw(plt, run, k)
-        if isinstance(fig, str):
-            skipped[name] = fig
-            continue
-        path = out_dir / f"{name}.png"
-        fig.savefig(path, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-    return written, skipped
+    draws = {name: (lambda draw=draw: draw(plt, run, k)) for name, draw in FIGURES.items()}
+    return save_figures(plt, draws, out_dir or run_dir / "plots")
 
 
 COMPARE_DIR = Path("plots-compare")  # several runs, without --out
