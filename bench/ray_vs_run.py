@@ -4,9 +4,11 @@ Both commands run the same config for the same steps with one worker, alternated
 run, ...) so that drifts of the machine hit both alike; medians over the rounds. Start-up is
 reported apart from the total: the time until the learner is ready (the launcher's or learner's
 "ready" line) and, for Ray, until the local cluster is up ("Started a local Ray instance").
-``dynamo-async ray`` starts and stops its own local cluster each time (``--address local``).
+``dynamo-async ray`` starts and stops its own local cluster each time (``--address local``), or,
+with ``--ray-address auto`` (after ``ray start --head``), joins a running cluster: its learner then
+binds this node's address, serving its workers with ``--insecure`` (no keys, as ``run`` on loopback).
 
-    python bench/ray_vs_run.py [--rounds 3] [--steps 3] [--workers 1] [key=value ...]
+    python bench/ray_vs_run.py [--rounds 3] [--steps 3] [--workers 1] [--ray-address auto] [key=value ...]
 
 Last line: ``ray_vs_run ratio=<ray/run total> ray_s=... run_s=... ray_startup_s=... rounds=N``.
 """
@@ -28,9 +30,9 @@ CLI = [sys.executable, "-m", "dynamo_async.cli"]
 MARKS = {"cluster": "Started a local Ray instance", "ready": "learner ready at"}
 
 
-def timed_run(command: str, run_dir: Path, workers: int, overrides: list[str]) -> dict[str, float]:
+def timed_run(command: str, run_dir: Path, workers: int, overrides: list[str], extra: list[str]) -> dict[str, float]:
     """One run: total wall seconds and the seconds at which each of ``MARKS`` first appeared."""
-    argv = CLI + [command, "--config", str(TINY), "--run-dir", str(run_dir), "--num-workers", str(workers)]
+    argv = CLI + [command, "--config", str(TINY), "--run-dir", str(run_dir), "--num-workers", str(workers)] + extra
     start = time.monotonic()
     proc = subprocess.Popen(argv + overrides, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: dict[str, float] = {}
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--ray-address", default="local", help="local: a cluster per run; auto: a running one")
     parser.add_argument("overrides", nargs="*", help="config overrides for both commands")
     args = parser.parse_args()
     overrides = [f"trainer.total_steps={args.steps}", "trainer.eval_samples=1"] + args.overrides
@@ -64,7 +67,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for command in ("ray", "run"):
-                t = timed_run(command, Path(tmp) / f"{command}-{r}", args.workers, overrides)
+                extra = ["--address", args.ray_address] if command == "ray" else []
+                extra += ["--insecure"] if command == "ray" and args.ray_address != "local" else []
+                t = timed_run(command, Path(tmp) / f"{command}-{r}", args.workers, overrides, extra)
                 results[command].append(t)
                 marks = " ".join(f"{k}={v:.1f}s" for k, v in t.items() if k != "total")
                 print(f"round {r + 1} {command}: {t['total']:.1f} s ({marks})", flush=True)
@@ -82,7 +87,7 @@ def main() -> None:
     )
     print(
         f"ray_vs_run ratio={ray_s / run_s:.3f} ray_s={ray_s:.2f} run_s={run_s:.2f} "
-        f"ray_startup_s={med('ray', 'ready'):.2f} rounds={args.rounds}"
+        f"ray_startup_s={med('ray', 'ready'):.2f} rounds={args.rounds} address={args.ray_address}"
     )
 
 
