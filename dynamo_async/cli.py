@@ -23,6 +23,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -109,22 +110,8 @@ def cmd_ray(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from dynamo_async.ray_launch import RayOptions, check_options, ray_main
 
-    opts = RayOptions(
-        num_workers=args.num_workers,
-        capacity=args.capacity,
-        device=args.device,
-        worker_cpus=args.worker_cpus,
-        worker_gpus=args.worker_gpus,
-        learner_cpus=args.learner_cpus,
-        learner_gpus=args.learner_gpus,
-        address=args.address,
-        num_cpus=args.num_cpus,
-        port=args.port,
-        keys=args.keys,
-        insecure=args.insecure,
-        resume=args.resume,
-        max_restarts=args.max_restarts,
-    )
+    names = [f.name for f in dataclasses.fields(RayOptions) if hasattr(args, f.name)]  # all but grace_s
+    opts = RayOptions(**{name: getattr(args, name) for name in names})
     check_options(opts)
     return ray_main(cfg, Path(args.run_dir), opts)  # imports Ray (or says how to install it)
 

@@ -39,8 +39,8 @@ import os
 
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.errors import UsageError
-from dynamo_async.weights.group import SHARED_GPU_ENV
 
+SHARED_GPU_ENV = "DYNAMO_ASYNC_SHARED_GPU"  # "1": the learner and its workers share one GPU
 GIB = 1024**3
 CONTEXT_BYTES = GIB // 2  # a CUDA context with PyTorch's kernels loaded, per process
 

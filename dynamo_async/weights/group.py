@@ -27,6 +27,7 @@ import msgspec
 import torch
 import torch.distributed as dist
 
+from dynamo_async.gpu_share import SHARED_GPU_ENV
 from dynamo_async.weights.buckets import Manifest
 
 OFFER_KEY = "wsync/offer/{}"
@@ -109,9 +110,6 @@ def collective_backend(device: str) -> str:
     """The torch.distributed backend for tensors on ``device``: NCCL on GPUs, gloo on CPUs (the
     one place this choice is made: learner ranks, weight sync, workers)."""
     return "nccl" if device.startswith("cuda") else "gloo"
-
-
-SHARED_GPU_ENV = "DYNAMO_ASYNC_SHARED_GPU"  # "1": the learner and its workers share one GPU
 
 
 def sync_backend(device: str) -> str:
