@@ -125,14 +125,19 @@ class BufferClient:
     def send(self, msg: Completion | Heartbeat) -> None:
         self._push.send(encode(msg))
 
-    def close(self) -> None:
-        """Say goodbye (the buffer hands out again what this worker still holds) and close."""
-        if self._push.closed:
-            return
+    def goodbye(self) -> None:
+        """Tell the buffer to hand out again what this worker holds (the worker may say hello
+        again later, as after an engine restart)."""
         try:  # queued for the learner; with no connection at all (a refused key) there is no one to tell
             self._push.send(encode(Goodbye(worker_id=self.worker_id)), zmq.NOBLOCK)
         except zmq.Again:
             pass
+
+    def close(self) -> None:
+        """Say goodbye (the buffer hands out again what this worker still holds) and close."""
+        if self._push.closed:
+            return
+        self.goodbye()
         if self._refused is not None:
             self._dealer.disable_monitor()
             self._refused.close()

@@ -161,8 +161,8 @@ def test_concurrent_first_use_builds_one_valid_model(cache: Path) -> None:
     results = [proc.communicate(timeout=120) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in results]
     paths = {out.strip().splitlines()[-1] for out, _ in results}
-    assert paths == {str(cache / "tiny-v1")}
-    assert os.listdir(cache) == ["tiny-v1"]  # no temporary build left behind
+    assert paths == {str(cache / "tiny-v2")}
+    assert os.listdir(cache) == ["tiny-v2"]  # no temporary build left behind
     tokenizer = load_tokenizer("builtin:tiny")
     assert tokenizer.decode(tokenizer(ARITHMETIC).input_ids) == ARITHMETIC
     assert load_model("builtin:tiny").config.num_hidden_layers == 2

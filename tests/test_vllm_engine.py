@@ -4,7 +4,8 @@
 Checked here: mapping of vLLM outputs to results (tokens, sampled log-probs, per-token versions
 from ``weight_versions`` spans, finish reasons), and the weight-swap choreography
 (pause(keep, clear_cache) -> dynamo_apply_staged -> update_weight_version -> resume, only when
-every tensor-parallel rank holds the same newer version). A test marked ``gpu`` runs real vLLM.
+every tensor-parallel rank holds the same newer version), and the failure of a dead or hung
+engine. ``tests/test_vllm_real.py`` runs vLLM's CPU build; a test marked ``gpu`` runs GPU vLLM.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from dynamo_async.config import load_config
-from workers.engine import GenRequest
+from workers.engine import EngineFailure, GenRequest
 from workers.vllm_engine import VLLMEngine, to_result
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -343,11 +344,44 @@ def test_request_in_flight_across_a_swap_keeps_its_start_version_outside_spans(e
     assert engine.generate([GenRequest(np.array([7], dtype=np.int32), 2)])[0].versions.tolist() == [1, 1]
 
 
-def test_apply_weights_in_the_driver_raises_value_error(engines):
-    engine = engines(FakeAsyncLLM())
-    with pytest.raises(ValueError):
-        engine.apply_weights(1, {"w": np.zeros(2)})
-    assert engine.policy_version == 0
+class FakeDeadError(Exception):
+    """Stands for vLLM's EngineDeadError."""
+
+
+def test_a_dead_engine_fails_the_generation_and_every_later_one(engines):
+    def respond(*_):
+        raise FakeDeadError("engine core died")
+
+    llm = FakeAsyncLLM(tp=1, respond=respond)
+    engine = make_engine(llm)
+    engine.dead_errors = (FakeDeadError,)
+    with pytest.raises(EngineFailure, match="process died"):
+        engine.generate([GenRequest(np.array([7], dtype=np.int32), 1)])
+    llm.respond = lambda *_: completion([1], [-0.1], "stop")  # even an answer now is not trusted
+    with pytest.raises(EngineFailure, match="process died"):
+        engine.generate([GenRequest(np.array([7], dtype=np.int32), 2)])
+    engine.close()
+
+
+def test_a_hung_engine_fails_the_generation_within_the_engine_timeout_and_is_killed_on_close():
+    llm = FakeAsyncLLM(tp=1, respond=lambda *_: completion([1], [-0.1], "stop"), hold=threading.Event())
+    real_rpc = llm.collective_rpc
+
+    async def hung_rpc(method, timeout=None, args=(), kwargs=None):
+        if llm.hold is not None and not llm.hold.is_set():
+            await asyncio.sleep(3600)  # the engine core answers nothing
+        return await real_rpc(method, timeout, args, kwargs)
+
+    llm.collective_rpc = hung_rpc
+    killed = []
+    engine = make_engine(llm, 0, 0.05, "rollout.engine_timeout_s=0.5")
+    engine._kill = lambda: killed.append(True)
+    start = time.monotonic()
+    with pytest.raises(EngineFailure, match="unanswered for 0 s|unanswered for 1 s"):
+        engine.generate([GenRequest(np.array([7], dtype=np.int32), 1)])
+    assert time.monotonic() - start < 3.0
+    engine.close()
+    assert killed == [True]
 
 
 def test_close_stops_the_loop_thread_and_shuts_the_llm_down(engines):
@@ -370,10 +404,10 @@ def test_real_vllm_generates_through_build_vllm_parts():
     from dynamo_async.data.prompts import pool_prompts, training_problems
     from dynamo_async.models import load_tokenizer
     from dynamo_async.protocol import Welcome
-    from workers.vllm_engine import VLLM_VERSION, build_vllm_parts
+    from workers.vllm_start import GPU_PIN, build_vllm_parts
 
-    if vllm.__version__ != VLLM_VERSION:
-        pytest.skip(f"vllm {vllm.__version__} installed, the engine pins {VLLM_VERSION}")
+    if vllm.__version__ != GPU_PIN:
+        pytest.skip(f"vllm {vllm.__version__} installed, the GPU engine pins {GPU_PIN}")
 
     class NoScorer:
         def close(self):

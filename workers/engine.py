@@ -4,7 +4,8 @@ An engine samples one response per request from token ids, with the temperature 
 of the run, and reports for every sampled token its log-probability under the
 temperature-scaled distribution (the behaviour policy of the loss), and the policy version
 that produced it. Staged weights from the weight receiver are applied at the engine's next
-safe point (``WeightSource``), which bumps ``policy_version``.
+safe point (``WeightSource`` for the ``hf`` engine; inside vLLM's processes for ``vllm``), which
+bumps ``policy_version``. An engine that can no longer generate raises ``EngineFailure``.
 """
 
 from __future__ import annotations
@@ -61,14 +62,16 @@ def wait_for_version(
         time.sleep(poll_s)
 
 
+class EngineFailure(RuntimeError):
+    """The engine can no longer generate (its process died or hung); the worker hands its
+    leases back and restarts it (``workers/worker.py``)."""
+
+
 class Engine(Protocol):
     policy_version: int
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         """Sample one response per request (order kept)."""
-
-    def apply_weights(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
-        """Load ``tensors`` now and serve ``version`` from here on."""
 
     def wait_for_weights(self, version: int, timeout_s: float) -> None:
         """Block until serving weights of at least ``version`` (a worker that joins a running

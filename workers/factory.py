@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dynamo_async.config.schema import RunConfig
 from dynamo_async.protocol import Welcome
-from workers import hf_engine, vllm_engine  # noqa: F401 - importing them registers the engines
+from workers import hf_engine, vllm_start  # noqa: F401 - importing them registers the engines
 from workers.parts import ENGINES, WorkerParts
 
 

@@ -31,6 +31,7 @@ def _child(connect: str, index: int, device: str, capacity: int, threads: int | 
 
         torch.set_num_threads(threads)
     from buffer.curve import client_keys
+    from workers.engine import EngineFailure
     from workers.worker import run_worker
 
     try:
@@ -41,6 +42,9 @@ def _child(connect: str, index: int, device: str, capacity: int, threads: int | 
     except UsageError as err:  # one line, as the CLI prints it; anything else keeps its traceback
         print(f"dynamo-async workers: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except EngineFailure as err:  # the engine failed more often than rollout.engine_restarts allows
+        print(f"dynamo-async workers: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def launch_workers(

@@ -5,8 +5,8 @@ An engine module registers a builder under its ``rollout.engine`` name::
     @register_engine("hf")
     def build_hf_parts(cfg, worker_id, welcome, device, scorer) -> WorkerParts: ...
 
-``workers/factory.py`` imports the engine modules (vLLM itself is imported only when its
-builder runs) and builds the parts for the configured name.
+``workers/factory.py`` imports the engine modules (``workers/vllm_start.py`` for vLLM, which
+is itself imported only when its builder runs) and builds the parts for the configured name.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class WorkerParts:
     receiver_ids: tuple[str, ...] = ()
     # Joins the weight sync of a restarted learner's Welcome; returns the new receiver ids.
     restart_receivers: Callable[[Welcome], tuple[str, ...]] | None = None
+    # Starts a new engine after the last one failed and joins the Welcome's weight sync under new
+    # receiver names; returns (engine, receiver ids). None: this engine is not restarted.
+    restart_engine: Callable[[Welcome], tuple[Engine, tuple[str, ...]]] | None = None
 
     def wait_for_weights(self, version: int, timeout_s: float) -> None:
         """A late joiner first loads the learner's current weights (``version`` > 0)."""

@@ -118,7 +118,12 @@ class WeightReceiver(threading.Thread):
     def run(self) -> None:
         while not self._halt.is_set():
             key = OFFER_KEY.format(self._next_plan)
-            if not self.store.check([key]):  # a cheap round trip; store.wait would log each timeout
+            try:
+                offered = self.store.check([key])  # a cheap round trip; store.wait would log each timeout
+            except dist.DistNetworkError:  # the learner is gone; a restarted one gets a new receiver
+                print(f"weight receiver {self.worker_id}: the learner's weight-sync store closed; stopping", flush=True)
+                return
+            if not offered:
                 self._halt.wait(self.poll_s)
                 continue
             k, self._next_plan = self._next_plan, self._next_plan + 1

@@ -1,7 +1,7 @@
-"""The ``vllm`` engine: vLLM 0.33.0's ``AsyncLLM`` in-process, tensor parallel per worker.
+"""The ``vllm`` engine at run time: vLLM's ``AsyncLLM`` in-process, driven from the worker loop.
 
-Checked against the vLLM 0.33.0 wheel's own source (``vllm/v1/engine/async_llm.py``,
-``vllm/outputs.py``, ``vllm/sampling_params.py``, ``vllm/v1/worker/worker_base.py``):
+Checked against vLLM's own source and run against vLLM's CPU build 0.32.0 (``tests/test_vllm_real.py``);
+the GPU pin 0.33.0 has the same calls (docs/launching.md):
 
 - requests: ``generate(TokensPrompt(prompt_token_ids=...), SamplingParams(n=1, seed=...,
   temperature, top_p, max_tokens, logprobs=0, output_kind=FINAL_ONLY, detokenize=False),
@@ -9,13 +9,18 @@ Checked against the vLLM 0.33.0 wheel's own source (``vllm/v1/engine/async_llm.p
   per position, and the engine runs with ``logprobs_mode="processed_logprobs"`` so that it is
   the log-prob after temperature scaling (with top_p=1.0, as in Table 3, nothing else changes);
 - versions: ``CompletionOutput.weight_versions`` spans ``(version, start, end)``, labelled by
-  ``update_weight_version(str(v))``; tokens outside any span get the version the request
-  started under;
+  ``update_weight_version(str(v))`` (set at start, so every span carries a number);
 - weights: receivers run inside every vLLM worker process (``workers.vllm_ext``, attached with
   ``worker_extension_cls``) and stage the broadcast buckets; at a safe point the engine does
   ``pause_generation(mode="keep", clear_cache=True)`` -> ``collective_rpc("dynamo_apply_staged")``
   (each rank calls its model's ``load_weights``) -> ``update_weight_version`` ->
-  ``resume_generation()``; kept requests recompute their KV cache under the new weights.
+  ``resume_generation()``. The keep rule: a request in flight across a swap is kept; its tokens
+  before the swap carry the old version, those after it the new one, and its KV cache is
+  recomputed under the new weights (``clear_cache=True``), so later tokens are the new policy's.
+- faults: vLLM raises ``EngineDeadError`` when its engine process dies; a hung engine is one
+  that leaves the watcher's poll unanswered for ``rollout.engine_timeout_s``. Either fails
+  the generation in progress with ``EngineFailure`` and every later call, until the worker
+  restarts the engine (``workers/worker.py``).
 
 The engine's event loop runs in a thread of its own; ``generate`` is synchronous for the
 worker loop, and a watcher polls the receivers for staged weights every ``poll_s``.
@@ -30,54 +35,83 @@ import threading
 import numpy as np
 
 from dynamo_async.config.schema import RunConfig
-from dynamo_async.errors import UsageError
-from workers.engine import GenRequest, GenResult, wait_for_version
-from workers.parts import WorkerParts, register_engine
-
-VLLM_VERSION = "0.33.0"
+from workers.engine import EngineFailure, GenRequest, GenResult, wait_for_version
 
 
 class VLLMEngine:
-    """Wraps an ``AsyncLLM``-like object; ``make_prompt``/``make_params`` build vLLM inputs."""
+    """Wraps an ``AsyncLLM``-like object; ``make_prompt``/``make_params`` build vLLM inputs;
+    ``dead_errors``: the exception types that mean the engine process is gone."""
 
-    def __init__(self, llm, cfg: RunConfig, make_prompt, make_params, poll_s: float = 0.5, policy_version: int = 0):
+    def __init__(
+        self,
+        llm,
+        cfg: RunConfig,
+        make_prompt,
+        make_params,
+        poll_s: float = 0.5,
+        policy_version: int = 0,
+        dead_errors: tuple[type[BaseException], ...] = (),
+        kill=None,
+    ):
         self.llm, self.cfg, self.make_prompt, self.make_params, self.poll_s = llm, cfg, make_prompt, make_params, poll_s
         self.policy_version = policy_version
+        self.dead_errors, self._kill = dead_errors, kill
         self.swaps = 0
         self.swap_errors = 0
         self.last_swap_error: str | None = None
+        self.failure: str | None = None  # why the engine is unusable (dead or hung); None while healthy
         self._ids = itertools.count()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
         self._thread.start()
         self._swap_lock: asyncio.Lock | None = None
+        self._failed: asyncio.Event | None = None
         self._watcher = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
 
-    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        return asyncio.run_coroutine_threadsafe(self._generate_all(requests), self._loop).result()
+    def run(self, coro):
+        """Run ``coro`` on the engine's loop and wait for its result (from any other thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def apply_weights(self, version: int, tensors) -> None:
-        raise ValueError(
-            "the vllm engine loads weights inside its worker processes (workers.vllm_ext); "
-            "got tensors in the driver, expected them to arrive through the weight receivers"
-        )
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """Sample one response per request; ``EngineFailure`` if the engine dies or hangs."""
+        if self.failure is not None:
+            raise EngineFailure(self.failure)
+        return self.run(self._generate_all(requests))
 
     def swap_now(self) -> int | None:
         """Apply staged weights if any (the watcher does this on its own); returns the new version."""
-        return asyncio.run_coroutine_threadsafe(self._swap_if_staged(), self._loop).result()
+        return self.run(self._swap_if_staged())
 
     def wait_for_weights(self, version: int, timeout_s: float, step_s: float = 0.5) -> None:
         """A late joiner first loads the learner's current weights (version > 0)."""
         wait_for_version(self, self.swap_now, version, timeout_s, step_s)
 
     def close(self) -> None:
+        """Stop the watcher and vLLM; a failed engine's processes are killed first (a hung one
+        would not answer vLLM's own shutdown)."""
         self._watcher.cancel()
+        if self.failure is not None and self._kill is not None:
+            self._kill()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self.llm.shutdown()
 
     async def _generate_all(self, requests: list[GenRequest]) -> list[GenResult]:
-        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+        failed = self._failure_event()
+        work = asyncio.gather(*(self._one(r) for r in requests))
+        watch = asyncio.ensure_future(failed.wait())
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not work.done():
+            work.cancel()
+            raise EngineFailure(self.failure or "the vLLM engine failed")
+        try:
+            return list(work.result())
+        except self.dead_errors as err:
+            self._mark_failed(f"the vLLM engine process died ({type(err).__name__})")
+            raise EngineFailure(self.failure) from err
 
     async def _one(self, req: GenRequest) -> GenResult:
         started = self.policy_version
@@ -88,14 +122,31 @@ class VLLMEngine:
         assert final is not None and final.outputs, "vLLM returned no output"
         return to_result(final.outputs[0], started)
 
+    def _failure_event(self) -> asyncio.Event:
+        if self._failed is None:
+            self._failed = asyncio.Event()
+        return self._failed
+
+    def _mark_failed(self, why: str) -> None:
+        if self.failure is None:
+            self.failure = why
+        self._failure_event().set()
+
     async def _watch(self) -> None:
-        """Poll for staged weights. A failed swap is logged and counted, and the next poll tries
-        again: the watcher must outlive one bad broadcast, or the worker would keep serving old
-        weights until the staleness gate starves it."""
-        while True:
+        """Poll for staged weights, which also checks that the engine answers. An engine that
+        leaves a poll unanswered for ``rollout.engine_timeout_s``, or whose process is gone, is
+        marked failed. A failed swap is logged and counted, and the next poll tries again: the
+        watcher must outlive one bad broadcast, or the worker would keep serving old weights
+        until the staleness gate starves it."""
+        timeout_s = self.cfg.rollout.engine_timeout_s
+        while self.failure is None:
             await asyncio.sleep(self.poll_s)
             try:
-                await self._swap_if_staged()
+                await asyncio.wait_for(self._swap_if_staged(), timeout_s)
+            except TimeoutError:
+                self._mark_failed(f"the vLLM engine left a request unanswered for {timeout_s:.0f} s (hung)")
+            except self.dead_errors as err:
+                self._mark_failed(f"the vLLM engine process died ({type(err).__name__})")
             except Exception as err:  # supervisory loop: report, keep watching
                 self.swap_errors += 1
                 self.last_swap_error = repr(err)
@@ -133,67 +184,3 @@ def to_result(output, started_version: int) -> GenResult:
             versions[span.start : span.end] = int(span.version)
     reason = output.finish_reason if output.finish_reason in ("stop", "length", "abort") else "abort"
     return GenResult(tokens, logprobs, versions, reason)
-
-
-@register_engine("vllm")
-def build_vllm_parts(cfg: RunConfig, worker_id: str, welcome, device: str, scorer) -> WorkerParts:
-    """Start AsyncLLM with the receiver extension and connect every rank's receiver."""
-    from dynamo_async.models import load_tokenizer
-
-    engine = start_vllm_engine(cfg)
-
-    def join(welcome) -> tuple[str, ...]:
-        """(Re)start every rank's receiver against ``welcome``'s rendezvous."""
-        if not welcome.sync_port:
-            return ()
-        args = (welcome.sync_host, welcome.sync_port, worker_id, welcome.sync_token, cfg.weights.timeout_s)
-        rpc = engine.llm.collective_rpc("dynamo_start_receiver", args=args)
-        return tuple(asyncio.run_coroutine_threadsafe(rpc, engine._loop).result())
-
-    ids = join(welcome)
-    return WorkerParts(engine, load_tokenizer(cfg.model.name), scorer, [], ids, restart_receivers=join)
-
-
-def start_vllm_engine(cfg: RunConfig) -> VLLMEngine:
-    """AsyncLLM for ``cfg.model`` (tensor parallel ``cfg.rollout.tensor_parallel``) behind a
-    ``VLLMEngine``; the receiver extension is attached but no receiver is started."""
-    try:
-        import vllm
-    except ImportError:
-        raise UsageError(
-            "engine 'vllm': got no vllm package, expected vLLM "
-            f"{VLLM_VERSION} (on a GPU node: pip install -e '.[vllm]'), or use the hf engine"
-        ) from None
-    from vllm import SamplingParams, TokensPrompt
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.sampling_params import RequestOutputKind
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    from dynamo_async.models import resolve_model
-
-    if vllm.__version__ != VLLM_VERSION:
-        raise UsageError(f"vllm: got {vllm.__version__}, expected {VLLM_VERSION} (pip install -e '.[vllm]')")
-    args = AsyncEngineArgs(
-        model=resolve_model(cfg.model.name),
-        dtype=cfg.model.compute_dtype,
-        tensor_parallel_size=cfg.rollout.tensor_parallel,
-        seed=cfg.rollout.seed,
-        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-        logprobs_mode="processed_logprobs",
-        worker_extension_cls="workers.vllm_ext.DynamoWorkerExtension",
-    )
-    llm = AsyncLLM.from_engine_args(args)
-
-    def make_params(run: RunConfig, seed: int):
-        return SamplingParams(
-            n=1,
-            seed=seed,
-            temperature=run.rollout.temperature,
-            top_p=run.rollout.top_p,
-            max_tokens=run.rollout.max_new_tokens,
-            logprobs=0,
-            detokenize=False,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
-
-    return VLLMEngine(llm, cfg, lambda ids: TokensPrompt(prompt_token_ids=[int(i) for i in ids]), make_params)

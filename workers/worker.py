@@ -11,6 +11,10 @@ heartbeat thread (its own socket) keeps the worker's leases alive during long ge
 heartbeat names the leases granted and not yet fully pushed, and the buffer renews them.
 The worker stops on SIGTERM, SIGINT or SIGHUP, when the buffer answers "shutdown", or when its parent
 (the launcher) is gone; it then says goodbye so its unfinished work is handed out again.
+An engine that dies or hangs (``EngineFailure``) mid-generation: the worker pushes what was
+already scored, says goodbye (the buffer hands out the failed batch's leases again at once),
+restarts the engine, joins the weight sync under new receiver names, loads the learner's
+current weights and goes on; after ``rollout.engine_restarts`` restarts it exits with one line.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dynamo_async.config.schema import RunConfig
 from dynamo_async.protocol import Completion, Heartbeat, NoWork, WorkItem, encode, pack_f32, pack_i32
 from dynamo_async.sample import SampleRecord
 from dynamo_async.signals import stop_on_signals
-from workers.engine import GenRequest, GenResult
+from workers.engine import EngineFailure, GenRequest, GenResult
 
 
 @dataclass(frozen=True)
@@ -105,13 +109,16 @@ class RolloutWorker:
         scorer,
         capacity: int,
         rejoin: Callable[[], str | None] | None = None,
+        restart: Callable[[], object | None] | None = None,
     ):
         """``rejoin``: say hello again; "rejoined" (a restarted learner: its weights are loaded),
         "same" (the learner was only slow to answer) or None (give up). None: stop when the
-        learner stops answering."""
+        learner stops answering. ``restart``: after an engine failure, a new engine serving the
+        learner's current weights, or None (give up); None: no restarts."""
         self.cfg, self.client, self.engine, self.tokenizer, self.scorer = cfg, client, engine, tokenizer, scorer
         self.capacity = capacity
-        self.rejoin = rejoin
+        self.rejoin, self.restart = rejoin, restart
+        self.engine_restarts = 0
         self.pending: deque[_Pending] = deque()
         self.sent = 0
         self.idle_seconds = 0.0  # time spent waiting for work (reported in heartbeats)
@@ -155,7 +162,11 @@ class RolloutWorker:
         samples = [(item, s) for item in items for s in item.sample_indices]
         requests = [GenRequest(np.frombuffer(item.prompt_token_ids, "<i4"), item.seed + s) for item, s in samples]
         start = time.perf_counter()
-        results = self.engine.generate(requests)
+        try:
+            results = self.engine.generate(requests)
+        except EngineFailure as err:
+            self._engine_failed(str(err))
+            return
         per_sample = (time.perf_counter() - start) / max(len(results), 1)
         now = time.perf_counter()
         for (item, s), res in zip(samples, results):
@@ -171,6 +182,22 @@ class RolloutWorker:
             self.client.send(self._completion(p, score, time.perf_counter() - p.submitted))
             self.sent += 1
             self._release(p.item.lease_id)
+
+    def _engine_failed(self, why: str) -> None:
+        """Push what was scored before the failure (its leases are still held), hand the failed
+        batch's leases back at once (goodbye), then restart the engine or give up."""
+        self.push_scored(block=True)
+        self._unsent.clear()
+        self.held_leases = ()
+        self.client.goodbye()
+        wid = self.client.worker_id
+        print(f"worker {wid}: {why}; its leases went back to the buffer", flush=True)
+        engine = self.restart() if self.restart is not None else None
+        if engine is None:
+            raise EngineFailure(f"worker {wid}: {why}; no engine restart left (rollout.engine_restarts)")
+        self.engine = engine
+        self.engine_restarts += 1
+        print(f"worker {wid}: engine restarted ({self.engine_restarts}), serving version {engine.policy_version}")
 
     def _hold(self, items: list[WorkItem]) -> None:
         """The granted leases are held until each of their samples is pushed."""
@@ -248,6 +275,7 @@ def run_worker(
     _announce(client, parts, cfg, capacity, welcome.policy_version)
     worker = RolloutWorker(cfg, client, parts.engine, parts.tokenizer, parts.scorer, capacity)
     worker.rejoin = _rejoiner(client, parts, cfg, welcome.config_yaml, capacity, worker._should_stop)
+    worker.restart = _restarter(client, parts, cfg, capacity, worker._should_stop)
     heartbeats = Heartbeats(
         host,
         welcome.completions_port,
@@ -303,6 +331,30 @@ def _rejoiner(
         return "rejoined"
 
     return rejoin
+
+
+def _restarter(
+    client: BufferClient, parts, cfg: RunConfig, capacity: int, cancel: Callable[[], bool]
+) -> Callable[[], object | None]:
+    """What a worker does after its engine failed: stop the old engine (its processes are
+    killed), start a new one, join the weight sync under new receiver names and load the
+    learner's current weights; None when the engine cannot be restarted or none are left."""
+    left = cfg.rollout.engine_restarts
+
+    def restart():
+        nonlocal left
+        if parts.restart_engine is None or left == 0:
+            return None
+        left -= 1
+        parts.engine.close()
+        welcome = client.hello("pending", capacity, cancel=cancel)  # the current version and rendezvous
+        parts.engine, parts.receiver_ids = parts.restart_engine(welcome)
+        _announce(client, parts, cfg, capacity, welcome.policy_version)
+        if not parts.receiver_ids:  # no weight sync (a buffer without learner): nothing to load
+            parts.engine.policy_version = welcome.policy_version
+        return parts.engine
+
+    return restart
 
 
 def _announce(client: BufferClient, parts, cfg: RunConfig, capacity: int, version: int) -> None:

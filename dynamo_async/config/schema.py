@@ -195,7 +195,12 @@ class DataConfig(_Section):
 class RolloutConfig(_Section):
     engine: Annotated[
         Literal["hf", "vllm"],
-        Meta(description=("Generation engine: 'hf' (transformers, CPU or one GPU) or 'vllm' (GPUs).")),
+        Meta(
+            description=(
+                "Generation engine: 'hf' (transformers, CPU or one GPU) or 'vllm' (vLLM 0.33 on GPUs, vLLM's CPU "
+                "build 0.32 on CPUs; docs/launching.md)."
+            )
+        ),
     ] = "hf"
     temperature: Annotated[
         float,
@@ -208,6 +213,30 @@ class RolloutConfig(_Section):
         float, Meta(gt=0.0, le=1.0, description=("Fraction of GPU memory vLLM may use (Table 3: 0.8)."))
     ] = 0.8
     seed: Annotated[int, Meta(description="Base seed for per-request sampling seeds.")] = 0
+    cpu_kv_cache_gib: Annotated[
+        float,
+        Meta(
+            gt=0.0,
+            description=(
+                "vLLM on the CPU: GiB of RAM each vLLM worker reserves for its KV cache (vLLM's "
+                "kv_cache_memory_bytes; gpu_memory_utilization is not read on the CPU)."
+            ),
+        ),
+    ] = 1.0
+    engine_timeout_s: Annotated[
+        float,
+        Meta(
+            gt=0.0,
+            description=(
+                "vLLM: seconds its engine may leave a request unanswered before the worker declares it hung, "
+                "hands its leases back and restarts it (a dead engine is noticed at once)."
+            ),
+        ),
+    ] = 60.0
+    engine_restarts: Annotated[
+        int,
+        Meta(ge=0, description="vLLM: engine restarts a worker makes after failures before it exits with an error."),
+    ] = 3
 
 
 class AllocationConfig(_Section):

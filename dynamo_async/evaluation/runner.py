@@ -241,9 +241,9 @@ def make_engine(cfg: RunConfig, device: str):
 
     tokenizer = load_tokenizer(cfg.model.name)
     if cfg.rollout.engine == "vllm":
-        from workers.vllm_engine import start_vllm_engine
+        from workers.vllm_start import start_vllm_engine
 
-        return start_vllm_engine(cfg), tokenizer
+        return start_vllm_engine(cfg, device), tokenizer
     from workers.hf_engine import HFEngine
 
     return HFEngine(load_model(cfg.model.name, cfg.model.compute_dtype, device), tokenizer, cfg, device), tokenizer

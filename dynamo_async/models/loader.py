@@ -29,8 +29,8 @@ BUILTIN_PREFIX = "builtin:"
 LOCAL_PREFIXES = ("/", "./", "../", "~")  # names that mean a local folder, never a hub name
 # Bump a directory's version when its builder changes, so stale caches are not reused.
 BUILTINS: dict[str, tuple[str, Callable[[Path], object]]] = {
-    "tiny": ("tiny-v1", build_tiny),
-    "tiny-math": ("tiny-math-v1", build_tiny_math),
+    "tiny": ("tiny-v2", build_tiny),
+    "tiny-math": ("tiny-math-v2", build_tiny_math),
     "smollm2-135m-instruct": ("smollm2-135m-instruct-q4_1-v1", build_smollm2),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -9,8 +9,9 @@ real model, so tests exercise the same loading path as real runs.
   ``<|unk|>``). Special tokens follow ChatML as SmolLM2 does: the end-of-turn marker
   ``<|im_end|>`` is also the eos token, so generation stops where an assistant turn ends.
   No bos is added automatically (as in SmolLM2).
-- Model: a ``LlamaConfig`` model (hidden 64, 2 layers, 4 heads, 2 kv heads, intermediate 256,
-  512 positions, tied embeddings; about 0.13 M parameters), initialised from its own
+- Model: a ``LlamaConfig`` model (hidden 64, 2 layers, 2 heads, 1 kv head, intermediate 256,
+  512 positions, tied embeddings; about 0.13 M parameters; heads of 32 dimensions, the
+  smallest vLLM's CPU attention serves), initialised from its own
   ``torch.Generator`` so the weights depend only on ``seed`` and the global RNG is not used
   for them (safe to build from several threads at once).
 """
@@ -90,8 +91,8 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
         vocab_size=len(tokenizer),
         hidden_size=64,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
         intermediate_size=256,
         max_position_embeddings=MAX_POSITIONS,
         tie_word_embeddings=True,
