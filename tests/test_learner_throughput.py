@@ -83,7 +83,7 @@ def test_leaving_zero_advantage_samples_out_leaves_loss_and_gradient_unchanged(n
     skipped = _loss_and_gradient(*SKIPPABLE[name])
     assert (kept[2], skipped[2]) == (0, 7), "the two all-equal groups' 4 + 3 samples are left out"
     np.testing.assert_allclose(skipped[0], kept[0], rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(skipped[1], kept[1], rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(skipped[1], kept[1], rtol=1e-5, atol=1e-7)  # float32 summation order
     assert kept[1].norm() > 0
 
 

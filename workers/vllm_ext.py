@@ -6,7 +6,8 @@ vLLM mixes this class into its Worker (the GPU worker of 0.33.0, the CPU worker 
 tensor-parallel rank joins the weight-sync group as its own member (``<name>/tp<rank>``),
 stages the full weights on its device, and at the engine's safe point hands them to the
 Worker's ``reload_weights`` (vLLM's layerwise reload), which loads them into its own (sharded,
-fused) parameters and redoes the processing that follows loading (kernel layouts).
+fused) parameters and redoes the processing that follows loading (kernel layouts); tied
+weights are re-tied and processed again for every module that uses them (``retie``).
 """
 
 from __future__ import annotations
@@ -48,5 +49,38 @@ class DynamoWorkerExtension:
         # reload_weights, not model.load_weights: after loading, vLLM repacks some weights into
         # kernel layouts (on the CPU, linear weights become packed oneDNN copies and the
         # parameters are emptied), and only the layerwise reload restores and repacks them.
+        model = self.model_runner.get_model()
+        if not hasattr(self, "_dynamo_ties"):
+            self._dynamo_ties = tied_modules(model)  # before any reload: the ties as loaded
         self.reload_weights(weights_iterator=tensors.items(), is_checkpoint_format=True)
+        retie(model, self._dynamo_ties)
         return version
+
+
+def tied_modules(model) -> list[tuple[str, str]]:
+    """(owner, follower) module names whose ``weight`` is one Parameter (tied embeddings:
+    ``lm_head`` follows ``model.embed_tokens``), the owner being the first in module order."""
+    owners: dict[int, str] = {}
+    ties = []
+    for name, module in model.named_modules():
+        weight = module.__dict__.get("_parameters", {}).get("weight")
+        if weight is None:
+            continue
+        if id(weight) in owners:
+            ties.append((owners[id(weight)], name))
+        else:
+            owners[id(weight)] = name
+    return ties
+
+
+def retie(model, ties: list[tuple[str, str]]) -> None:
+    """After a reload, point each follower at its owner's new weight and redo its processing.
+    vLLM's layerwise reload processes a tied weight for its owner only: on the CPU the
+    follower (``lm_head``) kept its packed copy of the old weights and sampled from them (seen
+    with vLLM's CPU build 0.32.0; ``tests/test_vllm_real.py`` checks every token's log-prob)."""
+    for owner, follower in ties:
+        src, dst = model.get_submodule(owner), model.get_submodule(follower)
+        dst.weight = src.weight
+        method = getattr(dst, "quant_method", None)
+        if method is not None:
+            method.process_weights_after_loading(dst)

@@ -9,6 +9,9 @@ run) and vLLM 0.33.0 for GPUs (the ``.[vllm]`` extra). What differs on the CPU:
   for the KV cache (vLLM's ``kv_cache_memory_bytes``), checked here against the RAM available;
 - ``enforce_eager``: no torch.compile (minutes of compilation on a few cores);
 - one process per engine: ``rollout.tensor_parallel`` must be 1;
+- no chunked prefill: the CPU build's seeded sampling fails on a prefill split over steps (the
+  engine dies with "CPU Generator does not use offset"), so prefills are whole and rows are at
+  most ``data.max_prompt_tokens + rollout.max_new_tokens`` long;
 - threads: vLLM binds its OpenMP threads to the cores this process may use.
 
 vLLM checks a model's architecture lazily: a first one-token request at start makes a model it
@@ -68,7 +71,17 @@ def engine_kwargs(cfg: RunConfig, model_path: str, on_cpu: bool, available_bytes
             f"rollout.cpu_kv_cache_gib: got {cfg.rollout.cpu_kv_cache_gib:g} GiB, expected at most "
             f"{available_bytes / GIB:.1f} GiB (the RAM available now); lower it or free memory"
         )
-    return {**kwargs, "kv_cache_memory_bytes": want, "enforce_eager": True}
+    longest = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    return {
+        **kwargs,
+        "kv_cache_memory_bytes": want,
+        "enforce_eager": True,
+        # A prefill split over steps makes the CPU build's seeded sampler fail ("CPU Generator does
+        # not use offset", which kills the engine): whole prefills only, the longest row at once.
+        "enable_chunked_prefill": False,
+        "max_model_len": longest,
+        "max_num_batched_tokens": max(longest, 8192),
+    }
 
 
 def start_vllm_engine(cfg: RunConfig, device: str = "cpu", policy_version: int = 0) -> VLLMEngine:
@@ -196,4 +209,3 @@ def build_vllm_parts(cfg: RunConfig, worker_id: str, welcome, device: str, score
     parts.restart_receivers = lambda w: join(parts.engine, w)
     parts.restart_engine = start
     return parts
-
