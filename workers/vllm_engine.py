@@ -141,8 +141,8 @@ class VLLMEngine:
         timeout_s = self.cfg.rollout.engine_timeout_s
         while self.failure is None:
             await asyncio.sleep(self.poll_s)
-            try:
-                await asyncio.wait_for(self._swap_if_staged(), timeout_s)
+            try:  # the poll must answer in time; a swap it starts (a weight reload) may take longer
+                await self._swap_if_staged(poll_timeout_s=timeout_s)
             except TimeoutError:
                 self._mark_failed(f"the vLLM engine left a request unanswered for {timeout_s:.0f} s (hung)")
             except self.dead_errors as err:
@@ -152,11 +152,11 @@ class VLLMEngine:
                 self.last_swap_error = repr(err)
                 print(f"vllm engine: weight swap failed ({err!r}); retrying at the next poll", flush=True)
 
-    async def _swap_if_staged(self) -> int | None:
+    async def _swap_if_staged(self, poll_timeout_s: float | None = None) -> int | None:
         if self._swap_lock is None:
             self._swap_lock = asyncio.Lock()
         async with self._swap_lock:
-            staged = await self.llm.collective_rpc("dynamo_staged_version")
+            staged = await asyncio.wait_for(self.llm.collective_rpc("dynamo_staged_version"), poll_timeout_s)
             # every tensor-parallel rank must hold the same new version before any loads it
             if len(set(staged)) != 1 or staged[0] <= self.policy_version:
                 return None

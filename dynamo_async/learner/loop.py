@@ -165,8 +165,11 @@ class Learner:
             send_order(Evaluate())
         results = heldout.evaluate(self.trainer)
         n = self.cfg.trainer.eval_samples
+        # The learner samples with its own model (the hf engine), whatever rollout.engine is:
+        # the same weights, temperature and scorer; docs/launching.md
+        sampler = "" if self.cfg.rollout.engine == "hf" else ", sampled by the learner's transformers model"
         for name, res in results.items():
-            log.note(f"held-out accuracy {label} ({name}, {n} samples each): {res}")
+            log.note(f"held-out accuracy {label} ({name}, {n} samples each{sampler}): {res}")
         out = {f"eval/{name}": res.accuracy for name, res in results.items()}
         log.write_eval({"step": self.step, "version": self.version, "label": label, **out})
         return out

@@ -43,7 +43,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(source)
         self.model = load_model(source, "float32", device).train()  # the float32 masters
         if cfg.model.gradient_checkpointing:
-            _enable_checkpointing(self.model)
+            enable_checkpointing(self.model)
         self.cache_kw = self._shared_prompt_keyword()  # probed before sharding and casting
         shared, packs = self.cache_kw is not None, shared_prompt.packs_tails(self.model)
         self.packing = Packing.of(cfg, shared, self.objective.skips_zero_advantage, packs)
@@ -235,8 +235,9 @@ def _warn_nonfinite(step: int, epoch: int, mini: int, loss: float, norm: float) 
     )
 
 
-def _enable_checkpointing(model: torch.nn.Module) -> None:
-    """Non-reentrant activation checkpointing (what the shared prompt's captured keys need)."""
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Non-reentrant activation checkpointing (what the shared prompt's captured keys need), by the
+    name transformers gives it: activation_checkpointing_enable from 5.2x, gradient_ before."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
