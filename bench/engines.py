@@ -1,6 +1,7 @@
 """The ``hf`` engine against the ``vllm`` engine (vLLM's CPU build) on the same model, in one process.
 
-1. Generation tokens/s at two shapes, on the same prompts and seeds, runs alternating (the order
+1. Generation tokens/s at two shapes, on the same prompts and seeds, each engine on every core
+   (torch's threads; ``rollout.cpu_threads`` for vLLM), runs alternating (the order
    flips every round) after one warm-up each, medians over ``--rounds``:
    - demo: ``configs/demo.yaml``'s prompts (SmolLM2, system prompt and one worked example),
      at most 16 new tokens, eos allowed (what the demo generates);
@@ -15,8 +16,9 @@
    serves the new version, and a generation after it tagged with that version.
 4. Whole runs (``--runs``): ``dynamo-async run`` of a long-response config (demo's model and
    prompts, asked to explain each step, ``--run-tokens`` new tokens, ``--steps`` steps) once per
-   engine: wall time, the learner's idle time (waiting for a batch) and the worker's (waiting for
-   work), summed over steps from ``metrics.jsonl``.
+   engine, each with the engine's defaults (vLLM keeps one core for its engine loop): wall time,
+   the learner's idle time (waiting for a batch) and the worker's (waiting for work), summed over
+   steps from ``metrics.jsonl``.
 
 Last line: ``engines vllm_over_hf_long=<x> vllm_over_hf_demo=<y> logp_gap_mean=... logp_gap_max=...
 kl_per_token=... swap_s=... [run_s_hf=... run_s_vllm=... learner_idle_hf=... ...]``.
@@ -141,6 +143,8 @@ def swap_seconds(vl, model, prompt) -> float:
 def whole_run(engine: str, args, workdir: Path) -> dict:
     cfg = yaml.safe_load(DEMO.read_text())
     cfg["data"]["system_prompt"] = EXPLAIN
+    cfg["data"].pop("few_shot")  # its one-line worked answer would be copied
+    cfg["data"]["synthetic"]["levels"] = [3]
     cfg["rollout"].update(engine=engine, max_new_tokens=args.run_tokens)
     cfg["allocation"].update(gen_batch_prompts=4, avg_rollouts=4, g_min=2, g_max=8)
     cfg["optim"].update(mini_batch_prompts=4, micro_batch_tokens=4096)
@@ -187,9 +191,14 @@ def main() -> None:
     tokenizer = load_tokenizer(cfg.model.name)
     prompts = [p.token_ids for p in pool_prompts(training_problems(cfg.data), tokenizer, cfg)][: args.prompts]
     model = load_model(cfg.model.name, "float32", "cpu").eval()
-    long_cfg = load_config(DEMO, [f"model.name={args.model}", f"rollout.max_new_tokens={args.long_tokens}"])
+    long_over = [f"model.name={args.model}", f"rollout.max_new_tokens={args.long_tokens}", "rollout.cpu_kv_cache_gib=2"]
+    long_cfg = load_config(DEMO, long_over)
     hf, hf_noeos = HFEngine(model, tokenizer, cfg, "cpu"), HFEngine(model, _NoEosTokenizer(tokenizer), long_cfg, "cpu")
-    vl = start_vllm_engine(cfg, "cpu")
+    # vLLM bound to every core, as the hf engine's torch threads are; started for the long shape's
+    # rows (its longest row is fixed at start), then serving the demo's settings
+    threads = torch.get_num_threads()
+    vl = start_vllm_engine(load_config(DEMO, [*long_over, f"rollout.cpu_threads={threads}"]), "cpu")
+    vl.cfg = cfg
     vl.poll_s = 0.02
     print(f"{args.model}: {len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
           f"{torch.get_num_threads()} torch threads, float32")  # fmt: skip

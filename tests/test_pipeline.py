@@ -10,12 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import psutil
 import pyarrow.parquet as pq
 import pytest
+from store_checks import assert_groups_complete
 
 from buffer.store import read_table
 from dynamo_async.config import load_config
@@ -40,17 +40,6 @@ def _wait_for_steps(run_dir: Path, proc: subprocess.Popen, steps: int, timeout_s
         time.sleep(0.1)
 
 
-def _assert_groups_complete(run_dir: Path) -> None:
-    """Every trained group holds each of its sample indices exactly once."""
-    batches = read_table(run_dir, "batches").to_pydict()
-    per_group = Counter(zip(batches["group_id"], batches["sample_index"]))
-    assert per_group and max(per_group.values()) == 1
-    indices: dict[int, list[int]] = {}
-    for g, i in per_group:
-        indices.setdefault(g, []).append(i)
-    assert all(sorted(v) == list(range(len(v))) for v in indices.values())
-
-
 def test_run_command_trains_tiny_model_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     start = time.monotonic()
@@ -68,7 +57,7 @@ def test_run_command_trains_tiny_model_end_to_end(tmp_path):
     assert all(r["worker_idle_s"] >= 0 and r["learner_idle_s"] >= 0 for r in rows)
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-000003"
     assert "held-out accuracy before" in proc.stdout + proc.stderr
-    _assert_groups_complete(run_dir)
+    assert_groups_complete(run_dir)
     assert time.monotonic() - start < 240
 
 
@@ -128,7 +117,7 @@ def test_killed_worker_loses_no_group_and_counts_none_twice(tmp_path):
                 p.kill()
     assert not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE
     assert [r["step"] for r in _train_rows(tmp_path)] == [1, 2, 3, 4, 5]
-    _assert_groups_complete(tmp_path)
+    assert_groups_complete(tmp_path)
 
 
 def test_stopped_learner_resumes_step_version_and_statistics(tmp_path):
@@ -237,7 +226,7 @@ def test_a_learner_killed_between_checkpoints_resumes_with_one_history(tmp_path)
     assert [b.step for b in iter_batches(run_dir)] == list(range(1, 11))
     summary = summarize(run_dir)
     assert summary["steps"] == 10 and summary["duplicate_completions"] == 0
-    _assert_groups_complete(run_dir)
+    assert_groups_complete(run_dir)
     raw_steps = read_table(run_dir, "steps", ["step"], superseded=True)["step"].to_pylist()
     # kept on disk, read once: the killed run's steps (perhaps one more batch handed out but not
     # trained when it died), then the resumed run's from step 5

@@ -26,7 +26,7 @@ from dynamo_async.models import load_model, load_tokenizer, resolve_model
 from dynamo_async.weights.sender import WeightSender
 from workers.engine import GenRequest
 from workers.vllm_engine import to_result
-from workers.vllm_start import GIB, check_version, engine_kwargs, start_vllm_engine
+from workers.vllm_start import GIB, check_version, cpu_binding, engine_kwargs, start_vllm_engine
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 MAX_NEW = 24
@@ -217,6 +217,12 @@ def test_cpu_settings_refuse_a_kv_cache_larger_than_free_ram_and_tensor_parallel
         engine_kwargs(config("rollout.tensor_parallel=2"), path, on_cpu=True, available_bytes=8 * GIB)
     gpu = engine_kwargs(config("rollout.gpu_memory_utilization=0.5"), path, on_cpu=False, available_bytes=0)
     assert gpu["gpu_memory_utilization"] == 0.5 and "kv_cache_memory_bytes" not in gpu
+
+
+def test_cpu_threads_bind_the_first_allowed_cores_and_no_more_than_there_are():
+    assert cpu_binding(2, [3, 5, 7]) == "3,5"
+    with pytest.raises(UsageError, match=r"rollout.cpu_threads: got 4, expected at most 3"):
+        cpu_binding(4, [3, 5, 7])
 
 
 def test_a_model_vllm_cannot_serve_is_refused_at_start_in_one_line(tmp_path):

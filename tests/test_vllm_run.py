@@ -14,15 +14,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import psutil
 import torch
+from store_checks import assert_groups_complete
 
 from buffer.replay import iter_batches
-from buffer.store import read_table
 from dynamo_async.algo.logprobs import token_stats
 from dynamo_async.models import load_model
 
@@ -124,10 +123,4 @@ def test_vllm_run_stays_on_policy_and_survives_a_killed_and_a_hung_engine(tmp_pa
     assert noticed[0] < 10 and noticed[1] < 5 + 10, noticed
     assert "the vLLM engine process died" in out and "unanswered for 5 s (hung)" in out
     assert out.count("engine restarted") == 2
-    batches = read_table(run_dir, "batches").to_pydict()
-    per_sample = Counter(zip(batches["group_id"], batches["sample_index"]))
-    assert per_sample and max(per_sample.values()) == 1
-    indices: dict[int, list[int]] = {}
-    for g, i in per_sample:
-        indices.setdefault(g, []).append(i)
-    assert all(sorted(v) == list(range(len(v))) for v in indices.values())
+    assert_groups_complete(run_dir)

@@ -12,13 +12,17 @@ run) and vLLM 0.33.0 for GPUs (the ``.[vllm]`` extra). What differs on the CPU:
 - no chunked prefill: the CPU build's seeded sampling fails on a prefill split over steps (the
   engine dies with "CPU Generator does not use offset"), so prefills are whole and rows are at
   most ``data.max_prompt_tokens + rollout.max_new_tokens`` long;
-- threads: vLLM binds its OpenMP threads to the cores this process may use.
+- threads: vLLM binds its OpenMP threads itself, keeping one core free for its engine loop;
+  ``rollout.cpu_threads`` binds them to that many cores instead (vLLM's
+  ``VLLM_CPU_OMP_THREADS_BIND``, set for the engine process it starts).
 
 vLLM checks a model's architecture lazily: a first one-token request at start makes a model it
 cannot serve fail here, in one line, rather than in the first generation of the run.
 """
 
 from __future__ import annotations
+
+import os
 
 import psutil
 
@@ -108,7 +112,19 @@ def start_vllm_engine(cfg: RunConfig, device: str = "cpu", policy_version: int =
     from dynamo_async.models import resolve_model
 
     kwargs = engine_kwargs(cfg, resolve_model(cfg.model.name), on_cpu, psutil.virtual_memory().available)
+    if on_cpu and cfg.rollout.cpu_threads:
+        # vLLM's own setting, read by the engine process it starts from this one
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(cfg.rollout.cpu_threads, sorted(os.sched_getaffinity(0)))
     return _launch(cfg, kwargs, policy_version)
+
+
+def cpu_binding(threads: int, allowed: list[int]) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for the first ``threads`` of the ``allowed`` cores."""
+    if threads > len(allowed):
+        raise UsageError(
+            f"rollout.cpu_threads: got {threads}, expected at most {len(allowed)} (the cores this process may use)"
+        )
+    return ",".join(str(c) for c in allowed[:threads])
 
 
 def _launch(cfg: RunConfig, kwargs: dict, policy_version: int) -> VLLMEngine:

@@ -223,6 +223,16 @@ class RolloutConfig(_Section):
             ),
         ),
     ] = 1.0
+    cpu_threads: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description=(
+                "vLLM on the CPU: cores its model process binds its threads to (the first ones this process may "
+                "use); 0 leaves it to vLLM, which keeps one core free for its engine loop."
+            ),
+        ),
+    ] = 0
     engine_timeout_s: Annotated[
         float,
         Meta(
