@@ -18,22 +18,33 @@ from dynamo_async.evaluation.records import records_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
-AIME24 = ROOT.parent / "shared" / "data" / "aime24.jsonl"
 CLI = [sys.executable, "-m", "dynamo_async.cli"]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not AIME24.is_file(), reason="needs ../shared/data/aime24.jsonl")
 def test_eval_samples_with_vllm_and_records_every_sample(tmp_path):
+    data = tmp_path / "sums.jsonl"  # the tiny model reads 512 characters; AIME's problems are longer
+    rows = [{"id": str(i), "problem": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)} for i in range(2)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "r.json"
-    args = ["eval", "--model", "builtin:tiny-math", "--data", str(AIME24), "--limit", "2", "--n", "3"]
-    args += ["--engine", "vllm", "--out", str(out), "rollout.max_new_tokens=32"]
+    args = ["eval", "--model", "builtin:tiny-math", "--data", str(data), "--limit", "2", "--n", "3"]
+    args += ["--engine", "vllm", "--out", str(out), "rollout.max_new_tokens=32", "rollout.tensor_parallel=1"]
     assert main(args) == 0
     (bench,) = json.loads(out.read_text())["benchmarks"]
     assert bench["problems"] == 2 and bench["samples_per_problem"] == 3
     lines = [json.loads(line)["record"] for line in records_path(out).read_text().splitlines()[1:]]
     assert len(lines) == 2 and all(len(r["acc"]) == 3 and len(r["tokens"]) == 3 for r in lines)
     assert all(1 <= t <= 32 for r in lines for t in r["tokens"])
+
+
+@pytest.mark.slow
+def test_eval_of_prompts_longer_than_the_models_context_is_one_line(tmp_path, capsys):
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"id": "0", "problem": "1 + " * 200 + "1 = ?", "answer": "201"}) + "\n")
+    args = ["eval", "--model", "builtin:tiny-math", "--data", str(data), "--engine", "vllm", "--out"]
+    args += [str(tmp_path / "r.json"), "rollout.max_new_tokens=8", "rollout.tensor_parallel=1"]
+    assert main(args) == 2
+    assert "vllm refused a request: This model's maximum context length is 512 tokens" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ import threading
 import numpy as np
 
 from dynamo_async.config.schema import RunConfig
+from dynamo_async.errors import UsageError
 from workers.engine import EngineFailure, GenRequest, GenResult, wait_for_version
 
 
@@ -52,10 +53,11 @@ class VLLMEngine:
         policy_version: int = 0,
         dead_errors: tuple[type[BaseException], ...] = (),
         kill=None,
+        refused_errors: tuple[type[BaseException], ...] = (),
     ):
         self.llm, self.cfg, self.make_prompt, self.make_params, self.poll_s = llm, cfg, make_prompt, make_params, poll_s
         self.policy_version = policy_version
-        self.dead_errors, self._kill = dead_errors, kill
+        self.dead_errors, self._kill, self.refused_errors = dead_errors, kill, refused_errors
         self.swaps = 0
         self.swap_errors = 0
         self.last_swap_error: str | None = None
@@ -112,6 +114,9 @@ class VLLMEngine:
         except self.dead_errors as err:
             self._mark_failed(f"the vLLM engine process died ({type(err).__name__})")
             raise EngineFailure(self.failure) from err
+        except self.refused_errors as err:  # the request itself, e.g. a prompt longer than the model's context
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UsageError(f"vllm refused a request: {first}; shorten the prompts (data.max_prompt_tokens)") from err
 
     async def _one(self, req: GenRequest) -> GenResult:
         started = self.policy_version

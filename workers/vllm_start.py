@@ -11,7 +11,7 @@ run) and vLLM 0.33.0 for GPUs (the ``.[vllm]`` extra). What differs on the CPU:
 - one process per engine: ``rollout.tensor_parallel`` must be 1;
 - no chunked prefill: the CPU build's seeded sampling fails on a prefill split over steps (the
   engine dies with "CPU Generator does not use offset"), so prefills are whole and rows are at
-  most ``data.max_prompt_tokens + rollout.max_new_tokens`` long;
+  most ``data.max_prompt_tokens + rollout.max_new_tokens`` long (or the model's positions);
 - threads: vLLM binds its OpenMP threads itself, keeping one core free for its engine loop;
   ``rollout.cpu_threads`` binds them to that many cores instead (vLLM's
   ``VLLM_CPU_OMP_THREADS_BIND``, set for the engine process it starts).
@@ -51,7 +51,9 @@ def check_version(installed: str, on_cpu: bool) -> None:
         )
 
 
-def engine_kwargs(cfg: RunConfig, model_path: str, on_cpu: bool, available_bytes: int) -> dict:
+def engine_kwargs(
+    cfg: RunConfig, model_path: str, on_cpu: bool, available_bytes: int, model_positions: int | None = None
+) -> dict:
     """``AsyncEngineArgs`` keywords for ``cfg`` on this device; UsageError for settings that
     cannot work here (tensor parallelism on the CPU, a KV cache larger than the free RAM)."""
     kwargs = dict(
@@ -76,6 +78,8 @@ def engine_kwargs(cfg: RunConfig, model_path: str, on_cpu: bool, available_bytes
             f"{available_bytes / GIB:.1f} GiB (the RAM available now); lower it or free memory"
         )
     longest = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    if model_positions is not None:  # what the model can attend to bounds a row anyway
+        longest = min(longest, model_positions)
     return {
         **kwargs,
         "kv_cache_memory_bytes": want,
@@ -109,9 +113,13 @@ def start_vllm_engine(cfg: RunConfig, device: str = "cpu", policy_version: int =
             f"vllm: got a build for {built} with --device {device}; install the build for that device "
             f"({SUPPORTED[CPU_BUILD if on_cpu else GPU_PIN]})"
         )
+    from transformers import AutoConfig
+
     from dynamo_async.models import resolve_model
 
-    kwargs = engine_kwargs(cfg, resolve_model(cfg.model.name), on_cpu, psutil.virtual_memory().available)
+    path = resolve_model(cfg.model.name)
+    positions = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) if on_cpu else None
+    kwargs = engine_kwargs(cfg, path, on_cpu, psutil.virtual_memory().available, positions)
     if on_cpu and cfg.rollout.cpu_threads:
         # vLLM's own setting, read by the engine process it starts from this one
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(cfg.rollout.cpu_threads, sorted(os.sched_getaffinity(0)))
@@ -130,6 +138,7 @@ def cpu_binding(threads: int, allowed: list[int]) -> str:
 def _launch(cfg: RunConfig, kwargs: dict, policy_version: int) -> VLLMEngine:
     from vllm import SamplingParams, TokensPrompt
     from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.exceptions import VLLMValidationError
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.engine.exceptions import EngineDeadError
@@ -169,6 +178,7 @@ def _launch(cfg: RunConfig, kwargs: dict, policy_version: int) -> VLLMEngine:
         policy_version=policy_version,
         dead_errors=(EngineDeadError,),
         kill=kill,
+        refused_errors=(VLLMValidationError,),
     )
     engine.pids = tuple(engine_pids)
 
@@ -189,7 +199,8 @@ def _launch(cfg: RunConfig, kwargs: dict, policy_version: int) -> VLLMEngine:
 
 
 def _cannot_load(model: str, err: BaseException) -> str:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = "; ".join(lines[:3]) if lines else type(err).__name__
     return (
         f"vllm could not serve model {model!r} ({type(err).__name__}: {first[:300]}); its log above has the "
         "cause; check that vLLM supports the architecture (on the CPU: heads of 32 to 512 dimensions), "
