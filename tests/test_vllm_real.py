@@ -138,7 +138,7 @@ def _long_generations(engine, prompts, n: int):
 
     async def one(i: int):
         params = SamplingParams(
-            n=1, seed=i, max_tokens=400, logprobs=0, ignore_eos=True, detokenize=False,
+            n=1, seed=i, max_tokens=200, logprobs=0, ignore_eos=True, detokenize=False,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )  # fmt: skip
         final = None
@@ -163,13 +163,14 @@ def test_a_broadcast_is_swapped_in_mid_generation_and_tags_tokens_with_their_wei
     assert members == ["t/tp0"]
     new = _perturbed(0.5, seed=1)
     out: dict = {}
-    gen = threading.Thread(target=lambda: out.setdefault("res", _long_generations(engine, prompts, 4)))
+    gen = threading.Thread(target=lambda: out.setdefault("res", _long_generations(engine, prompts, 32)))
     gen.start()
-    time.sleep(0.5)  # the generations are running
+    while engine.llm.get_num_unfinished_requests() < 32:  # the generations are running
+        time.sleep(0.001)
     start = time.perf_counter()
     report = sender.broadcast(new, version=1, members=members)
     assert report.error is None, report.error
-    while engine.policy_version < 1 and time.perf_counter() - start < 30:
+    while engine.swaps < 1 and time.perf_counter() - start < 30:
         time.sleep(0.01)
     swapped_s = time.perf_counter() - start
     gen.join(120)
