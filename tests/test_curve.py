@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 from sample_records import sample_record
 from test_buffer_loopback import make_service
 
@@ -65,7 +66,10 @@ def test_an_authorized_client_works_and_a_stranger_gets_nothing(tmp_path):
         with pytest.raises(ConnectionRefusedError, match="refused this worker's key"):
             stranger.hello("hf", 4)
         item = grant.items[0]
-        stranger.send(_completion(item, item.sample_indices[0], "w0"))  # pushed, but never connected
+        try:  # pushed, but never connected (with the refused pipe gone a blocking send would wait forever)
+            stranger._push.send(encode(_completion(item, item.sample_indices[0], "w0")), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
         plain = BufferClient("127.0.0.1", port, server.endpoints.completions, "w8", timeout_s=2, connect_timeout_s=2)
         with pytest.raises(TimeoutError):
             plain.hello("hf", 4)  # no CURVE handshake: no answer at all
