@@ -228,9 +228,12 @@ def test_cpu_threads_bind_the_first_allowed_cores_and_no_more_than_there_are():
 
 def test_a_model_vllm_cannot_serve_is_refused_at_start_in_one_line(tmp_path):
     """Heads of 16 dimensions (the builtin tiny models before v2): vLLM's CPU attention refuses
-    them only when it first runs the model, which the start does."""
+    them only when it first runs the model, which the start does. Through ``eval`` in a process
+    of its own: the dead engine's client sockets would otherwise stay in this one."""
     import json
     import shutil
+    import subprocess
+    import sys
 
     src = Path(resolve_model("builtin:tiny-math"))
     bad = tmp_path / "head16"
@@ -238,7 +241,11 @@ def test_a_model_vllm_cannot_serve_is_refused_at_start_in_one_line(tmp_path):
     cfg_json = json.loads((bad / "config.json").read_text())
     cfg_json.update(num_attention_heads=4, num_key_value_heads=2, head_dim=16)
     (bad / "config.json").write_text(json.dumps(cfg_json))
-    with pytest.raises(UsageError) as err:
-        start_vllm_engine(config(f"model.name={bad}"), "cpu")
-    msg = str(err.value)
-    assert "\n" not in msg and f"vllm could not serve model '{bad}'" in msg and "rollout.engine=hf" in msg
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"id": "0", "problem": "What is 1 + 1?", "answer": "2"}) + "\n")
+    cmd = [sys.executable, "-m", "dynamo_async.cli", "eval", "--model", str(bad), "--data", str(data), "--engine"]
+    cmd += ["vllm", "--out", str(tmp_path / "r.json"), "--config", str(TINY), "rollout.tensor_parallel=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("dynamo-async eval: error:")]
+    assert f"vllm could not serve model '{bad}'" in line and "rollout.engine=hf" in line
