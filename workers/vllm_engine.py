@@ -112,7 +112,7 @@ class VLLMEngine:
         try:
             return list(work.result())
         except self.dead_errors as err:
-            self._mark_failed(f"the vLLM engine process died ({type(err).__name__})")
+            self._died(err)
             raise EngineFailure(self.failure) from err
         except self.refused_errors as err:  # the request itself, e.g. a prompt longer than the model's context
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -137,6 +137,9 @@ class VLLMEngine:
             self.failure = why
         self._failure_event().set()
 
+    def _died(self, err: BaseException) -> None:
+        self._mark_failed(f"the vLLM engine process died ({type(err).__name__})")
+
     async def _watch(self) -> None:
         """Poll for staged weights, which also checks that the engine answers. An engine that
         leaves a poll unanswered for ``rollout.engine_timeout_s``, or whose process is gone, is
@@ -151,7 +154,7 @@ class VLLMEngine:
             except TimeoutError:
                 self._mark_failed(f"the vLLM engine left a request unanswered for {timeout_s:.0f} s (hung)")
             except self.dead_errors as err:
-                self._mark_failed(f"the vLLM engine process died ({type(err).__name__})")
+                self._died(err)
             except Exception as err:  # supervisory loop: report, keep watching
                 self.swap_errors += 1
                 self.last_swap_error = repr(err)

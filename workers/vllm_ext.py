@@ -63,7 +63,7 @@ def tied_modules(model) -> list[tuple[str, str]]:
     owners: dict[int, str] = {}
     ties = []
     for name, module in model.named_modules():
-        weight = module.__dict__.get("_parameters", {}).get("weight")
+        weight = module._parameters.get("weight")  # its own, not a submodule's
         if weight is None:
             continue
         if id(weight) in owners:

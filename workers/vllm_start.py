@@ -180,7 +180,6 @@ def _launch(cfg: RunConfig, kwargs: dict, policy_version: int) -> VLLMEngine:
         kill=kill,
         refused_errors=(VLLMValidationError,),
     )
-    engine.pids = tuple(engine_pids)
 
     async def first_request() -> None:
         """One token: vLLM checks some of a model's settings (its attention head size on the

@@ -325,8 +325,6 @@ def _rejoiner(
             return None
         parts.rejoin(welcome)
         _announce(client, parts, cfg, capacity, welcome.policy_version)
-        if not parts.receiver_ids:  # no weight sync (a buffer without learner): nothing to load
-            parts.engine.policy_version = welcome.policy_version
         print(f"worker {client.worker_id}: rejoined at version {welcome.policy_version}", flush=True)
         return "rejoined"
 
@@ -350,8 +348,6 @@ def _restarter(
         welcome = client.hello("pending", capacity, cancel=cancel)  # the current version and rendezvous
         parts.engine, parts.receiver_ids = parts.restart_engine(welcome)
         _announce(client, parts, cfg, capacity, welcome.policy_version)
-        if not parts.receiver_ids:  # no weight sync (a buffer without learner): nothing to load
-            parts.engine.policy_version = welcome.policy_version
         return parts.engine
 
     return restart
@@ -359,9 +355,12 @@ def _restarter(
 
 def _announce(client: BufferClient, parts, cfg: RunConfig, capacity: int, version: int) -> None:
     """Hello with the receivers (announced only once they listen: every plan that names them
-    comes later), then, past version 0, the learner's current weights before any generation."""
+    comes later), then, past version 0, the learner's current weights before any generation;
+    without a weight sync the engine just takes the buffer's version."""
     client.hello(cfg.rollout.engine, capacity, receivers=parts.receiver_ids)
-    if version > 0 and parts.receiver_ids:
+    if not parts.receiver_ids:  # no weight sync (a buffer without learner): nothing to load
+        parts.engine.policy_version = version
+    elif version > 0:
         parts.wait_for_weights(version, cfg.buffer.worker_timeout_s * 4)
 
 
